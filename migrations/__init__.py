@@ -1,0 +1,1 @@
+"""Alembic revisions of the density-db schema (installed as ``density_db.migrations``)."""
