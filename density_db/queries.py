@@ -1,0 +1,141 @@
+"""Queries on the catalog: free SQL (read-only), cone search and point-in-footprint.
+
+Every function returns a :class:`QueryResult` (column names and row tuples)
+that the command line renders as a table, CSV, ECSV, JSON or VOTable.  The
+spatial queries return the columns of the ``field_density`` view plus their
+own (``distance_deg``) so that density columns come with every position.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from density_db import sky
+from density_db.database import Database
+from density_db.errors import DatabaseError, DensityDBError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """Rows of a query and the names of their columns."""
+
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]]
+
+
+def run_sql(database: Database, statement: str, parameters: dict[str, Any] | None = None) -> QueryResult:
+    """Run one SQL statement in a read-only transaction with bound parameters (``:name``).
+
+    Raises
+    ------
+    DatabaseError
+        If PostgreSQL rejects the statement (syntax, unknown column, an attempt to write ...).
+    """
+    with database.engine.connect() as connection:
+        connection.execute(sa.text("SET TRANSACTION READ ONLY"))
+        try:
+            result = connection.execute(sa.text(statement), parameters or {})
+        except sa.exc.StatementError as error:
+            cause = error.orig if isinstance(error, sa.exc.DBAPIError) else error
+            raise DatabaseError(f"the query failed: {str(cause).strip()}") from None
+        columns = tuple(result.keys()) if result.returns_rows else ()
+        rows = [tuple(row) for row in result] if result.returns_rows else []
+        connection.rollback()
+    return QueryResult(columns=columns, rows=rows)
+
+
+_CONE_SQL = sa.text(
+    """
+    SELECT fd.*,
+           degrees(2 * asin(least(1.0, sqrt(
+               power(sin(radians(fd.dec - :dec) / 2), 2)
+               + cos(radians(fd.dec)) * cos(radians(:dec)) * power(sin(radians(fd.ra - :ra) / 2), 2)
+           )))) AS distance_deg
+    FROM field_density fd
+    WHERE fd.frame_id IN (
+        SELECT f.id
+        FROM unnest(CAST(:lower AS bigint[]), CAST(:upper AS bigint[])) AS cell(lower, upper)
+        JOIN frame f ON f.hpx >= cell.lower AND f.hpx < cell.upper
+        WHERE CAST(:band AS text) IS NULL OR f.band = CAST(:band AS text)
+    )
+    """
+)
+
+
+def cone_search(
+    database: Database, ra: float, dec: float, radius_deg: float, *, band: str | None = None
+) -> QueryResult:
+    """Frames whose centre lies within ``radius_deg`` of (ra, dec), nearest first.
+
+    The ``hpx`` index selects the HEALPix cells that cover the cone; the exact
+    great-circle distance (haversine, stable at small and large separations)
+    then keeps the frames inside it.
+    """
+    _check_position(ra, dec)
+    if not 0 < radius_deg <= 180:
+        raise DensityDBError(f"the cone radius must be in (0, 180] degrees, got {radius_deg}")
+    ranges = sky.cone_ranges(ra, dec, radius_deg)
+    query = sa.text(f"SELECT * FROM ({_CONE_SQL.text}) AS c WHERE distance_deg <= :radius ORDER BY distance_deg")
+    return _run(database, query, {
+        "ra": ra, "dec": dec, "radius": radius_deg, "band": band,
+        "lower": ranges[:, 0].tolist(), "upper": ranges[:, 1].tolist(),
+    })
+
+
+def frames_at(database: Database, ra: float, dec: float, *, band: str | None = None) -> QueryResult:
+    """Frames whose footprint contains the point (ra, dec).
+
+    Candidates are the frames whose centre lies within the largest frame
+    radius of the point (``hpx`` index) and whose stored footprint ranges
+    contain the point's cell; the exact spherical point-in-quadrilateral test
+    on the WCS corners decides.
+    """
+    _check_position(ra, dec)
+    with database.engine.connect() as connection:
+        largest_radius = connection.execute(sa.text("SELECT max(radius_deg) FROM frame")).scalar()
+    if largest_radius is None:
+        return QueryResult(columns=(*_field_density_columns(database), "distance_deg"), rows=[])
+    ranges = sky.cone_ranges(ra, dec, min(largest_radius * 1.0001, 180.0))
+    query = sa.text(
+        f"""
+        SELECT c.*, f.corner_ra, f.corner_dec
+        FROM ({_CONE_SQL.text}) AS c JOIN frame f ON f.id = c.frame_id
+        WHERE f.footprint @> CAST(:point AS bigint) AND distance_deg <= f.radius_deg * 1.0001
+        ORDER BY distance_deg
+        """
+    )
+    candidates = _run(database, query, {
+        "ra": ra, "dec": dec, "band": band, "point": int(sky.hpx29(ra, dec)),
+        "lower": ranges[:, 0].tolist(), "upper": ranges[:, 1].tolist(),
+    })
+    inside = [
+        row[:-2]
+        for row in candidates.rows
+        if sky.polygon_contains(np.asarray(row[-2]), np.asarray(row[-1]), ra, dec)
+    ]
+    return QueryResult(columns=candidates.columns[:-2], rows=inside)
+
+
+def _field_density_columns(database: Database) -> tuple[str, ...]:
+    with database.engine.connect() as connection:
+        return tuple(connection.execute(sa.text("SELECT * FROM field_density LIMIT 0")).keys())
+
+
+def _run(database: Database, query: sa.TextClause, parameters: dict[str, Any]) -> QueryResult:
+    with database.engine.connect() as connection:
+        result = connection.execute(query, parameters)
+        return QueryResult(columns=tuple(result.keys()), rows=[tuple(row) for row in result])
+
+
+def _check_position(ra: float, dec: float) -> None:
+    if not -90 <= dec <= 90:
+        raise DensityDBError(f"declination must be within [-90, 90] degrees, got {dec}")
+    if not np.isfinite(ra):
+        raise DensityDBError(f"right ascension must be finite, got {ra}")

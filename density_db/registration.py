@@ -1,0 +1,221 @@
+"""Frame registration: FITS headers in, ``exposure`` / ``frame`` / ``failure`` rows out.
+
+This is the metadata half of ``density-db ingest`` (alone with
+``--metadata-only``).  Inputs stream through in batches: each batch is one
+transaction of multi-row ``INSERT ... ON CONFLICT`` statements on the natural
+keys, so re-running on the same inputs adds nothing, two registrations of
+overlapping inputs can run at once, and a crash loses at most the batch in
+flight (which the next run redoes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import Range, insert
+
+from density_db.database import Database
+from density_db.fits_input import FrameHeader, InputFailure, read_frame_headers
+from density_db.instrument import InstrumentProfile
+from density_db.models import Exposure, Failure, Frame
+
+logger = logging.getLogger(__name__)
+
+REGISTER_STAGE = "register"
+DEFAULT_BATCH_SIZE = 500
+
+
+@dataclass
+class RegistrationCounts:
+    """Running totals of a registration, reported to the progress callback and stored on the run."""
+
+    files: int = 0
+    frames_new: int = 0
+    frames_known: int = 0
+    failures: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+ProgressCallback = Callable[[RegistrationCounts], None]
+
+
+@dataclass
+class _Batch:
+    frames: list[FrameHeader] = field(default_factory=list)
+    failures: list[InputFailure] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.frames) + len(self.failures)
+
+
+def register_paths(
+    database: Database,
+    paths: Iterable[Path],
+    profile: InstrumentProfile,
+    *,
+    run_id: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: ProgressCallback | None = None,
+) -> RegistrationCounts:
+    """Register every science HDU of every file in ``paths``.
+
+    Each input ends as a ``frame`` row (new or already known) or a ``failure``
+    row; nothing raises for bad input.
+
+    Parameters
+    ----------
+    paths
+        Files to read, typically from :func:`density_db.fits_input.discover_inputs`
+        (consumed lazily, so a list of millions of paths is never held).
+    run_id
+        The ``run`` row to attribute new frames and failures to.
+    batch_size
+        Frames and failures written per transaction.
+    progress
+        Called after every file with the running totals.
+    """
+    counts = RegistrationCounts()
+    batch = _Batch()
+    for path in paths:
+        for item in read_frame_headers(path, profile):
+            (batch.frames if isinstance(item, FrameHeader) else batch.failures).append(item)
+        counts.files += 1
+        if len(batch) >= batch_size:
+            _write_batch(database, batch, counts, run_id)
+            batch = _Batch()
+        if progress is not None:
+            progress(counts)
+    if len(batch):
+        _write_batch(database, batch, counts, run_id)
+        if progress is not None:
+            progress(counts)
+    return counts
+
+
+def _write_batch(database: Database, batch: _Batch, counts: RegistrationCounts, run_id: int | None) -> None:
+    with database.engine.begin() as connection:
+        if batch.frames:
+            exposure_keys = _upsert_exposures(connection, batch.frames)
+            inserted = _insert_frames(connection, batch.frames, exposure_keys, run_id)
+            counts.frames_new += inserted
+            counts.frames_known += len(batch.frames) - inserted
+            _forget_resolved_failures(connection, batch.frames)
+        if batch.failures:
+            _record_failures(connection, batch.failures, run_id)
+            counts.failures += len(batch.failures)
+    logger.debug("wrote %d frames and %d failures", len(batch.frames), len(batch.failures))
+
+
+def _upsert_exposures(connection: sa.Connection, frames: list[FrameHeader]) -> dict[tuple[str, str], int]:
+    """Insert unseen exposures; return the id of every exposure of the batch by (instrument, exposure_id)."""
+    first_by_key = {}
+    for frame in frames:
+        first_by_key.setdefault((frame.instrument, frame.exposure_id), frame)
+    connection.execute(
+        insert(Exposure).on_conflict_do_nothing(index_elements=["instrument", "exposure_id"]),
+        [
+            {
+                "instrument": frame.instrument,
+                "exposure_id": frame.exposure_id,
+                "mjd": frame.mjd,
+                "obs_time": frame.obs_time,
+                "exposure_time": frame.exposure_time,
+                "pointing_ra": frame.pointing_ra,
+                "pointing_dec": frame.pointing_dec,
+            }
+            for frame in first_by_key.values()
+        ],
+    )
+    keys = sa.tuple_(Exposure.instrument, Exposure.exposure_id)
+    rows = connection.execute(
+        sa.select(Exposure.instrument, Exposure.exposure_id, Exposure.id).where(keys.in_(list(first_by_key)))
+    )
+    return {(instrument, exposure_id): pk for instrument, exposure_id, pk in rows}
+
+
+def _insert_frames(
+    connection: sa.Connection,
+    frames: list[FrameHeader],
+    exposure_keys: dict[tuple[str, str], int],
+    run_id: int | None,
+) -> int:
+    """Insert frames not registered yet; return how many were new."""
+    rows = [_frame_row(frame, exposure_keys[(frame.instrument, frame.exposure_id)], run_id) for frame in frames]
+    statement = (
+        insert(Frame)
+        .on_conflict_do_nothing(index_elements=["exposure_pk", "detector"])
+        .returning(Frame.id)
+    )
+    return len(connection.execute(statement, rows).all())
+
+
+def _frame_row(frame: FrameHeader, exposure_pk: int, run_id: int | None) -> dict[str, Any]:
+    ny, nx = frame.shape
+    return {
+        "exposure_pk": exposure_pk,
+        "detector": frame.detector,
+        "band": frame.band,
+        "path": frame.path,
+        "hdu_index": frame.hdu_index,
+        "dq_hdu_index": frame.dq_hdu_index,
+        "naxis1": nx,
+        "naxis2": ny,
+        "valid_fraction": frame.valid_fraction,
+        "ra": frame.centre_ra,
+        "dec": frame.centre_dec,
+        "corner_ra": list(frame.corner_ra),
+        "corner_dec": list(frame.corner_dec),
+        "radius_deg": frame.radius_deg,
+        "hpx": frame.hpx,
+        "footprint": [Range(int(lo), int(hi), bounds="[)") for lo, hi in frame.footprint],
+        "footprint_depth": frame.footprint_depth,
+        "run_id": run_id,
+    }
+
+
+def _forget_resolved_failures(connection: sa.Connection, frames: list[FrameHeader]) -> None:
+    """A file that failed before and registers now (it was fixed) no longer counts as failed."""
+    resolved = {(frame.path, frame.hdu_index) for frame in frames}
+    resolved |= {(frame.path, -1) for frame in frames}
+    connection.execute(
+        sa.delete(Failure).where(
+            Failure.stage == REGISTER_STAGE,
+            sa.tuple_(Failure.path, Failure.hdu_index).in_(list(resolved)),
+        )
+    )
+
+
+def _record_failures(connection: sa.Connection, failures: list[InputFailure], run_id: int | None) -> None:
+    """Store failures; one seen before gets ``attempts + 1`` instead of a second row."""
+    unique = {(f.path, f.hdu_index, f.error_kind): f for f in failures}  # one statement may not touch a row twice
+    statement = insert(Failure)
+    statement = statement.on_conflict_do_update(
+        index_elements=["path", "hdu_index", "stage", "error_kind"],
+        set_={
+            "message": statement.excluded.message,
+            "run_id": statement.excluded.run_id,
+            "attempts": Failure.attempts + 1,
+            "last_seen_at": sa.func.now(),
+        },
+    )
+    connection.execute(
+        statement,
+        [
+            {
+                "path": failure.path,
+                "hdu_index": failure.hdu_index,
+                "stage": REGISTER_STAGE,
+                "error_kind": failure.error_kind,
+                "message": failure.message,
+                "run_id": run_id,
+            }
+            for failure in unique.values()
+        ],
+    )

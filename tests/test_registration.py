@@ -1,0 +1,104 @@
+"""``density-db ingest --metadata-only``: every input ends as a frame or a failure, re-runs add nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from fits_factory import FrameSpec, csst_keywords, truncate, write_mef, write_single
+
+from density_db.database import Database
+from density_db.synthetic import write_exposure
+
+
+def rows(database: Database, statement: str) -> list[tuple]:
+    with database.engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(sa.text(statement))]
+
+
+def test_exposure_files_register_every_detector_once(run_cli, database: Database, tmp_path: Path) -> None:
+    write_exposure(tmp_path / "a.fits", exposure_id="100", ra=10.0, dec=-30.0)
+    write_exposure(tmp_path / "b.fits.fz", exposure_id="101", ra=10.5, dec=-30.0, compressed=True)
+    first = run_cli("ingest", "--metadata-only", str(tmp_path))
+    assert first.exit_code == 0, first.output
+    assert "2 files, 36 frames registered, 0 already known, 0 failures" in first.output
+    assert rows(database, "SELECT count(*), count(DISTINCT exposure_pk), count(dq_hdu_index) FROM frame") == [(36, 2, 36)]
+    second = run_cli("ingest", "--metadata-only", str(tmp_path))
+    assert "0 frames registered, 36 already known" in second.output
+    assert rows(database, "SELECT count(*) FROM frame") == [(36,)]
+    assert rows(database, "SELECT count(*) FROM exposure") == [(2,)]
+    assert rows(database, "SELECT kind, status, counts->>'frames_new' FROM run ORDER BY id") == [
+        ("register", "completed", "36"), ("register", "completed", "0"),
+    ]
+
+
+def test_bad_inputs_become_failure_rows_and_exit_code_3(run_cli, database: Database, tmp_path: Path) -> None:
+    write_single(tmp_path / "good.fits", FrameSpec(keywords=csst_keywords(obsid="1", chipid=8)))
+    (tmp_path / "notes.fits").write_text("not a FITS file at all\n")
+    truncate(write_single(tmp_path / "cut.fits", FrameSpec(keywords=csst_keywords(obsid="2"))), 4000)
+    write_single(tmp_path / "band.fits", FrameSpec(keywords=csst_keywords(obsid="3", band="Halpha")))
+    result = run_cli("ingest", "--metadata-only", str(tmp_path))
+    assert result.exit_code == 3
+    assert "4 files, 1 frames registered, 0 already known, 3 failures" in result.output
+    failures = rows(database, "SELECT path, hdu_index, error_kind, attempts FROM failure ORDER BY path")
+    assert [(Path(path).name, hdu, kind, attempts) for path, hdu, kind, attempts in failures] == [
+        ("band.fits", 0, "unknown_band", 1), ("cut.fits", -1, "truncated", 1), ("notes.fits", -1, "not_fits", 1),
+    ]
+    again = run_cli("ingest", "--metadata-only", str(tmp_path))
+    assert again.exit_code == 3
+    assert rows(database, "SELECT count(*), max(attempts) FROM failure") == [(3, 2)]
+
+
+def test_a_fixed_file_loses_its_failure(run_cli, database: Database, tmp_path: Path) -> None:
+    path = write_single(tmp_path / "frame.fits", FrameSpec(keywords=csst_keywords(band="Halpha")))
+    assert run_cli("ingest", "--metadata-only", str(path)).exit_code == 3
+    path.unlink()
+    write_single(path, FrameSpec(keywords=csst_keywords(band="G")))
+    assert run_cli("ingest", "--metadata-only", str(path)).exit_code == 0
+    assert rows(database, "SELECT count(*) FROM failure") == [(0,)]
+    assert rows(database, "SELECT band FROM frame") == [("g",)]
+
+
+def test_missing_path_and_from_file_list(run_cli, database: Database, tmp_path: Path) -> None:
+    mef = write_mef(tmp_path / "two.fits", [
+        FrameSpec(keywords=csst_keywords(obsid="7", chipid=6, band="y")),
+        FrameSpec(ra=150.2, keywords=csst_keywords(obsid="7", chipid=7, band="i")),
+    ])
+    listing = tmp_path / "inputs.txt"
+    listing.write_text(f"# archive list\n{mef}\n\n{tmp_path / 'gone.fits'}\n")
+    result = run_cli("ingest", "--metadata-only", "--from-file", str(listing))
+    assert result.exit_code == 3
+    assert "2 frames registered" in result.output
+    assert rows(database, "SELECT error_kind FROM failure") == [("not_found",)]
+
+
+def test_ingest_without_metadata_only_is_a_usage_error(run_cli, tmp_path: Path) -> None:
+    result = run_cli("ingest", str(tmp_path))
+    assert result.exit_code == 2
+    assert "--metadata-only" in result.output
+
+
+def test_stored_geometry_matches_the_headers(run_cli, database: Database, tmp_path: Path) -> None:
+    from density_db.fits_input import read_frame_headers
+    from density_db.instrument import load_profile
+
+    path = write_exposure(tmp_path / "e.fits", exposure_id="55", ra=359.95, dec=0.3, position_angle_deg=20)
+    run_cli("ingest", "--metadata-only", str(path))
+    expected = {h.detector: h for h in read_frame_headers(path, load_profile("csst"))}
+    stored = rows(database, "SELECT detector, ra, dec, hpx, corner_ra, footprint_depth, "
+                            "(SELECT count(*) FROM unnest(footprint)) FROM frame")
+    assert len(stored) == 18
+    for detector, ra, dec, hpx, corner_ra, depth, n_ranges in stored:
+        header = expected[detector]
+        assert (ra, dec, hpx, depth) == (header.centre_ra, header.centre_dec, header.hpx, header.footprint_depth)
+        assert corner_ra == list(header.corner_ra)
+        assert n_ranges == len(header.footprint)
+
+
+def test_run_records_configuration(run_cli, database: Database, tmp_path: Path) -> None:
+    write_exposure(tmp_path / "e.fits", exposure_id="9", ra=1.0, dec=1.0)
+    run_cli("ingest", "--metadata-only", "--run-name", "night-1", str(tmp_path))
+    [(name, config, host, finished)] = rows(database, "SELECT name, config, host, finished_at IS NOT NULL FROM run")
+    assert name == "night-1"
+    assert config["profile"] == "csst" and config["paths"] == [str(tmp_path)]
+    assert host and finished
