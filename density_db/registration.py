@@ -11,11 +11,13 @@ flight (which the next run redoes).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import Range, insert
 
@@ -28,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 REGISTER_STAGE = "register"
 DEFAULT_BATCH_SIZE = 500
+_WRITE_ATTEMPTS = 5
+_RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
 @dataclass
@@ -100,16 +104,33 @@ def register_paths(
 
 
 def _write_batch(database: Database, batch: _Batch, counts: RegistrationCounts, run_id: int | None) -> None:
-    with database.engine.begin() as connection:
-        if batch.frames:
-            exposure_keys = _upsert_exposures(connection, batch.frames)
-            inserted = _insert_frames(connection, batch.frames, exposure_keys, run_id)
-            counts.frames_new += inserted
-            counts.frames_known += len(batch.frames) - inserted
-            _forget_resolved_failures(connection, batch.frames)
-        if batch.failures:
-            _record_failures(connection, batch.failures, run_id)
-            counts.failures += len(batch.failures)
+    """Write one batch in one transaction, retried when it lost a deadlock to a concurrent registration.
+
+    Rows are inserted in key order, so concurrent registrations of
+    overlapping inputs wait for each other instead of deadlocking; the retry
+    is the safety net for what ordering cannot prevent.
+    """
+    batch.frames.sort(key=lambda frame: (frame.instrument, frame.exposure_id, frame.detector))
+    batch.failures.sort(key=lambda failure: (failure.path, failure.hdu_index, failure.error_kind))
+    for attempt in range(1, _WRITE_ATTEMPTS + 1):
+        try:
+            with database.engine.begin() as connection:
+                inserted = 0
+                if batch.frames:
+                    exposure_keys = _upsert_exposures(connection, batch.frames)
+                    inserted = _insert_frames(connection, batch.frames, exposure_keys, run_id)
+                    _forget_resolved_failures(connection, batch.frames)
+                if batch.failures:
+                    _record_failures(connection, batch.failures, run_id)
+            break
+        except sa.exc.OperationalError as error:
+            if not isinstance(error.orig, _RETRYABLE) or attempt == _WRITE_ATTEMPTS:
+                raise
+            logger.info("batch lost a lock conflict (%s); retrying", type(error.orig).__name__)
+            time.sleep(0.05 * attempt)
+    counts.frames_new += inserted
+    counts.frames_known += len(batch.frames) - inserted
+    counts.failures += len(batch.failures)
     logger.debug("wrote %d frames and %d failures", len(batch.frames), len(batch.failures))
 
 

@@ -102,3 +102,23 @@ def test_run_records_configuration(run_cli, database: Database, tmp_path: Path) 
     assert name == "night-1"
     assert config["profile"] == "csst" and config["paths"] == [str(tmp_path)]
     assert host and finished
+
+
+def test_concurrent_registrations_of_the_same_inputs_store_each_frame_once(
+    database: Database, database_url: str, embedded_home: Path, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    for index in range(6):
+        write_exposure(tmp_path / f"e{index}.fits", exposure_id=str(index), ra=20.0 + index, dec=5.0, seed=index)
+    environment = {**os.environ, "DENSITY_DB_HOME": str(embedded_home)}
+    command = [str(Path(sys.executable).with_name("density-db")), "--db", database_url, "-q",
+               "ingest", "--metadata-only", "--batch-size", "20", str(tmp_path)]
+    processes = [subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(3)]
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0], outputs
+    assert rows(database, "SELECT count(*), count(DISTINCT (exposure_pk, detector)) FROM frame") == [(108, 108)]
+    assert rows(database, "SELECT sum((counts->>'frames_new')::int) FROM run") == [(108,)]
