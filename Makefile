@@ -24,7 +24,9 @@ test: install
 demo: install
 	$(BIN)/python -m density_db.synthetic --out $(DEMO_DIR)/frames --exposures 4
 	$(BIN)/density-db ingest --metadata-only $(DEMO_DIR)/frames
-	$(BIN)/density-db query cone 150.0 2.2 0.6 --format table
+	$(BIN)/density-db query sql --format table \
+	    "SELECT band, count(*) AS frames, count(DISTINCT exposure_id) AS exposures FROM field_density GROUP BY band ORDER BY band"
+	$(BIN)/density-db query cone 150.0 2.2 0.25 --format table
 	$(BIN)/density-db query frames --at 150.0 2.2 --format table
 	@echo
 	@echo "The catalog is in the embedded PostgreSQL server; open it with:"
