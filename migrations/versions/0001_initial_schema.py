@@ -18,9 +18,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 # Frozen copies of density_db/views.py at this revision (tests check they agree).
-FIELD_DENSITY_VIEW = """
-CREATE VIEW field_density AS
-SELECT
+FIELD_DENSITY_COLUMNS = """
     f.id AS frame_id,
     e.instrument,
     e.exposure_id,
@@ -42,7 +40,11 @@ SELECT
     g.name AS regressor,
     f.valid_fraction,
     f.path,
-    f.hdu_index
+    f.hdu_index"""
+
+FIELD_DENSITY_VIEW = f"""
+CREATE VIEW field_density AS
+SELECT{FIELD_DENSITY_COLUMNS}
 FROM frame f
 JOIN exposure e ON e.id = f.exposure_pk
 LEFT JOIN LATERAL (
@@ -55,33 +57,11 @@ LEFT JOIN model c ON c.id = r.classifier_id
 LEFT JOIN model g ON g.id = r.regressor_id
 """
 
-FIELD_DENSITY_FOR_RUN_FUNCTION = """
+FIELD_DENSITY_FOR_RUN_FUNCTION = f"""
 CREATE FUNCTION field_density_for_run(chosen_run_id bigint)
 RETURNS SETOF field_density
 LANGUAGE sql STABLE AS $$
-SELECT
-    f.id AS frame_id,
-    e.instrument,
-    e.exposure_id,
-    f.detector,
-    f.band,
-    f.ra,
-    f.dec,
-    f.hpx,
-    e.mjd,
-    r.density_class,
-    r.class_confidence,
-    r.bright_count,
-    r.log_bright,
-    r.regression_status,
-    r.flags,
-    r.id AS result_id,
-    r.run_id,
-    c.name AS classifier,
-    g.name AS regressor,
-    f.valid_fraction,
-    f.path,
-    f.hdu_index
+SELECT{FIELD_DENSITY_COLUMNS}
 FROM density_result r
 JOIN frame f ON f.id = r.frame_id
 JOIN exposure e ON e.id = f.exposure_pk
