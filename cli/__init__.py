@@ -22,6 +22,8 @@ from density_db.errors import DensityDBError
 
 logger = logging.getLogger("density_db")
 
+EXIT_INTERRUPTED = 130
+
 
 class _DensityGroup(click.Group):
     """Root group that reports errors as one clear line (a traceback only with ``-v``)."""
@@ -29,6 +31,9 @@ class _DensityGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
         except DensityDBError as error:
             self._explain(ctx, error)
             raise click.ClickException(str(error)) from None

@@ -122,3 +122,34 @@ def test_concurrent_registrations_of_the_same_inputs_store_each_frame_once(
     assert [process.returncode for process in processes] == [0, 0, 0], outputs
     assert rows(database, "SELECT count(*), count(DISTINCT (exposure_pk, detector)) FROM frame") == [(108, 108)]
     assert rows(database, "SELECT sum((counts->>'frames_new')::int) FROM run") == [(108,)]
+
+
+def test_interrupted_registration_is_marked_and_a_rerun_finishes(
+    database: Database, database_url: str, embedded_home: Path, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    paths = [write_exposure(tmp_path / f"e{index}.fits", exposure_id=str(index), ra=40.0, dec=index, seed=index)
+             for index in range(2)]
+    command = [str(Path(sys.executable).with_name("density-db")), "--db", database_url, "-q",
+               "ingest", "--metadata-only", "--batch-size", "1", "--from-file", "-"]
+    environment = {**os.environ, "DENSITY_DB_HOME": str(embedded_home)}
+    process = subprocess.Popen(command, env=environment, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdin.write(f"{paths[0]}\n")
+    process.stdin.flush()  # the list stays open: ingest waits for more paths
+    deadline = time.monotonic() + 60
+    while rows(database, "SELECT count(*) FROM frame") != [(18,)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    assert rows(database, "SELECT status, message FROM run") == [("interrupted", "interrupted by the user")]
+    listing = tmp_path / "all.txt"
+    listing.write_text("".join(f"{path}\n" for path in paths))
+    rerun = subprocess.run([*command[:-1], str(listing)], env=environment, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "18 frames registered, 18 already known" in rerun.stdout
+    assert rows(database, "SELECT count(*) FROM frame") == [(36,)]
