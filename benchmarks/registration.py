@@ -1,0 +1,224 @@
+"""Registration throughput: frames/s of ``density-db ingest --metadata-only`` on generated MEF files.
+
+It writes E synthetic CSST exposures (one multi-extension FITS file each: 18
+imaging detectors with SCI and DQ HDUs, real TAN WCS; written by
+:func:`density_db.synthetic.write_exposure`) in three variants: plain
+``.fits``, tile-compressed ``.fits.fz`` and gzip ``.fits.gz``.  For each
+variant it times, on density-db's embedded PostgreSQL server:
+
+* a header-only astropy read of the same files (every HDU's header, no
+  pixels): the floor that registration cannot beat;
+* :func:`density_db.registration.register_paths` over
+  :func:`density_db.fits_input.discover_inputs` of the directory, with the
+  ``csst`` profile, into a fresh database: what the command runs;
+* the command itself, ``density-db --db URL -q ingest --metadata-only DIR``,
+  in a new process (start-up and imports included), into another fresh database.
+
+Each is repeated and the median kept; the ratio registration / header read
+is measured in the same run, so it holds across machines better than the rates.
+
+Run from the repository root (about 3 minutes with the defaults)::
+
+    .venv/bin/python benchmarks/registration.py
+    .venv/bin/python benchmarks/registration.py --exposures 200 --image-size 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from density_db.embedded import EmbeddedServer, ServerStatus
+from density_db.fits_input import discover_inputs
+from density_db.instrument import load_profile
+from density_db.registration import register_paths
+from density_db.synthetic import write_exposure
+from support import DEFAULT_HOME, RESULTS_DIR, describe_machine, fresh_database, write_json
+
+FRAMES_PER_EXPOSURE = len(load_profile("csst").detector_bands)
+VARIANTS = {"plain": ".fits", "tile-compressed": ".fits.fz", "gzip": ".fits.gz"}
+"""Variant name -> file suffix (write_exposure compresses tiles with compressed=True, gzips a .gz name)."""
+
+FIELD_CENTRE = (150.0, 2.2)
+"""Exposures are dithered by up to half a field around this position (ra, dec in deg)."""
+
+DENSITY_DB = Path(sys.executable).with_name("density-db")
+
+
+@dataclass(frozen=True)
+class VariantFigures:
+    """Median rates of one file variant; the ratio is registration over header read, same run."""
+
+    variant: str
+    files: int
+    frames: int
+    megabytes: float
+    header_read_frames_per_s: float
+    register_paths_frames_per_s: float
+    command_frames_per_s: float
+    register_over_header_read: float
+
+
+def write_exposures(directory: Path, suffix: str, count: int, image_size: int, seed: int) -> list[Path]:
+    """``count`` exposures with the same pointings, ids and pixels whatever the suffix."""
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    start = datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC)
+    paths = []
+    for index in range(count):
+        offset_ra, offset_dec, position_angle = rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), rng.uniform(0, 360)
+        paths.append(write_exposure(
+            directory / f"exposure_{index:05d}{suffix}",
+            exposure_id=f"{10_100_000_000 + index}",
+            ra=FIELD_CENTRE[0] + offset_ra / np.cos(np.radians(FIELD_CENTRE[1])),
+            dec=FIELD_CENTRE[1] + offset_dec,
+            position_angle_deg=position_angle,
+            shape=(image_size, image_size),
+            compressed=suffix == ".fits.fz",
+            seed=seed + index,
+            date_obs=start + datetime.timedelta(minutes=5 * index),
+        ))
+    return paths
+
+
+def read_headers(paths: list[Path]) -> int:
+    """Every HDU header of every file, as registration opens them; returns the number of HDUs."""
+    hdus = 0
+    for path in paths:
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdu_list:
+            hdus += len(list(hdu_list))
+    return hdus
+
+
+def median_seconds(action: Callable[[], object], repeats: int) -> float:
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def register_into_fresh_database(server: EmbeddedServer, status: ServerStatus, directory: Path, frames: int) -> float:
+    """Seconds of register_paths over ``directory`` into a new database (its creation not timed).
+
+    Raises
+    ------
+    RuntimeError
+        If not every frame was registered (a failure would make the rate meaningless).
+    """
+    database = fresh_database(server, status, "bench_registration")
+    try:
+        started = time.perf_counter()
+        counts = register_paths(database, discover_inputs([directory]), load_profile("csst"))
+        seconds = time.perf_counter() - started
+    finally:
+        database.engine.dispose()
+    if counts.frames_new != frames or counts.failures:
+        raise RuntimeError(f"registration of {directory} gave {counts}, expected {frames} new frames")
+    return seconds
+
+
+def command_into_fresh_database(server: EmbeddedServer, status: ServerStatus, directory: Path) -> float:
+    """Seconds of ``density-db ingest --metadata-only`` over ``directory`` in a new process and database."""
+    database = fresh_database(server, status, "bench_registration")
+    database.engine.dispose()
+    url = server.url(status, database="bench_registration")
+    started = time.perf_counter()
+    subprocess.run(
+        [str(DENSITY_DB), "--db", url, "-q", "ingest", "--metadata-only", str(directory)],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - started
+
+
+def measure_variant(
+    server: EmbeddedServer, status: ServerStatus, variant: str, paths: list[Path], repeats: int
+) -> VariantFigures:
+    directory = paths[0].parent
+    frames = len(paths) * FRAMES_PER_EXPOSURE
+    read_headers(paths)  # the files are in the page cache for every measurement, not only the later ones
+    header_s = median_seconds(lambda: read_headers(paths), repeats)
+    register_s = statistics.median(
+        register_into_fresh_database(server, status, directory, frames) for _ in range(repeats)
+    )
+    command_s = statistics.median(command_into_fresh_database(server, status, directory) for _ in range(repeats))
+    return VariantFigures(
+        variant=variant,
+        files=len(paths),
+        frames=frames,
+        megabytes=sum(path.stat().st_size for path in paths) / 1e6,
+        header_read_frames_per_s=frames / header_s,
+        register_paths_frames_per_s=frames / register_s,
+        command_frames_per_s=frames / command_s,
+        register_over_header_read=header_s / register_s,
+    )
+
+
+def print_table(figures: list[VariantFigures]) -> None:
+    columns = ("files", "frames", "MB", "header read", "register_paths", "command", "register/read")
+    print(f"{'variant':<16}" + "".join(f"{column:>16}" for column in columns))
+    print(f"{'':<16}{'':>16}{'':>16}{'':>16}" + "".join(f"{'frames/s':>16}" for _ in range(3)))
+    for row in figures:
+        print(
+            f"{row.variant:<16}{row.files:>16}{row.frames:>16}{row.megabytes:>16.1f}"
+            f"{row.header_read_frames_per_s:>16,.0f}{row.register_paths_frames_per_s:>16,.0f}"
+            f"{row.command_frames_per_s:>16,.0f}{row.register_over_header_read:>16.2f}"
+        )
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--exposures", type=int, default=50, help="exposure files per variant (default 50)")
+    parser.add_argument("--image-size", type=int, default=256, help="pixels on a side of each image (default 256)")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per measurement, median kept (default 3)")
+    parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help=f"DENSITY_DB_HOME (default {DEFAULT_HOME})")
+    parser.add_argument(
+        "--json", type=Path, default=RESULTS_DIR / "registration.json", help="where to write the figures"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the pointings and pixels")
+    arguments = parser.parse_args()
+    if min(arguments.exposures, arguments.image_size, arguments.repeats) < 1:
+        parser.error("--exposures, --image-size and --repeats must be positive")
+    return arguments
+
+
+def main(arguments: argparse.Namespace) -> None:
+    server = EmbeddedServer(arguments.home)
+    was_running = server.status() is not None
+    status = server.ensure_running()
+    figures = []
+    with tempfile.TemporaryDirectory(prefix="density-db-registration-") as scratch:
+        for variant, suffix in VARIANTS.items():
+            print(f"writing {arguments.exposures} {variant} exposures of {arguments.image_size}^2 pixels", flush=True)
+            paths = write_exposures(Path(scratch) / variant, suffix, arguments.exposures, arguments.image_size,
+                                    arguments.seed)
+            figures.append(measure_variant(server, status, variant, paths, arguments.repeats))
+    machine = describe_machine(server.url(status, database="postgres"))
+    if not was_running:
+        server.stop()
+    print(f"\nmachine: {machine.describe()}")
+    print(f"median of {arguments.repeats} runs; files in the page cache; a fresh database per registration\n")
+    print_table(figures)
+    write_json(arguments.json, machine, {
+        "exposures": arguments.exposures,
+        "image_size": arguments.image_size,
+        "repeats": arguments.repeats,
+        "variants": [asdict(row) for row in figures],
+    })
+    print(f"\nfigures written to {arguments.json}")
+
+
+if __name__ == "__main__":
+    main(parse_arguments())
