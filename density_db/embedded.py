@@ -23,6 +23,7 @@ any of them may be killed at any moment:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import importlib.util
@@ -31,6 +32,7 @@ import os
 import pwd
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -53,6 +55,8 @@ SERVICE_USER = "density_db"
 """System user that runs the server when density-db itself runs as root."""
 
 SOCKET_NAME = ".s.PGSQL.5432"
+_SCRATCH_PREFIX = "pgdata.initialising-"
+_PR_SET_PDEATHSIG = 1
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux; keep a margin
 _START_ATTEMPTS = 20
 
@@ -66,6 +70,15 @@ class ServerStatus:
     socket_dir: Path
     started: float
     ready: bool
+
+
+def _die_with_parent() -> None:
+    """In a child process: be killed when density-db dies, so no orphaned initdb keeps writing.
+
+    (The server started by pg_ctl is pg_ctl's child, which does not inherit this.)
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def binary_directory() -> Path:
@@ -101,6 +114,7 @@ class EmbeddedServer:
         server, the others find it running.
         """
         with self._locked():
+            self._remove_abandoned_scratch()
             status = self._live_status()
             if status is None:
                 self._initialise_if_needed()
@@ -184,9 +198,7 @@ class EmbeddedServer:
                 "move it away or set DENSITY_DB_HOME to another directory"
             )
         logger.info("initialising the embedded PostgreSQL server in %s", self.data_dir)
-        scratch = self.home / f"pgdata.initialising-{os.getpid()}"
-        for leftover in self.home.glob("pgdata.initialising-*"):  # from a killed initdb
-            shutil.rmtree(leftover, ignore_errors=True)
+        scratch = self.home / f"{_SCRATCH_PREFIX}{os.getpid()}"
         scratch.mkdir(mode=0o700)
         self._hand_to_service_user(scratch)
         self._run([
@@ -196,6 +208,12 @@ class EmbeddedServer:
         if self.data_dir.exists():
             self.data_dir.rmdir()
         scratch.rename(self.data_dir)
+
+    def _remove_abandoned_scratch(self) -> None:
+        """Remove data directories half-made by a process killed during initdb (we hold the lock)."""
+        for leftover in self.home.glob(f"{_SCRATCH_PREFIX}*"):
+            logger.info("removing %s, left by an interrupted initialisation", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def _ensure_database(self, status: ServerStatus) -> None:
         import psycopg
@@ -288,6 +306,7 @@ class EmbeddedServer:
                     user=account.pw_uid if account else None,
                     group=account.pw_gid if account else None,
                     extra_groups=[] if account else None,
+                    preexec_fn=_die_with_parent,
                     env={**os.environ, "LC_ALL": "C"},
                     timeout=120,
                 )
