@@ -9,8 +9,6 @@ import click
 
 from density_db.cli.context import AppContext
 
-pass_app = click.make_pass_decorator(AppContext)
-
 EXIT_SOME_INPUTS_FAILED = 3
 
 
@@ -25,9 +23,9 @@ EXIT_SOME_INPUTS_FAILED = 3
 @click.option("--run-name", default=None, help="A name for this run, stored in the run table.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True,
               help="Frames written to the database per transaction.")
-@pass_app
+@click.pass_context
 def ingest(
-    app: AppContext,
+    ctx: click.Context,
     paths: tuple[str, ...],
     from_file: Path | None,
     metadata_only: bool,
@@ -41,6 +39,7 @@ def ingest(
     wrong; running again on the same inputs adds nothing.  Exit code 3 means
     some inputs failed while the others were stored.
     """
+    app = ctx.find_object(AppContext)
     if not paths and from_file is None:
         raise click.UsageError("give input PATHS or --from-file LIST")
     if not metadata_only:
@@ -84,7 +83,7 @@ def ingest(
             f"\"SELECT path, hdu_index, error_kind, message FROM failure WHERE run_id = {run_id}\"",
             err=True,
         )
-        raise SystemExit(EXIT_SOME_INPUTS_FAILED)
+        ctx.exit(EXIT_SOME_INPUTS_FAILED)
 
 
 @contextlib.contextmanager

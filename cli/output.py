@@ -76,7 +76,7 @@ def _write_astropy(result: QueryResult, output_format: str) -> None:
             present = [value for value in values if value is not None]
         fill = type(present[0])() if present else ""
         data = np.array([fill if value is None else value for value in values]) if values else np.array([], dtype=str)
-        columns.append(MaskedColumn(data, name=name, mask=missing) if any(missing) else MaskedColumn(data, name=name))
+        columns.append(MaskedColumn(data, name=name, mask=missing))
     table = Table(columns)
     if output_format == "ecsv":
         table.write(sys.stdout, format="ascii.ecsv")

@@ -9,8 +9,10 @@ run ``density-db db upgrade``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,15 +198,12 @@ def check_schema(database: Database, *, create_if_empty: bool) -> None:
     )
 
 
-class _schema_lock:
+@contextlib.contextmanager
+def _schema_lock(database: Database) -> Iterator[None]:
     """Session-level advisory lock so that concurrent first uses create the schema once."""
-
-    def __init__(self, database: Database) -> None:
-        self.connection = database.engine.connect()
-
-    def __enter__(self) -> None:
-        self.connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
-        self.connection.close()
+    with database.engine.connect() as connection:
+        connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        try:
+            yield
+        finally:
+            connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
