@@ -1,0 +1,230 @@
+"""The one preprocessing function: a detector image to the model's 2 x 224 x 224 input.
+
+Lai et al. (2026), Sec. 2.3: valid pixels are the finite ones whose
+data-quality value is 0; the image is standardised with the mean and standard
+deviation of its valid pixels (invalid pixels become 0); the standardised
+image and the mask are stacked and area-averaged to 224 x 224 (adaptive
+average pooling, PyTorch's bins: ``floor(i * n / 224)`` to
+``ceil((i + 1) * n / 224)``, which overlap by a pixel when ``n / 224`` is not
+an integer).  Never point sampling: it would drop stars at a 41x reduction.
+
+Because pooling is linear, the pooled standardised image equals
+``(pool(x * m) - mean * pool(m)) / std``, so both paths here pool the masked
+image and the mask once and standardise the small result:
+
+* :func:`preprocess` (NumPy, CPU) streams the image in row blocks: no
+  full-size temporary, float64 statistics (Chan's pairwise combination of
+  block means and squared deviations, so no cancellation), and bin sums by
+  ``np.add.reduceat`` over the segments the overlapping bins cut the axes into;
+* :func:`preprocess_tensor` (torch, any device) does the same with
+  ``adaptive_avg_pool2d``, for the GPU.
+
+Both are used by training, evaluation, the simulator's dataset mode and
+ingest; they agree to float32 precision (``tests/test_preprocessing.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from density_db.errors import InputError
+from density_db.labels import INPUT_SIZE
+
+if TYPE_CHECKING:
+    import torch
+
+PREPROCESSING_VERSION = 1
+"""Recorded with every model and result: bump it when the tensor a given image gives changes."""
+
+_BLOCK_ROWS = 256  # rows per streamed block: ~10 MB of float32 at full width
+
+
+@dataclass(frozen=True)
+class PixelStatistics:
+    """Mean and standard deviation of the valid pixels, and how many there are."""
+
+    mean: float
+    std: float
+    valid_count: int
+    pixel_count: int
+
+    @property
+    def valid_fraction(self) -> float:
+        return self.valid_count / self.pixel_count
+
+
+def preprocess(
+    image: np.ndarray, quality: np.ndarray | None = None, *, size: int = INPUT_SIZE
+) -> tuple[np.ndarray, PixelStatistics]:
+    """The model input for one detector image, on the CPU.
+
+    Parameters
+    ----------
+    image
+        2-D science image (any float dtype and byte order; NaN/Inf are invalid).
+    quality
+        Optional data-quality mask of the same shape: non-zero marks a bad pixel.
+    size
+        Side of the output (224 for the paper's models).
+
+    Returns
+    -------
+    tensor, statistics
+        float32 array ``(2, size, size)`` -- standardised image, valid fraction
+        -- and the statistics of the valid pixels.
+
+    Raises
+    ------
+    InputError
+        ``not_2d`` for a wrong shape, ``all_invalid`` when no pixel is valid.
+    """
+    _check_shapes(image, quality, size)
+    ny, nx = image.shape
+    rows, columns = _axis_bins(ny, size), _axis_bins(nx, size)
+    masked_rows = np.zeros((rows.cuts.size, nx), dtype=np.float64)
+    valid_rows = np.zeros((rows.cuts.size, nx), dtype=np.float64)
+    moments = _Moments()
+    # Blocks end on segment boundaries so that each segment is summed within one block.
+    for first, last, first_segment in _blocks(rows.cuts, ny):
+        block = np.asarray(image[first:last], dtype=np.float32)
+        valid = np.isfinite(block)
+        if quality is not None:
+            valid &= np.asarray(quality[first:last]) == 0
+        values = np.where(valid, block, np.float32(0))
+        moments.add(values[valid])
+        local_cuts = rows.cuts[first_segment:] - first
+        local_cuts = local_cuts[local_cuts < last - first]
+        segments = slice(first_segment, first_segment + local_cuts.size)
+        masked_rows[segments] = np.add.reduceat(values, local_cuts, axis=0, dtype=np.float64)
+        valid_rows[segments] = np.add.reduceat(valid, local_cuts, axis=0, dtype=np.float64)
+    statistics = moments.statistics(ny * nx)
+    pooled_image = _pool(masked_rows, rows, columns)
+    pooled_valid = _pool(valid_rows, rows, columns)
+    standardised = (pooled_image - statistics.mean * pooled_valid) / statistics.std
+    return np.stack([standardised, pooled_valid]).astype(np.float32), statistics
+
+
+def preprocess_tensor(
+    image: torch.Tensor, quality: torch.Tensor | None = None, *, size: int = INPUT_SIZE
+) -> tuple[torch.Tensor, PixelStatistics]:
+    """The model input for one detector image already on a torch device (e.g. CUDA).
+
+    Same result as :func:`preprocess` to float32 precision; statistics in float64.
+    """
+    import torch
+    from torch.nn.functional import adaptive_avg_pool2d
+
+    _check_shapes(image, quality, size)
+    valid = torch.isfinite(image)
+    if quality is not None:
+        valid &= quality == 0
+    zero = torch.zeros((), dtype=torch.float32, device=image.device)
+    count = int(valid.sum())
+    if count == 0:
+        raise InputError("all_invalid", "no valid pixel: every pixel is NaN/Inf or flagged in the data-quality mask")
+    mean = float(torch.where(valid, image.float(), zero).sum(dtype=torch.float64)) / count
+    # Centre before pooling: float32 sums of values near the mean would lose the small differences.
+    centred = torch.where(valid, image.float() - mean, zero)
+    variance = float((centred * centred).sum(dtype=torch.float64)) / count
+    statistics = PixelStatistics(mean, _safe_std(variance), count, image.numel())
+    pooled = adaptive_avg_pool2d(torch.stack([centred / statistics.std, valid.float()])[None], size)[0]
+    return pooled, statistics
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _check_shapes(image, quality, size: int) -> None:
+    if image.ndim != 2:
+        raise InputError("not_2d", f"expected a 2-D image, got shape {tuple(image.shape)}")
+    if quality is not None and tuple(quality.shape) != tuple(image.shape):
+        raise InputError(
+            "bad_quality_mask", f"data-quality shape {tuple(quality.shape)} differs from image {tuple(image.shape)}"
+        )
+    if min(image.shape) < size:
+        raise InputError("too_small", f"image {tuple(image.shape)} is smaller than the {size} x {size} model input")
+
+
+@dataclass(frozen=True)
+class _AxisBins:
+    """PyTorch's adaptive-pooling bins along one axis, as runs of the segments their edges cut it into.
+
+    Bin ``i`` covers pixels ``floor(i * length / size)`` to ``ceil((i + 1) * length / size)``;
+    its sum is the sum of segments ``first[i]`` to ``stop[i]`` (exclusive); segment ``j``
+    starts at pixel ``cuts[j]``.
+    """
+
+    cuts: np.ndarray
+    first: np.ndarray
+    stop: np.ndarray
+    width: np.ndarray
+
+
+def _axis_bins(length: int, size: int) -> _AxisBins:
+    index = np.arange(size)
+    starts = (index * length) // size
+    ends = -((-(index + 1) * length) // size)
+    cuts = np.unique(np.concatenate([starts, ends[:-1]]))
+    return _AxisBins(
+        cuts=cuts,
+        first=np.searchsorted(cuts, starts),
+        stop=np.searchsorted(cuts, ends),
+        width=(ends - starts).astype(np.float64),
+    )
+
+
+def _blocks(cuts: np.ndarray, length: int):
+    """(first row, end row, first segment) of row blocks of about _BLOCK_ROWS rows that end on cuts."""
+    first_segment = 0
+    while first_segment < cuts.size:
+        first = int(cuts[first_segment])
+        last_segment = max(int(np.searchsorted(cuts, first + _BLOCK_ROWS, side="right")) - 1, first_segment + 1)
+        last = int(cuts[last_segment]) if last_segment < cuts.size else length
+        yield first, last, first_segment
+        first_segment = last_segment
+
+
+def _pool(row_segment_sums: np.ndarray, rows: _AxisBins, columns: _AxisBins) -> np.ndarray:
+    """Bin means from row-segment sums: sum segments into bins along both axes, divide by bin areas."""
+    cells = np.add.reduceat(row_segment_sums, columns.cuts, axis=1)
+    sums = _combine(_combine(cells, rows, axis=0), columns, axis=1)
+    return sums / np.outer(rows.width, columns.width)
+
+
+def _combine(segment_sums: np.ndarray, bins: _AxisBins, *, axis: int) -> np.ndarray:
+    cumulative = np.insert(np.cumsum(segment_sums, axis=axis), 0, 0.0, axis=axis)
+    return np.take(cumulative, bins.stop, axis=axis) - np.take(cumulative, bins.first, axis=axis)
+
+
+class _Moments:
+    """Count, mean and sum of squared deviations, combined block by block (Chan et al.)."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.squares = 0, 0.0, 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        if values.size == 0:
+            return
+        block_mean = float(values.mean(dtype=np.float64))
+        deviations = values.astype(np.float64) - block_mean
+        block_squares = float(np.dot(deviations, deviations))
+        total = self.count + values.size
+        delta = block_mean - self.mean
+        self.squares += block_squares + delta * delta * self.count * values.size / total
+        self.mean += delta * values.size / total
+        self.count = total
+
+    def statistics(self, pixel_count: int) -> PixelStatistics:
+        if self.count == 0:
+            raise InputError(
+                "all_invalid", "no valid pixel: every pixel is NaN/Inf or flagged in the data-quality mask"
+            )
+        return PixelStatistics(self.mean, _safe_std(self.squares / self.count), self.count, pixel_count)
+
+
+def _safe_std(variance: float) -> float:
+    """Standard deviation, 1 for a constant image (its standardised pixels are then all 0)."""
+    return float(np.sqrt(variance)) if variance > 0 else 1.0
