@@ -46,15 +46,16 @@ def detector_wcs_header(
 ) -> fits.Header:
     """TAN WCS keywords of one detector of an exposure pointed at (ra, dec).
 
-    ``shape`` smaller than the real detector keeps the detector's sky size
-    (the pixels grow), so small test images have the real geometry.
+    Pixels are always 0.074": a ``shape`` smaller than the real detector is a
+    smaller patch of sky centred on the detector's slot, so that the density
+    of sources per pixel stays realistic.
     """
     ny, nx = shape
-    scale_x, scale_y = DETECTOR_WIDTH_DEG / nx, DETECTOR_HEIGHT_DEG / ny
+    scale = PIXEL_SCALE_ARCSEC / 3600
     angle = np.radians(position_angle_deg)
     rotation = np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
     # east to the left on the image: the x pixel axis runs against xi (east)
-    cd = rotation @ np.diag([-scale_x, scale_y])
+    cd = rotation @ np.diag([-scale, scale])
     offset = rotation @ np.array(detector_offset_deg(detector))
     centre_pixel = np.array([(nx + 1) / 2, (ny + 1) / 2])
     crpix = centre_pixel - np.linalg.solve(cd, offset)
