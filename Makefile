@@ -1,5 +1,5 @@
 # density-db: the two commands that set a fresh machine up.
-#   make demo   create .venv, install, register demo frames on the embedded server, query them
+#   make demo   create .venv, install, simulate a few full-size detectors, register them, query them
 #   make test   create .venv if missing, install with test extras, run the tests
 
 PYTHON ?= python3
@@ -22,12 +22,14 @@ test: install
 	$(BIN)/python -m pytest
 
 demo: install
-	$(BIN)/python -m density_db.synthetic --out $(DEMO_DIR)/frames --exposures 4
-	$(BIN)/density-db ingest --metadata-only $(DEMO_DIR)/frames
+	$(BIN)/density-db simulate exposures --out $(DEMO_DIR)/sparse --field galactic_l90_b50 --detectors 8,9,13 --compress --seed 1
+	$(BIN)/density-db simulate exposures --out $(DEMO_DIR)/crowded --field galactic_centre --detectors 8,9,13 --compress --seed 2
+	$(BIN)/density-db ingest --metadata-only $(DEMO_DIR)
 	$(BIN)/density-db query sql --format table \
 	    "SELECT band, count(*) AS frames, count(DISTINCT exposure_id) AS exposures FROM field_density GROUP BY band ORDER BY band"
-	$(BIN)/density-db query cone 150.0 2.2 0.25 --format table
-	$(BIN)/density-db query frames --at 150.0 2.2 --format table
+	$(BIN)/density-db query cone 265.1 -28.35 1.0 --band g --format table
+	$(BIN)/density-db query frames --format table --at \
+	    $$($(BIN)/density-db query sql "SELECT ra, dec FROM frame ORDER BY id LIMIT 1" --format csv | tail -n 1 | tr , ' ')
 	@echo
 	@echo "The catalog is in the embedded PostgreSQL server; open it with:"
 	@echo "  $(BIN)/density-db db shell        (or: psql \"\$$($(BIN)/density-db db url)\")"

@@ -1,9 +1,10 @@
-"""Registration throughput: frames/s of ``density-db ingest --metadata-only`` on generated MEF files.
+"""Registration throughput: frames/s of ``density-db ingest --metadata-only`` on simulated detector files.
 
-It writes E synthetic CSST exposures (one multi-extension FITS file each: 18
-imaging detectors with SCI and DQ HDUs, real TAN WCS; written by
-:func:`density_db.synthetic.write_exposure`) in three variants: plain
-``.fits``, tile-compressed ``.fits.fz`` and gzip ``.fits.gz``.  For each
+It simulates E CSST exposures (18 imaging detectors each, one FITS file per
+detector with SCI and DQ HDUs and the real TAN WCS; written by
+:func:`density_db.simulate.exposures.simulate_exposures`, small images since
+registration reads headers only) in three variants: plain ``.fits``,
+tile-compressed ``.fits.fz`` and gzip ``.fits.gz``.  For each
 variant it times, on density-db's embedded PostgreSQL server:
 
 * a header-only astropy read of the same files (every HDU's header, no
@@ -26,7 +27,7 @@ Run from the repository root (about 3 minutes with the defaults)::
 from __future__ import annotations
 
 import argparse
-import datetime
+import gzip
 import statistics
 import subprocess
 import sys
@@ -36,19 +37,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 from astropy.io import fits
 
 from density_db.embedded import EmbeddedServer, ServerStatus
 from density_db.fits_input import discover_inputs
 from density_db.instrument import load_profile
 from density_db.registration import register_paths
-from density_db.synthetic import write_exposure
+from density_db.simulate.exposures import plan_pointings, simulate_exposures
 from support import DEFAULT_HOME, RESULTS_DIR, describe_machine, fresh_database, write_json
 
-FRAMES_PER_EXPOSURE = len(load_profile("csst").detector_bands)
 VARIANTS = {"plain": ".fits", "tile-compressed": ".fits.fz", "gzip": ".fits.gz"}
-"""Variant name -> file suffix (write_exposure compresses tiles with compressed=True, gzips a .gz name)."""
+"""Variant name -> file suffix."""
 
 FIELD_CENTRE = (150.0, 2.2)
 """Exposures are dithered by up to half a field around this position (ra, dec in deg)."""
@@ -72,23 +71,15 @@ class VariantFigures:
 
 def write_exposures(directory: Path, suffix: str, count: int, image_size: int, seed: int) -> list[Path]:
     """``count`` exposures with the same pointings, ids and pixels whatever the suffix."""
-    directory.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    start = datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC)
-    paths = []
-    for index in range(count):
-        offset_ra, offset_dec, position_angle = rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), rng.uniform(0, 360)
-        paths.append(write_exposure(
-            directory / f"exposure_{index:05d}{suffix}",
-            exposure_id=f"{10_100_000_000 + index}",
-            ra=FIELD_CENTRE[0] + offset_ra / np.cos(np.radians(FIELD_CENTRE[1])),
-            dec=FIELD_CENTRE[1] + offset_dec,
-            position_angle_deg=position_angle,
-            shape=(image_size, image_size),
-            compressed=suffix == ".fits.fz",
-            seed=seed + index,
-            date_obs=start + datetime.timedelta(minutes=5 * index),
-        ))
+    pointings = plan_pointings(count, seed=seed, ra=FIELD_CENTRE[0], dec=FIELD_CENTRE[1])
+    rows = simulate_exposures(directory, pointings, shape=(image_size, image_size), seed=seed,
+                              compress=suffix == ".fits.fz")
+    paths = [Path(row.path) for row in rows]
+    if suffix == ".fits.gz":
+        for path in paths:
+            path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes(), compresslevel=6))
+            path.unlink()
+        paths = [path.with_name(path.name + ".gz") for path in paths]
     return paths
 
 
@@ -146,8 +137,8 @@ def command_into_fresh_database(server: EmbeddedServer, status: ServerStatus, di
 def measure_variant(
     server: EmbeddedServer, status: ServerStatus, variant: str, paths: list[Path], repeats: int
 ) -> VariantFigures:
-    directory = paths[0].parent
-    frames = len(paths) * FRAMES_PER_EXPOSURE
+    directory = paths[0].parent.parent  # the variant's folder: one sub-folder per exposure
+    frames = len(paths)
     read_headers(paths)  # the files are in the page cache for every measurement, not only the later ones
     header_s = median_seconds(lambda: read_headers(paths), repeats)
     register_s = statistics.median(
@@ -180,7 +171,7 @@ def print_table(figures: list[VariantFigures]) -> None:
 
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--exposures", type=int, default=50, help="exposure files per variant (default 50)")
+    parser.add_argument("--exposures", type=int, default=50, help="exposures per variant, 18 detector files each (default 50)")
     parser.add_argument("--image-size", type=int, default=256, help="pixels on a side of each image (default 256)")
     parser.add_argument("--repeats", type=int, default=3, help="timings per measurement, median kept (default 3)")
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help=f"DENSITY_DB_HOME (default {DEFAULT_HOME})")

@@ -59,7 +59,7 @@ from density_db import focal_plane, queries, sky
 from density_db.database import Database
 from density_db.embedded import EmbeddedServer
 from density_db.instrument import load_profile
-from density_db.synthetic import EXPOSURE_SECONDS
+from density_db.simulate.photometry import EXPOSURE_SECONDS
 from support import (
     DEFAULT_HOME,
     RESULTS_DIR,

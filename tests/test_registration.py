@@ -8,7 +8,17 @@ import sqlalchemy as sa
 from fits_factory import FrameSpec, csst_keywords, truncate, write_mef, write_single
 
 from density_db.database import Database
-from density_db.synthetic import write_exposure
+from density_db.simulate.exposures import plan_pointings, simulate_exposures
+
+
+SMALL = (64, 64)  # registration reads headers: tiny images, real focal-plane WCS
+
+
+def simulate(out: Path, exposures: int, *, seed: int, ra: float = 10.0, dec: float = -30.0, **options) -> list[Path]:
+    """Simulated exposures, one file per imaging detector (18 each)."""
+    rows = simulate_exposures(out, plan_pointings(exposures, seed=seed, ra=ra, dec=dec), shape=SMALL, seed=seed,
+                              **options)
+    return [Path(row.path) for row in rows]
 
 
 def rows(database: Database, statement: str) -> list[tuple]:
@@ -17,11 +27,11 @@ def rows(database: Database, statement: str) -> list[tuple]:
 
 
 def test_exposure_files_register_every_detector_once(run_cli, database: Database, tmp_path: Path) -> None:
-    write_exposure(tmp_path / "a.fits", exposure_id="100", ra=10.0, dec=-30.0)
-    write_exposure(tmp_path / "b.fits.fz", exposure_id="101", ra=10.5, dec=-30.0, compressed=True)
+    simulate(tmp_path / "plain", 1, seed=1)
+    simulate(tmp_path / "compressed", 1, seed=2, compress=True)
     first = run_cli("ingest", "--metadata-only", str(tmp_path))
     assert first.exit_code == 0, first.output
-    assert "2 files, 36 frames registered, 0 already known, 0 failures" in first.output
+    assert "36 files, 36 frames registered, 0 already known, 0 failures" in first.output
     assert rows(database, "SELECT count(*), count(DISTINCT exposure_pk), count(dq_hdu_index) FROM frame") == [(36, 2, 36)]
     second = run_cli("ingest", "--metadata-only", str(tmp_path))
     assert "0 frames registered, 36 already known" in second.output
@@ -82,9 +92,9 @@ def test_stored_geometry_matches_the_headers(run_cli, database: Database, tmp_pa
     from density_db.fits_input import read_frame_headers
     from density_db.instrument import load_profile
 
-    path = write_exposure(tmp_path / "e.fits", exposure_id="55", ra=359.95, dec=0.3, position_angle_deg=20)
-    run_cli("ingest", "--metadata-only", str(path))
-    expected = {h.detector: h for h in read_frame_headers(path, load_profile("csst"))}
+    paths = simulate(tmp_path, 1, seed=3, ra=359.95, dec=0.3)
+    run_cli("ingest", "--metadata-only", str(tmp_path))
+    expected = {h.detector: h for path in paths for h in read_frame_headers(path, load_profile("csst"))}
     stored = rows(database, "SELECT detector, ra, dec, hpx, corner_ra, footprint_depth, "
                             "(SELECT count(*) FROM unnest(footprint)) FROM frame")
     assert len(stored) == 18
@@ -96,7 +106,7 @@ def test_stored_geometry_matches_the_headers(run_cli, database: Database, tmp_pa
 
 
 def test_run_records_configuration(run_cli, database: Database, tmp_path: Path) -> None:
-    write_exposure(tmp_path / "e.fits", exposure_id="9", ra=1.0, dec=1.0)
+    simulate(tmp_path, 1, seed=4, detectors=[8])
     run_cli("ingest", "--metadata-only", "--run-name", "night-1", str(tmp_path))
     [(name, config, host, finished)] = rows(database, "SELECT name, config, host, finished_at IS NOT NULL FROM run")
     assert name == "night-1"
@@ -111,8 +121,7 @@ def test_concurrent_registrations_of_the_same_inputs_store_each_frame_once(
     import subprocess
     import sys
 
-    for index in range(6):
-        write_exposure(tmp_path / f"e{index}.fits", exposure_id=str(index), ra=20.0 + index, dec=5.0, seed=index)
+    simulate(tmp_path, 6, seed=5)
     environment = {**os.environ, "DENSITY_DB_HOME": str(embedded_home)}
     command = [str(Path(sys.executable).with_name("density-db")), "--db", database_url, "-q",
                "ingest", "--metadata-only", "--batch-size", "20", str(tmp_path)]
@@ -133,13 +142,12 @@ def test_interrupted_registration_is_marked_and_a_rerun_finishes(
     import sys
     import time
 
-    paths = [write_exposure(tmp_path / f"e{index}.fits", exposure_id=str(index), ra=40.0, dec=index, seed=index)
-             for index in range(2)]
+    paths = simulate(tmp_path, 2, seed=6)
     command = [str(Path(sys.executable).with_name("density-db")), "--db", database_url, "-q",
                "ingest", "--metadata-only", "--batch-size", "1", "--from-file", "-"]
     environment = {**os.environ, "DENSITY_DB_HOME": str(embedded_home)}
     process = subprocess.Popen(command, env=environment, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    process.stdin.write(f"{paths[0]}\n")
+    process.stdin.write("".join(f"{path}\n" for path in paths[:18]))
     process.stdin.flush()  # the list stays open: ingest waits for more paths
     deadline = time.monotonic() + 60
     while rows(database, "SELECT count(*) FROM frame") != [(18,)] and time.monotonic() < deadline:

@@ -1,0 +1,142 @@
+"""``density-db simulate``: CSST-like exposures on disk, and training sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from density_db.cli.context import AppContext
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+def _parse_shape(_ctx, _param, value: str) -> tuple[int, int]:
+    """'9232x9216' (width x height, as FITS NAXIS1 x NAXIS2) -> (ny, nx)."""
+    try:
+        width, height = (int(part) for part in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected WIDTHxHEIGHT such as 9232x9216, got {value!r}") from None
+    if min(width, height) < 16:
+        raise click.BadParameter(f"images must be at least 16 x 16 pixels, got {value!r}")
+    return height, width
+
+
+def _parse_detectors(_ctx, _param, value: str) -> list[int] | None:
+    if value == "all":
+        return None
+    try:
+        return sorted({int(part) for part in value.split(",")})
+    except ValueError:
+        raise click.BadParameter(f"expected 'all' or ids such as 6,7,8, got {value!r}") from None
+
+
+@click.group()
+def simulate() -> None:
+    """Simulate CSST-like detector images (with truth catalogs) and training sets."""
+
+
+@simulate.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for the FITS files, truth catalogs and manifest.ecsv.")
+@click.option("--n-exposures", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--field", "field_name", default=None,
+              help="A named field of the paper's Table 1 (see --list-fields); default: 'default'.")
+@click.option("--ra", type=float, default=None, help="Pointing RA (deg), with --dec, instead of a named field.")
+@click.option("--dec", type=float, default=None, help="Pointing Dec (deg).")
+@click.option("--detectors", default="all", callback=_parse_detectors, show_default=True,
+              help="Imaging detectors to simulate: 'all' (18) or ids such as 6,7,8.")
+@click.option("--shape", default="9232x9216", callback=_parse_shape, show_default=True,
+              help="WIDTHxHEIGHT in pixels; smaller images keep the detector's sky area.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-galaxies", is_flag=True, help="Stars only (as the paper's classification set).")
+@click.option("--compress", is_flag=True, help="Tile-compressed HDUs (.fits.fz; lossy quantisation of the image).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes rendering in parallel; the output does not depend on it.")
+@click.option("--list-fields", is_flag=True, help="List the named fields and exit.")
+@pass_app
+def exposures(
+    app: AppContext, out, n_exposures, field_name, ra, dec, detectors, shape, seed, no_galaxies, compress,
+    workers, list_fields,
+) -> None:
+    """Write simulated exposures: one FITS file per detector, a truth catalog each, and a manifest."""
+    from density_db.simulate.exposures import plan_pointings, simulate_exposures
+    from density_db.simulate.fields import NAMED_FIELDS, field_by_name
+
+    if list_fields:
+        for field in NAMED_FIELDS.values():
+            click.echo(f"{field.name:18s} RA {field.ra_range[0]:g} to {field.ra_range[1]:g}, "
+                       f"Dec {field.dec_range[0]:g} to {field.dec_range[1]:g}")
+        return
+    if (ra is None) != (dec is None):
+        raise click.UsageError("--ra and --dec go together")
+    if ra is not None and field_name is not None:
+        raise click.UsageError("give --field or --ra/--dec, not both")
+    field = None if ra is not None else field_by_name(field_name or "default")
+    pointings = plan_pointings(n_exposures, seed=seed, field=field, ra=ra, dec=dec)
+    count = n_exposures * (len(detectors) if detectors else 18)
+    with _progress(app, count) as advance:
+        rows = simulate_exposures(
+            out, pointings, detectors=detectors, shape=shape, seed=seed, field=field,
+            galaxies=not no_galaxies, compress=compress, workers=workers, progress=advance,
+        )
+    classes = sorted({row.density_class for row in rows})
+    click.echo(
+        f"wrote {len(rows)} detector images of {n_exposures} exposures to {out} "
+        f"(stars per image {min(r.star_count for r in rows)}-{max(r.star_count for r in rows)}, "
+        f"classes {', '.join(map(str, classes))}); labels in {out / 'manifest.ecsv'}"
+    )
+
+
+class _progress:
+    """A progress bar over detector images (nothing with -q)."""
+
+    def __init__(self, app: AppContext, total: int) -> None:
+        self.app, self.total, self.bar = app, total, None
+
+    def __enter__(self):
+        if not self.app.show_progress:
+            return None
+        from rich.progress import Progress
+
+        self.bar = Progress(transient=True)
+        self.bar.start()
+        task = self.bar.add_task("simulating detector images", total=self.total)
+        return lambda _row: self.bar.advance(task)
+
+    def __exit__(self, *exc_info) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@simulate.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="New directory for the shards, samples.ecsv and dataset.json.")
+@click.option("--n", "count", type=click.IntRange(min=1), required=True, help="Number of samples.")
+@click.option("--task", type=click.Choice(["classify", "regress"]), required=True)
+@click.option("--balance", type=click.Choice(["paper", "uniform"]), default="paper", show_default=True,
+              help="classify: the paper's class mix (Table 2) or equal classes.")
+@click.option("--device", type=click.Choice(["cpu"]), default="cpu", show_default=True,
+              help="Where images are simulated and reduced (the CUDA path is not built yet).")
+@click.option("--shape", default="9232x9216", callback=_parse_shape, show_default=True,
+              help="WIDTHxHEIGHT of the simulated images before reduction to 224 x 224.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes simulating in parallel; the dataset does not depend on it.")
+@pass_app
+def dataset(app: AppContext, out, count, task, balance, device, shape, seed, workers) -> None:
+    """Write a training set of preprocessed 2 x 224 x 224 samples with labels (no FITS files)."""
+    import numpy as np
+
+    from density_db.simulate.dataset import plan_samples, write_dataset
+
+    specs = plan_samples(count, task=task, seed=seed, balance=balance)
+    with _progress(app, count) as advance:
+        try:
+            samples = write_dataset(out, specs, task=task, balance=balance, shape=shape, workers=workers,
+                                    progress=(lambda: advance(None)) if advance else None)
+        except FileExistsError as error:
+            raise click.ClickException(str(error)) from None
+    counts = np.bincount(np.asarray(samples["density_class"]), minlength=6)
+    click.echo(f"wrote {len(samples)} samples to {out} (classes 0-5: {', '.join(map(str, counts))}; "
+               f"bright stars {int(np.min(samples['bright_star_count']))}-{int(np.max(samples['bright_star_count']))})")

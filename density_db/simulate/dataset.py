@@ -1,0 +1,212 @@
+"""Dataset mode: training sets of preprocessed model inputs, without writing FITS files.
+
+Each sample is a full-size detector image simulated in memory (the same
+catalog and rendering code as exposures mode) and reduced at once by the
+one preprocessing function to the 2 x 224 x 224 model input.  Samples go
+into shards of ``SHARD_SIZE`` float16 arrays (``shard_00000.npy`` ...,
+memory-mappable) with one row per sample in ``samples.ecsv`` (labels and
+simulation parameters) and the dataset's description in ``dataset.json``.
+
+Targets:
+
+* ``classify``: a density class is drawn from the paper's class mix
+  (Table 2, ``balance="paper"``) or uniformly (``"uniform"``), then a star
+  count log-uniform within the class (class 5: 10^5 to 2 x 10^5); stars only,
+  as the paper's classification set;
+* ``regress``: a star count log-uniform from 0 to 3 x 10^4 with galaxies,
+  which puts 0 to over 2000 stars brighter than 23.5 mag on the images.
+
+Sample ``i`` of a seed is simulated from its own random stream, keyed by
+(seed, i), so a dataset does not depend on the number of workers, and the
+sample equals the exposures-mode image simulated from the same parameters
+(``simulate_sample`` is the shared path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from density_db import __version__
+from density_db.focal_plane import DETECTOR_SHAPE, detector_wcs_header
+from density_db.inference.preprocessing import PREPROCESSING_VERSION, preprocess
+from density_db.labels import BRIGHT_MAGNITUDE_LIMIT, CLASS_LOWER_EDGES, INPUT_SIZE, N_CLASSES
+from density_db.simulate.catalog import draw_catalog
+from density_db.simulate.fields import NAMED_FIELDS
+from density_db.simulate.render import render_detector
+
+logger = logging.getLogger(__name__)
+
+SHARD_SIZE = 512
+SAMPLES_NAME = "samples.ecsv"
+DESCRIPTION_NAME = "dataset.json"
+TASKS = ("classify", "regress")
+PAPER_CLASS_MIX = np.array([1120, 3324, 11050, 4622, 1411, 1033]) / 22560
+"""Training-set class fractions of Lai et al. (2026), Table 2."""
+
+_CLASS5_MAX_STARS = 200_000
+_REGRESSION_MAX_STARS = 30_000
+_BANDS = ("NUV", "u", "g", "r", "i", "z", "y")
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """What to simulate for one sample: enough to redo it exactly."""
+
+    index: int
+    seed: int
+    star_count: int
+    galaxies: bool
+    band: str
+    field: str
+    ra: float
+    dec: float
+    position_angle_deg: float
+    detector: int
+
+
+@dataclass(frozen=True)
+class SampleLabels:
+    """Labels of a simulated sample (from its truth catalog) and its statistics."""
+
+    star_count: int
+    bright_star_count: int
+    density_class: int
+    log_bright: float
+    galaxy_count: int
+    valid_fraction: float
+
+
+def plan_samples(count: int, *, task: str, seed: int, balance: str = "paper") -> list[SampleSpec]:
+    """Draw the parameters of ``count`` samples for ``task``, deterministically for ``seed``."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if balance not in ("paper", "uniform"):
+        raise ValueError(f"balance must be 'paper' or 'uniform', got {balance!r}")
+    fields = sorted(NAMED_FIELDS)
+    specs = []
+    for index in range(count):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0xDA7A]))
+        if task == "classify":
+            mix = PAPER_CLASS_MIX if balance == "paper" else np.full(N_CLASSES, 1 / N_CLASSES)
+            star_count = _stars_in_class(int(rng.choice(N_CLASSES, p=mix)), rng)
+        else:
+            star_count = int(np.floor(10 ** rng.uniform(0, np.log10(_REGRESSION_MAX_STARS + 1)))) - 1
+        field = NAMED_FIELDS[fields[int(rng.integers(len(fields)))]]
+        specs.append(SampleSpec(
+            index=index,
+            seed=seed,
+            star_count=star_count,
+            galaxies=task == "regress",
+            band=_BANDS[int(rng.integers(len(_BANDS)))],
+            field=field.name,
+            ra=float(rng.uniform(*field.ra_range)),
+            dec=float(rng.uniform(*field.dec_range)),
+            position_angle_deg=float(rng.uniform(0, 360)),
+            detector=13,  # the central slot: the WCS only places the sources
+        ))
+    return specs
+
+
+def _stars_in_class(density_class: int, rng: np.random.Generator) -> int:
+    """A star count drawn log-uniformly within a density class."""
+    if density_class == 0:
+        return 0
+    lower = CLASS_LOWER_EDGES[density_class]
+    upper = CLASS_LOWER_EDGES[density_class + 1] - 1 if density_class + 1 < N_CLASSES else _CLASS5_MAX_STARS
+    return int(np.clip(np.floor(10 ** rng.uniform(np.log10(lower), np.log10(upper + 1))), lower, upper))
+
+
+def simulate_sample(spec: SampleSpec, *, shape: tuple[int, int] = DETECTOR_SHAPE):
+    """Simulate one sample's image in memory: returns (catalog, rendered image)."""
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, spec.index]))
+    header = detector_wcs_header(
+        spec.detector, ra=spec.ra, dec=spec.dec, position_angle_deg=spec.position_angle_deg, shape=shape
+    )
+    catalog = draw_catalog(
+        WCS(header), shape, spec.band, rng, field=NAMED_FIELDS[spec.field],
+        star_count=spec.star_count, include_galaxies=spec.galaxies,
+    )
+    return catalog, render_detector(catalog, shape, spec.band, rng)
+
+
+def preprocessed_sample(spec: SampleSpec, shape: tuple[int, int] = DETECTOR_SHAPE) -> tuple[np.ndarray, SampleLabels]:
+    """One sample as the model sees it, with its labels."""
+    catalog, image = simulate_sample(spec, shape=shape)
+    tensor, statistics = preprocess(image.science, image.quality)
+    labels = SampleLabels(
+        star_count=catalog.star_count,
+        bright_star_count=catalog.bright_star_count,
+        density_class=catalog.density_class,
+        log_bright=float(np.log10(1 + catalog.bright_star_count)),
+        galaxy_count=int(np.count_nonzero(catalog.obj_type == "galaxy")),
+        valid_fraction=statistics.valid_fraction,
+    )
+    return tensor, labels
+
+
+def _preprocessed(job: tuple[SampleSpec, tuple[int, int]]) -> tuple[np.ndarray, SampleLabels]:
+    spec, shape = job
+    tensor, labels = preprocessed_sample(spec, shape)
+    return tensor.astype(np.float16), labels
+
+
+def write_dataset(
+    out: Path,
+    specs: list[SampleSpec],
+    *,
+    task: str,
+    balance: str,
+    shape: tuple[int, int] = DETECTOR_SHAPE,
+    workers: int = 1,
+    progress: Callable[[], None] | None = None,
+) -> Table:
+    """Simulate, preprocess and store every sample; return the samples table.
+
+    Refuses to write into a directory that already holds a dataset, so that
+    shards of two datasets are never mixed.
+    """
+    if (out / DESCRIPTION_NAME).exists():
+        raise FileExistsError(f"{out} already holds a dataset ({DESCRIPTION_NAME}); choose a new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
+        results = (pool.map if pool is not None else map)(_preprocessed, ((spec, shape) for spec in specs))
+        for shard_index, shard in enumerate(_chunks(zip(specs, results, strict=True), SHARD_SIZE)):
+            tensors = np.stack([tensor for _, (tensor, _) in shard])
+            np.save(out / f"shard_{shard_index:05d}.npy", tensors)
+            for offset, (spec, (_, labels)) in enumerate(shard):
+                rows.append({**asdict(spec), **asdict(labels), "shard": shard_index, "offset": offset})
+                if progress is not None:
+                    progress()
+    table = Table(rows=rows) if rows else Table()
+    table.write(out / SAMPLES_NAME, format="ascii.ecsv", overwrite=True)
+    description = {
+        "task": task, "balance": balance, "samples": len(rows), "shard_size": SHARD_SIZE,
+        "shards": -(-len(rows) // SHARD_SIZE), "dtype": "float16", "input_size": INPUT_SIZE,
+        "image_shape": list(shape), "preprocessing_version": PREPROCESSING_VERSION,
+        "class_lower_edges": list(CLASS_LOWER_EDGES), "bright_magnitude_limit": BRIGHT_MAGNITUDE_LIMIT,
+        "density_db_version": __version__,
+    }
+    (out / DESCRIPTION_NAME).write_text(json.dumps(description, indent=1) + "\n")
+    return table
+
+
+def _chunks(items, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,173 @@
+"""Exposures and dataset modes of the simulator: files honour the input contract, labels agree, seeds decide."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from density_db import sky
+from density_db.focal_plane import DETECTOR_SHAPE, detector_wcs_header
+from density_db.inference.datasets import SimulatedDataset
+from density_db.inference.preprocessing import preprocess
+from density_db.labels import density_class
+from density_db.simulate.dataset import PAPER_CLASS_MIX, plan_samples, simulate_sample, write_dataset
+from density_db.simulate.exposures import imaging_detectors, plan_pointings, simulate_exposures
+from density_db.simulate.fields import field_by_name
+
+SMALL = (300, 320)
+
+
+@pytest.fixture(scope="module")
+def small_survey(tmp_path_factory) -> tuple:
+    out = tmp_path_factory.mktemp("survey")
+    pointings = plan_pointings(2, seed=5, field=field_by_name("galactic_l90_b20"))
+    rows = simulate_exposures(out, pointings, shape=SMALL, seed=5, field=field_by_name("galactic_l90_b20"))
+    return out, rows
+
+
+def test_every_detector_of_every_exposure_is_written_with_its_truth(small_survey) -> None:
+    out, rows = small_survey
+    assert len(rows) == 2 * 18
+    manifest = Table.read(out / "manifest.ecsv")
+    assert len(manifest) == 36
+    for row in manifest:
+        truth = Table.read(row["truth_path"])
+        stars = truth["obj_type"] == "star"
+        assert stars.sum() == row["star_count"] == truth.meta["NSTARS"]
+        assert (truth["mag"][stars] < 23.5).sum() == row["bright_star_count"]
+        assert row["density_class"] == density_class(int(row["star_count"]))
+        assert ((truth["x"] >= -0.5) & (truth["x"] < SMALL[1] - 0.5)).all()
+
+
+def test_written_files_ingest_without_failures(small_survey, run_cli, database) -> None:
+    import sqlalchemy as sa
+
+    out, _ = small_survey
+    result = run_cli("ingest", "--metadata-only", str(out))
+    assert result.exit_code == 0, result.output
+    assert "36 files, 36 frames registered, 0 already known, 0 failures" in result.output
+    with database.engine.connect() as connection:
+        stored = connection.execute(sa.text("SELECT detector, band FROM frame")).all()
+    assert {(detector, band) for detector, band in stored} == set(imaging_detectors().items())
+
+
+def test_images_carry_sources_saturation_and_flags(small_survey) -> None:
+    out, rows = small_survey
+    brightest = max(rows, key=lambda row: row.bright_star_count)
+    with fits.open(brightest.path) as hdus:
+        science, quality = hdus["SCI"].data, hdus["DQ"].data
+        assert hdus[0].header["EXPTIME"] == 150
+        assert hdus["SCI"].header["BUNIT"] == "ADU"
+    assert np.array_equal(np.isnan(science), quality != 0) or (np.isnan(science) <= (quality != 0)).all()
+    background = np.nanmedian(science)
+    assert np.nanmax(science) > background + 100
+
+
+def test_detectors_tile_the_focal_plane_in_row_major_order_without_overlap() -> None:
+    centres, corners = {}, {}
+    for detector in imaging_detectors():
+        wcs = WCS(detector_wcs_header(detector, ra=30.0, dec=0.0, shape=DETECTOR_SHAPE))
+        ny, nx = DETECTOR_SHAPE
+        centres[detector] = wcs.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
+        corners[detector] = wcs.pixel_to_world_values([-0.5, nx - 0.5, nx - 0.5, -0.5], [-0.5, -0.5, ny - 0.5, ny - 0.5])
+    for detector, (ra, dec) in centres.items():
+        row, column = divmod(detector - 1, 5)
+        for other, (other_ra, other_dec) in centres.items():
+            other_row, other_column = divmod(other - 1, 5)
+            if other_row == row and other_column > column:
+                assert other_ra > ra  # columns run east at position angle 0
+            if other_column == column and other_row > row:
+                assert other_dec < dec  # rows run south
+            if other != detector:
+                inside = sky.polygon_contains(*map(np.asarray, corners[other]), *map(np.asarray, corners[detector]))
+                assert not np.any(inside), (detector, other)
+
+
+def test_seed_decides_whatever_the_workers_and_detector_subset(tmp_path) -> None:
+    pointings = plan_pointings(1, seed=11, ra=10.0, dec=-40.0)
+    serial = simulate_exposures(tmp_path / "a", pointings, shape=SMALL, seed=11, detectors=[8, 9, 23])
+    parallel = simulate_exposures(tmp_path / "b", pointings, shape=SMALL, seed=11, detectors=[23, 9], workers=2)
+    by_detector = {row.detector: row for row in serial}
+    for row in parallel:
+        with fits.open(row.path) as mine, fits.open(by_detector[row.detector].path) as theirs:
+            np.testing.assert_array_equal(mine["SCI"].data, theirs["SCI"].data)
+            np.testing.assert_array_equal(mine["DQ"].data, theirs["DQ"].data)
+    other_seed = simulate_exposures(tmp_path / "c", plan_pointings(1, seed=12, ra=10.0, dec=-40.0),
+                                    shape=SMALL, seed=12, detectors=[9])
+    with fits.open(other_seed[0].path) as first, fits.open(by_detector[9].path) as second:
+        assert not np.array_equal(first["SCI"].data, second["SCI"].data)
+
+
+def test_classify_plan_follows_the_paper_mix_or_balances() -> None:
+    paper = plan_samples(3000, task="classify", seed=1)
+    counts = np.bincount([density_class(spec.star_count) for spec in paper], minlength=6)
+    np.testing.assert_allclose(counts / 3000, PAPER_CLASS_MIX, atol=4 * np.sqrt(0.25 / 3000))
+    uniform = plan_samples(3000, task="classify", seed=1, balance="uniform")
+    counts = np.bincount([density_class(spec.star_count) for spec in uniform], minlength=6)
+    np.testing.assert_allclose(counts / 3000, 1 / 6, atol=4 * np.sqrt(0.25 / 3000))
+    assert not any(spec.galaxies for spec in paper)
+
+
+def test_regress_plan_reaches_beyond_2000_bright_stars_with_galaxies() -> None:
+    from density_db.simulate.catalog import draw_catalog
+
+    specs = plan_samples(400, task="regress", seed=2)
+    assert all(spec.galaxies for spec in specs)
+    assert min(spec.star_count for spec in specs) == 0
+    richest = max(specs, key=lambda spec: spec.star_count)
+    header = detector_wcs_header(13, ra=richest.ra, dec=richest.dec, shape=DETECTOR_SHAPE)
+    catalog = draw_catalog(WCS(header), DETECTOR_SHAPE, "z", np.random.default_rng(0),
+                           star_count=richest.star_count, include_galaxies=False)
+    assert catalog.bright_star_count > 2000
+
+
+def test_dataset_mode_equals_writing_the_fits_file_and_preprocessing_it(tmp_path) -> None:
+    shape = (450, 460)
+    specs = plan_samples(3, task="regress", seed=7)
+    samples = write_dataset(tmp_path / "set", specs, task="regress", balance="paper", shape=shape)
+    shard = np.load(tmp_path / "set" / "shard_00000.npy")
+    assert shard.dtype == np.float16 and shard.shape == (3, 2, 224, 224)
+    for spec, row in zip(specs, samples, strict=True):
+        catalog, image = simulate_sample(spec, shape=shape)
+        path = tmp_path / f"sample_{spec.index}.fits"
+        fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image.science, name="SCI"),
+                      fits.ImageHDU(image.quality, name="DQ")]).writeto(path)
+        with fits.open(path) as hdus:
+            from_file, _ = preprocess(hdus["SCI"].data, hdus["DQ"].data)
+        np.testing.assert_allclose(shard[row["offset"]].astype(np.float32), from_file, atol=2e-3, rtol=1e-3)
+        assert row["star_count"] == catalog.star_count
+        assert row["log_bright"] == pytest.approx(np.log10(1 + catalog.bright_star_count))
+
+
+def test_dataset_loads_through_pytorch_with_memory_mapping(tmp_path) -> None:
+    specs = plan_samples(4, task="classify", seed=3, balance="uniform")
+    write_dataset(tmp_path / "set", specs, task="classify", balance="uniform", shape=(240, 250))
+    dataset = SimulatedDataset(tmp_path / "set")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2)
+    tensors, targets = next(iter(loader))
+    assert tensors.shape == (2, 2, 224, 224) and tensors.dtype == torch.float32
+    assert targets.dtype == torch.int64
+    assert [int(t) for t in targets] == [density_class(spec.star_count) for spec in specs[:2]]
+    regression = SimulatedDataset(tmp_path / "set", target="log_bright", indices=np.array([3]))
+    assert len(regression) == 1 and regression[0][1].dtype == torch.float32
+    with pytest.raises(FileExistsError):
+        write_dataset(tmp_path / "set", specs, task="classify", balance="uniform", shape=(240, 250))
+
+
+def test_cli_lists_fields_and_simulates(tmp_path, run_cli) -> None:
+    listed = run_cli("simulate", "exposures", "--out", str(tmp_path), "--list-fields")
+    assert "galactic_centre" in listed.output and "fornax" in listed.output
+    result = run_cli("simulate", "exposures", "--out", str(tmp_path / "sim"), "--field", "sculptor",
+                     "--detectors", "8,9", "--shape", "320x300", "--seed", "4")
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 detector images of 1 exposures" in result.output
+    bad = run_cli("simulate", "exposures", "--out", str(tmp_path / "x"), "--field", "andromeda")
+    assert bad.exit_code == 1 and "andromeda" in bad.output
+    dataset = run_cli("simulate", "dataset", "--out", str(tmp_path / "set"), "--n", "2", "--task", "classify",
+                      "--shape", "240x230")
+    assert dataset.exit_code == 0, dataset.output
+    assert "wrote 2 samples" in dataset.output
