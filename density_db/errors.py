@@ -31,3 +31,7 @@ class InputError(DensityDBError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+    def __reduce__(self):
+        # Raised in worker processes: must survive pickling back to the parent.
+        return type(self), (self.kind, str(self))

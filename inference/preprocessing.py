@@ -82,29 +82,35 @@ def preprocess(
         ``not_2d`` for a wrong shape, ``all_invalid`` when no pixel is valid.
     """
     _check_shapes(image, quality, size)
-    ny, nx = image.shape
-    rows, columns = _axis_bins(ny, size), _axis_bins(nx, size)
-    masked_rows = np.zeros((rows.cuts.size, nx), dtype=np.float64)
-    valid_rows = np.zeros((rows.cuts.size, nx), dtype=np.float64)
+    grid = CellGrid.for_shape(image.shape, size)
+    value_sums = np.zeros(grid.cell_shape)
+    valid_counts = np.zeros(grid.cell_shape)
     moments = _Moments()
-    # Blocks end on segment boundaries so that each segment is summed within one block.
-    for first, last, first_segment in _blocks(rows.cuts, ny):
-        block = np.asarray(image[first:last], dtype=np.float32)
+    for rows, cells in grid.row_blocks():
+        block = np.asarray(image[rows], dtype=np.float32)
         valid = np.isfinite(block)
         if quality is not None:
-            valid &= np.asarray(quality[first:last]) == 0
+            valid &= np.asarray(quality[rows]) == 0
         values = np.where(valid, block, np.float32(0))
         moments.add(values[valid])
-        local_cuts = rows.cuts[first_segment:] - first
-        local_cuts = local_cuts[local_cuts < last - first]
-        segments = slice(first_segment, first_segment + local_cuts.size)
-        masked_rows[segments] = np.add.reduceat(values, local_cuts, axis=0, dtype=np.float64)
-        valid_rows[segments] = np.add.reduceat(valid, local_cuts, axis=0, dtype=np.float64)
-    statistics = moments.statistics(ny * nx)
-    pooled_image = _pool(masked_rows, rows, columns)
-    pooled_valid = _pool(valid_rows, rows, columns)
+        value_sums[cells] = grid.cell_sums(values, rows)
+        valid_counts[cells] = grid.cell_sums(valid, rows)
+    statistics = moments.statistics(image.size)
+    return model_input(grid, value_sums, valid_counts, statistics), statistics
+
+
+def model_input(
+    grid: CellGrid, value_sums: np.ndarray, valid_counts: np.ndarray, statistics: PixelStatistics
+) -> np.ndarray:
+    """The 2 x size x size input from per-cell sums of valid pixel values and counts.
+
+    Shared by :func:`preprocess` and by the simulator's dataset mode, which
+    knows the cell sums without making the full-resolution pixels.
+    """
+    pooled_image = grid.pool(value_sums)
+    pooled_valid = grid.pool(valid_counts)
     standardised = (pooled_image - statistics.mean * pooled_valid) / statistics.std
-    return np.stack([standardised, pooled_valid]).astype(np.float32), statistics
+    return np.stack([standardised, pooled_valid]).astype(np.float32)
 
 
 def preprocess_tensor(
@@ -162,41 +168,65 @@ class _AxisBins:
     stop: np.ndarray
     width: np.ndarray
 
+    @classmethod
+    def for_length(cls, length: int, size: int) -> _AxisBins:
+        index = np.arange(size)
+        starts = (index * length) // size
+        ends = -((-(index + 1) * length) // size)
+        cuts = np.unique(np.concatenate([starts, ends[:-1]]))
+        cuts = cuts[cuts < length]  # an axis shorter than ``size`` has bins ending at its end
+        return cls(cuts, np.searchsorted(cuts, starts), np.searchsorted(cuts, ends), (ends - starts).astype(np.float64))
 
-def _axis_bins(length: int, size: int) -> _AxisBins:
-    index = np.arange(size)
-    starts = (index * length) // size
-    ends = -((-(index + 1) * length) // size)
-    cuts = np.unique(np.concatenate([starts, ends[:-1]]))
-    return _AxisBins(
-        cuts=cuts,
-        first=np.searchsorted(cuts, starts),
-        stop=np.searchsorted(cuts, ends),
-        width=(ends - starts).astype(np.float64),
-    )
+    def segment_of_pixel(self, length: int) -> np.ndarray:
+        """Index of the segment each pixel of the axis belongs to."""
+        return np.searchsorted(self.cuts, np.arange(length), side="right") - 1
 
-
-def _blocks(cuts: np.ndarray, length: int):
-    """(first row, end row, first segment) of row blocks of about _BLOCK_ROWS rows that end on cuts."""
-    first_segment = 0
-    while first_segment < cuts.size:
-        first = int(cuts[first_segment])
-        last_segment = max(int(np.searchsorted(cuts, first + _BLOCK_ROWS, side="right")) - 1, first_segment + 1)
-        last = int(cuts[last_segment]) if last_segment < cuts.size else length
-        yield first, last, first_segment
-        first_segment = last_segment
+    def combine(self, segment_sums: np.ndarray, *, axis: int) -> np.ndarray:
+        """Bin sums along ``axis`` from segment sums."""
+        cumulative = np.insert(np.cumsum(segment_sums, axis=axis), 0, 0.0, axis=axis)
+        return np.take(cumulative, self.stop, axis=axis) - np.take(cumulative, self.first, axis=axis)
 
 
-def _pool(row_segment_sums: np.ndarray, rows: _AxisBins, columns: _AxisBins) -> np.ndarray:
-    """Bin means from row-segment sums: sum segments into bins along both axes, divide by bin areas."""
-    cells = np.add.reduceat(row_segment_sums, columns.cuts, axis=1)
-    sums = _combine(_combine(cells, rows, axis=0), columns, axis=1)
-    return sums / np.outer(rows.width, columns.width)
+@dataclass(frozen=True)
+class CellGrid:
+    """The cells that the pooling bins' edges cut an image into (about 447 x 447 for 224 bins).
 
+    Every pooling bin is a whole number of cells, so per-cell sums are all
+    that pooling needs; the simulator draws its noise per cell for the same reason.
+    """
 
-def _combine(segment_sums: np.ndarray, bins: _AxisBins, *, axis: int) -> np.ndarray:
-    cumulative = np.insert(np.cumsum(segment_sums, axis=axis), 0, 0.0, axis=axis)
-    return np.take(cumulative, bins.stop, axis=axis) - np.take(cumulative, bins.first, axis=axis)
+    shape: tuple[int, int]
+    rows: _AxisBins
+    columns: _AxisBins
+
+    @classmethod
+    def for_shape(cls, shape: tuple[int, int], size: int = INPUT_SIZE) -> CellGrid:
+        ny, nx = shape
+        return cls((ny, nx), _AxisBins.for_length(ny, size), _AxisBins.for_length(nx, size))
+
+    @property
+    def cell_shape(self) -> tuple[int, int]:
+        return self.rows.cuts.size, self.columns.cuts.size
+
+    def row_blocks(self):
+        """(row slice, cell-row slice) of blocks of about _BLOCK_ROWS rows that end on cell boundaries."""
+        cuts, first_cell = self.rows.cuts, 0
+        while first_cell < cuts.size:
+            last_cell = max(int(np.searchsorted(cuts, cuts[first_cell] + _BLOCK_ROWS, side="right")) - 1, first_cell + 1)
+            end = int(cuts[last_cell]) if last_cell < cuts.size else self.shape[0]
+            yield slice(int(cuts[first_cell]), end), slice(first_cell, last_cell)
+            first_cell = last_cell
+
+    def cell_sums(self, values: np.ndarray, rows: slice) -> np.ndarray:
+        """Float64 sums over the cells of a row block (the rows of ``rows``)."""
+        local_cuts = self.rows.cuts[(self.rows.cuts >= rows.start) & (self.rows.cuts < rows.stop)] - rows.start
+        by_rows = np.add.reduceat(values, local_cuts, axis=0, dtype=np.float64)
+        return np.add.reduceat(by_rows, self.columns.cuts, axis=1)
+
+    def pool(self, cell_sums: np.ndarray) -> np.ndarray:
+        """Bin means from per-cell sums."""
+        sums = self.columns.combine(self.rows.combine(cell_sums, axis=0), axis=1)
+        return sums / np.outer(self.rows.width, self.columns.width)
 
 
 class _Moments:
@@ -210,7 +240,7 @@ class _Moments:
             return
         block_mean = float(values.mean(dtype=np.float64))
         deviations = values.astype(np.float64) - block_mean
-        block_squares = float(np.dot(deviations, deviations))
+        block_squares = float(np.einsum("i,i->", deviations, deviations))  # not np.dot: no BLAS threads
         total = self.count + values.size
         delta = block_mean - self.mean
         self.squares += block_squares + delta * delta * self.count * values.size / total

@@ -71,3 +71,10 @@ def test_constant_image_gives_zeros_and_all_invalid_is_an_input_error() -> None:
     with pytest.raises(InputError) as raised:
         preprocess(np.zeros((10, 10, 3), dtype=np.float32))
     assert raised.value.kind == "not_2d"
+
+
+def test_input_errors_cross_process_boundaries() -> None:
+    import pickle
+
+    error = pickle.loads(pickle.dumps(InputError("all_invalid", "no valid pixel")))
+    assert (error.kind, str(error)) == ("all_invalid", "no valid pixel")

@@ -1,8 +1,10 @@
 """Dataset mode: training sets of preprocessed model inputs, without writing FITS files.
 
-Each sample is a full-size detector image simulated in memory (the same
-catalog and rendering code as exposures mode) and reduced at once by the
-one preprocessing function to the 2 x 224 x 224 model input.  Samples go
+Each sample is a full-size detector image simulated with the same catalog
+and rendering code as exposures mode, reduced to the 2 x 224 x 224 model
+input through the preprocessing module's cell sums without drawing the
+per-pixel noise (:func:`density_db.simulate.render.render_model_input`;
+the tensor equals preprocessing the full-resolution image of the same seed).  Samples go
 into shards of ``SHARD_SIZE`` float16 arrays (``shard_00000.npy`` ...,
 memory-mappable) with one row per sample in ``samples.ecsv`` (labels and
 simulation parameters) and the dataset's description in ``dataset.json``.
@@ -17,9 +19,8 @@ Targets:
   which puts 0 to over 2000 stars brighter than 23.5 mag on the images.
 
 Sample ``i`` of a seed is simulated from its own random stream, keyed by
-(seed, i), so a dataset does not depend on the number of workers, and the
-sample equals the exposures-mode image simulated from the same parameters
-(``simulate_sample`` is the shared path).
+(seed, i), so a dataset does not depend on the number of workers;
+:func:`simulate_sample` makes the full-resolution image of a sample.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ from astropy.wcs import WCS
 
 from density_db import __version__
 from density_db.focal_plane import DETECTOR_SHAPE, detector_wcs_header
-from density_db.inference.preprocessing import PREPROCESSING_VERSION, preprocess
+from density_db.inference.preprocessing import PREPROCESSING_VERSION
 from density_db.labels import BRIGHT_MAGNITUDE_LIMIT, CLASS_LOWER_EDGES, INPUT_SIZE, N_CLASSES
-from density_db.simulate.catalog import draw_catalog
+from density_db.simulate.catalog import TruthCatalog, draw_catalog
 from density_db.simulate.fields import NAMED_FIELDS
-from density_db.simulate.render import render_detector
+from density_db.simulate.render import RenderedImage, render_detector, render_model_input
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +127,7 @@ def _stars_in_class(density_class: int, rng: np.random.Generator) -> int:
     return int(np.clip(np.floor(10 ** rng.uniform(np.log10(lower), np.log10(upper + 1))), lower, upper))
 
 
-def simulate_sample(spec: SampleSpec, *, shape: tuple[int, int] = DETECTOR_SHAPE):
-    """Simulate one sample's image in memory: returns (catalog, rendered image)."""
+def _catalog(spec: SampleSpec, shape: tuple[int, int]) -> tuple[TruthCatalog, np.random.Generator]:
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, spec.index]))
     header = detector_wcs_header(
         spec.detector, ra=spec.ra, dec=spec.dec, position_angle_deg=spec.position_angle_deg, shape=shape
@@ -136,13 +136,23 @@ def simulate_sample(spec: SampleSpec, *, shape: tuple[int, int] = DETECTOR_SHAPE
         WCS(header), shape, spec.band, rng, field=NAMED_FIELDS[spec.field],
         star_count=spec.star_count, include_galaxies=spec.galaxies,
     )
+    return catalog, rng
+
+
+def simulate_sample(spec: SampleSpec, *, shape: tuple[int, int] = DETECTOR_SHAPE) -> tuple[TruthCatalog, RenderedImage]:
+    """One sample as a full-resolution image (what exposures mode would write): catalog and image."""
+    catalog, rng = _catalog(spec, shape)
     return catalog, render_detector(catalog, shape, spec.band, rng)
 
 
 def preprocessed_sample(spec: SampleSpec, shape: tuple[int, int] = DETECTOR_SHAPE) -> tuple[np.ndarray, SampleLabels]:
-    """One sample as the model sees it, with its labels."""
-    catalog, image = simulate_sample(spec, shape=shape)
-    tensor, statistics = preprocess(image.science, image.quality)
+    """One sample as the model sees it, with its labels, without making the full-resolution noise.
+
+    Equal to ``preprocess`` of :func:`simulate_sample`'s image for the same
+    spec, to the precision stated in :mod:`density_db.simulate.noise`.
+    """
+    catalog, rng = _catalog(spec, shape)
+    tensor, statistics = render_model_input(catalog, shape, spec.band, rng)
     labels = SampleLabels(
         star_count=catalog.star_count,
         bright_star_count=catalog.bright_star_count,
