@@ -217,11 +217,16 @@ class CellGrid:
             yield slice(int(cuts[first_cell]), end), slice(first_cell, last_cell)
             first_cell = last_cell
 
-    def cell_sums(self, values: np.ndarray, rows: slice) -> np.ndarray:
-        """Float64 sums over the cells of a row block (the rows of ``rows``)."""
+    def cell_sums(self, values: np.ndarray, rows: slice, *, row_dtype: type = np.float64) -> np.ndarray:
+        """Float64 sums over the cells of a row block (the rows of ``rows``).
+
+        ``row_dtype`` float32 sums the ~41 rows of a cell in single precision
+        first (about twice as fast; relative error ~1e-6), for callers that
+        do not need the last digits.
+        """
         local_cuts = self.rows.cuts[(self.rows.cuts >= rows.start) & (self.rows.cuts < rows.stop)] - rows.start
-        by_rows = np.add.reduceat(values, local_cuts, axis=0, dtype=np.float64)
-        return np.add.reduceat(by_rows, self.columns.cuts, axis=1)
+        by_rows = np.add.reduceat(values, local_cuts, axis=0, dtype=row_dtype)
+        return np.add.reduceat(by_rows, self.columns.cuts, axis=1, dtype=np.float64)
 
     def pool(self, cell_sums: np.ndarray) -> np.ndarray:
         """Bin means from per-cell sums."""

@@ -56,9 +56,10 @@ class CellNoise:
         for rows, cells in grid.row_blocks():
             valid = quality[rows] == 0
             electrons = np.where(valid, expected[rows], np.float32(0))
-            counts[cells] = grid.cell_sums(valid, rows)
-            sums[cells] = grid.cell_sums(electrons, rows)
-            squares[cells] = grid.cell_sums(electrons * electrons, rows)
+            # single precision within a cell's rows is plenty for noise variances and moments
+            counts[cells] = grid.cell_sums(valid, rows, row_dtype=np.float32)
+            sums[cells] = grid.cell_sums(electrons, rows, row_dtype=np.float32)
+            squares[cells] = grid.cell_sums(electrons * electrons, rows, row_dtype=np.float32)
         variances = sums + counts * _READ_VARIANCE
         totals = rng.standard_normal(grid.cell_shape) * np.sqrt(variances)
         return cls(grid, counts, sums, squares, totals)
