@@ -37,6 +37,7 @@ demo: install
 benchmark: install
 	$(BIN)/python benchmarks/registration.py
 	$(BIN)/python benchmarks/spatial_queries.py
+	$(BIN)/python benchmarks/simulation.py
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
