@@ -173,6 +173,8 @@ def test_cli_lists_fields_and_simulates(tmp_path, run_cli) -> None:
     assert "wrote 2 detector images of 1 exposures" in result.output
     bad = run_cli("simulate", "exposures", "--out", str(tmp_path / "x"), "--field", "andromeda")
     assert bad.exit_code == 1 and "andromeda" in bad.output
+    slitless = run_cli("simulate", "exposures", "--out", str(tmp_path / "x"), "--detectors", "1,8", "--shape", "64x64")
+    assert slitless.exit_code == 1 and "not imaging detectors: [1]" in slitless.output
     dataset = run_cli("simulate", "dataset", "--out", str(tmp_path / "set"), "--n", "2", "--task", "classify",
                       "--shape", "240x230")
     assert dataset.exit_code == 0, dataset.output

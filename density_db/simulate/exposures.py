@@ -35,6 +35,7 @@ from astropy.io import fits
 from astropy.table import Table, vstack
 from astropy.wcs import WCS
 
+from density_db.errors import ConfigurationError
 from density_db.focal_plane import DETECTOR_SHAPE, detector_wcs_header
 from density_db.instrument import load_profile
 from density_db.simulate.catalog import draw_catalog
@@ -160,7 +161,7 @@ def simulate_exposures(
     chosen = list(bands) if detectors is None else list(detectors)
     unknown = sorted(set(chosen) - set(bands))
     if unknown:
-        raise ValueError(f"not imaging detectors: {unknown}; choose among {sorted(bands)}")
+        raise ConfigurationError(f"not imaging detectors: {unknown}; choose among {sorted(bands)}")
     out.mkdir(parents=True, exist_ok=True)
     jobs = [
         DetectorJob(pointing, detector, bands[detector], tuple(shape), seed, field, galaxies, out, compress)
