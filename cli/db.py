@@ -111,7 +111,8 @@ def upgrade(app: AppContext, revision: str) -> None:
     click.echo(f"schema revision: {current_revision(database)}")
 
 
-@db.command()
+# Relative revisions ('-1') must not be read as options.
+@db.command(context_settings={"ignore_unknown_options": True})
 @click.argument("revision")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_app

@@ -106,6 +106,8 @@ def test_cli_upgrade_downgrade_current(run_cli) -> None:
     assert run_cli("db", "upgrade").output.strip() == "schema revision: 0001"
     current = run_cli("db", "current")
     assert current.output.splitlines() == ["database: 0001", "density-db: 0001"]
-    assert run_cli("db", "downgrade", "base", "--yes").output.strip() == "schema revision: none"
+    refused = run_cli("db", "downgrade", "base", input="n\n")
+    assert refused.exit_code == 1 and "can delete data" in refused.output
+    assert run_cli("db", "downgrade", "-1", "--yes").output.strip() == "schema revision: none"
     # any command that needs the schema brings the empty database back to the head
     assert run_cli("query", "sql", "SELECT count(*) AS n FROM exposure").output.splitlines() == ["n", "0"]
