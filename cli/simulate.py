@@ -116,8 +116,8 @@ class _progress:
 @click.option("--task", type=click.Choice(["classify", "regress"]), required=True)
 @click.option("--balance", type=click.Choice(["paper", "uniform"]), default="paper", show_default=True,
               help="classify: the paper's class mix (Table 2) or equal classes.")
-@click.option("--device", type=click.Choice(["cpu"]), default="cpu", show_default=True,
-              help="Where images are simulated and reduced (the CUDA path is not built yet).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the full-size image work runs (random draws stay on the CPU: same dataset either way).")
 @click.option("--shape", default="9232x9216", callback=_parse_shape, show_default=True,
               help="WIDTHxHEIGHT of the simulated images before reduction to 224 x 224.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -130,10 +130,16 @@ def dataset(app: AppContext, out, count, task, balance, device, shape, seed, wor
 
     from density_db.simulate.dataset import plan_samples, write_dataset
 
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise click.ClickException("--device cuda: no CUDA device is available on this machine")
     specs = plan_samples(count, task=task, seed=seed, balance=balance)
     with _progress(app, count) as advance:
         try:
             samples = write_dataset(out, specs, task=task, balance=balance, shape=shape, workers=workers,
+                                    device=None if device == "cpu" else device,
                                     progress=(lambda: advance(None)) if advance else None)
         except FileExistsError as error:
             raise click.ClickException(str(error)) from None

@@ -228,6 +228,19 @@ class CellGrid:
         by_rows = np.add.reduceat(values, local_cuts, axis=0, dtype=row_dtype)
         return np.add.reduceat(by_rows, self.columns.cuts, axis=1, dtype=np.float64)
 
+    def tensor_cell_sums(self, values) -> np.ndarray:  # values: torch.Tensor of the whole image
+        """Float64 per-cell sums of a whole image held in a torch tensor (on any device)."""
+        import torch
+
+        device = values.device
+        row_cells = torch.from_numpy(self.rows.segment_of_pixel(self.shape[0])).to(device)
+        column_cells = torch.from_numpy(self.columns.segment_of_pixel(self.shape[1])).to(device)
+        by_rows = torch.zeros((self.rows.cuts.size, self.shape[1]), dtype=torch.float64, device=device)
+        by_rows.index_add_(0, row_cells, values.to(torch.float64))
+        cells = torch.zeros(self.cell_shape, dtype=torch.float64, device=device)
+        cells.index_add_(1, column_cells, by_rows)
+        return cells.cpu().numpy()
+
     def pool(self, cell_sums: np.ndarray) -> np.ndarray:
         """Bin means from per-cell sums."""
         sums = self.columns.combine(self.rows.combine(cell_sums, axis=0), axis=1)

@@ -202,3 +202,14 @@ print(catalog.star_count, image.science.shape, resource.getrusage(resource.RUSAG
     output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
     assert int(output[0]) == 200_000
     assert int(output[-1]) * 1024 < 2 * 2**30  # ru_maxrss is in KiB on Linux
+
+
+def test_torch_device_path_gives_the_numpy_path_dataset(tmp_path) -> None:
+    """The --device path (here torch's CPU device, the same code as on CUDA) against NumPy, same seed."""
+    specs = plan_samples(3, task="regress", seed=13)
+    shape = (700, 720)
+    numpy_set = write_dataset(tmp_path / "numpy", specs, task="regress", balance="paper", shape=shape)
+    torch_set = write_dataset(tmp_path / "torch", specs, task="regress", balance="paper", shape=shape, device="cpu")
+    np.testing.assert_array_equal(numpy_set["star_count"], torch_set["star_count"])
+    np.testing.assert_allclose(np.load(tmp_path / "numpy" / "shard_00000.npy").astype(np.float32),
+                               np.load(tmp_path / "torch" / "shard_00000.npy").astype(np.float32), atol=2e-3, rtol=1e-3)

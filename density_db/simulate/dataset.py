@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import multiprocessing
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -145,14 +146,17 @@ def simulate_sample(spec: SampleSpec, *, shape: tuple[int, int] = DETECTOR_SHAPE
     return catalog, render_detector(catalog, shape, spec.band, rng)
 
 
-def preprocessed_sample(spec: SampleSpec, shape: tuple[int, int] = DETECTOR_SHAPE) -> tuple[np.ndarray, SampleLabels]:
+def preprocessed_sample(
+    spec: SampleSpec, shape: tuple[int, int] = DETECTOR_SHAPE, *, device: str | None = None
+) -> tuple[np.ndarray, SampleLabels]:
     """One sample as the model sees it, with its labels, without making the full-resolution noise.
 
     Equal to ``preprocess`` of :func:`simulate_sample`'s image for the same
-    spec, to the precision stated in :mod:`density_db.simulate.noise`.
+    spec, to the precision stated in :mod:`density_db.simulate.noise`;
+    ``device`` (a torch device) does the full-size work there, same result.
     """
     catalog, rng = _catalog(spec, shape)
-    tensor, statistics = render_model_input(catalog, shape, spec.band, rng)
+    tensor, statistics = render_model_input(catalog, shape, spec.band, rng, device=device)
     labels = SampleLabels(
         star_count=catalog.star_count,
         bright_star_count=catalog.bright_star_count,
@@ -164,9 +168,9 @@ def preprocessed_sample(spec: SampleSpec, shape: tuple[int, int] = DETECTOR_SHAP
     return tensor, labels
 
 
-def _preprocessed(job: tuple[SampleSpec, tuple[int, int]]) -> tuple[np.ndarray, SampleLabels]:
-    spec, shape = job
-    tensor, labels = preprocessed_sample(spec, shape)
+def _preprocessed(job: tuple[SampleSpec, tuple[int, int], str | None]) -> tuple[np.ndarray, SampleLabels]:
+    spec, shape, device = job
+    tensor, labels = preprocessed_sample(spec, shape, device=device)
     return tensor.astype(np.float16), labels
 
 
@@ -178,19 +182,24 @@ def write_dataset(
     balance: str,
     shape: tuple[int, int] = DETECTOR_SHAPE,
     workers: int = 1,
+    device: str | None = None,
     progress: Callable[[], None] | None = None,
 ) -> Table:
     """Simulate, preprocess and store every sample; return the samples table.
 
-    Refuses to write into a directory that already holds a dataset, so that
-    shards of two datasets are never mixed.
+    ``device`` (a torch device such as ``"cuda"``) does each sample's
+    full-size work there; worker processes are then spawned, not forked,
+    as CUDA requires.  Refuses to write into a directory that already holds
+    a dataset, so that shards of two datasets are never mixed.
     """
     if (out / DESCRIPTION_NAME).exists():
         raise FileExistsError(f"{out} already holds a dataset ({DESCRIPTION_NAME}); choose a new directory")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
-        results = (pool.map if pool is not None else map)(_preprocessed, ((spec, shape) for spec in specs))
+    context = multiprocessing.get_context("spawn" if device is not None else None)
+    pool_or_none = ProcessPoolExecutor(max_workers=workers, mp_context=context) if workers > 1 else None
+    with pool_or_none or contextlib.nullcontext() as pool:
+        results = (pool.map if pool is not None else map)(_preprocessed, ((spec, shape, device) for spec in specs))
         for shard_index, shard in enumerate(_chunks(zip(specs, results, strict=True), SHARD_SIZE)):
             tensors = np.stack([tensor for _, (tensor, _) in shard])
             np.save(out / f"shard_{shard_index:05d}.npy", tensors)
@@ -203,7 +212,7 @@ def write_dataset(
     description = {
         "task": task, "balance": balance, "samples": len(rows), "shard_size": SHARD_SIZE,
         "shards": -(-len(rows) // SHARD_SIZE), "dtype": "float16", "input_size": INPUT_SIZE,
-        "image_shape": list(shape), "preprocessing_version": PREPROCESSING_VERSION,
+        "image_shape": list(shape), "device": device or "cpu", "preprocessing_version": PREPROCESSING_VERSION,
         "class_lower_edges": list(CLASS_LOWER_EDGES), "bright_magnitude_limit": BRIGHT_MAGNITUDE_LIMIT,
         "density_db_version": __version__,
     }

@@ -60,6 +60,20 @@ class CellNoise:
             counts[cells] = grid.cell_sums(valid, rows, row_dtype=np.float32)
             sums[cells] = grid.cell_sums(electrons, rows, row_dtype=np.float32)
             squares[cells] = grid.cell_sums(electrons * electrons, rows, row_dtype=np.float32)
+        return cls._with_totals(grid, counts, sums, squares, rng)
+
+    @classmethod
+    def draw_on_device(cls, expected, quality, grid: CellGrid, rng: np.random.Generator) -> CellNoise:
+        """:meth:`draw` for torch tensors (e.g. on CUDA); the totals come from the same NumPy stream."""
+        valid = quality == 0
+        electrons = expected * valid
+        return cls._with_totals(
+            grid, grid.tensor_cell_sums(valid), grid.tensor_cell_sums(electrons),
+            grid.tensor_cell_sums(electrons * electrons), rng,
+        )
+
+    @classmethod
+    def _with_totals(cls, grid: CellGrid, counts, sums, squares, rng: np.random.Generator) -> CellNoise:
         variances = sums + counts * _READ_VARIANCE
         totals = rng.standard_normal(grid.cell_shape) * np.sqrt(variances)
         return cls(grid, counts, sums, squares, totals)

@@ -47,6 +47,7 @@ peaks at about 0.8 GB whatever the number of sources.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,6 +156,7 @@ def render_model_input(
     *,
     exposure_seconds: float = EXPOSURE_SECONDS,
     defects: bool = True,
+    device: str | None = None,
 ) -> tuple[np.ndarray, PixelStatistics]:
     """The 2 x 224 x 224 model input of the image :func:`render_detector` would make, without its pixels.
 
@@ -163,6 +165,10 @@ def render_model_input(
     drawn.  Equals preprocessing the rendered image to the precision of the
     standard deviation (see :mod:`noise`), for a fraction of the time.
 
+    ``device`` (a torch device such as ``"cuda"``) puts the full-size work --
+    the image, the stamps, the per-cell sums -- on that device; every random
+    draw stays in NumPy, so the result is the same as without it.
+
     Raises
     ------
     InputError
@@ -170,12 +176,17 @@ def render_model_input(
     """
     if min(shape) < INPUT_SIZE:
         raise InputError("too_small", f"image {shape} is smaller than the {INPUT_SIZE} x {INPUT_SIZE} model input")
-    expected, quality = _expected_electrons(catalog, shape, band, rng, exposure_seconds, defects)
-    noise = CellNoise.draw(expected, quality, CellGrid.for_shape(shape), rng)
+    grid = CellGrid.for_shape(shape)
+    if device is None:
+        expected, quality = _expected_electrons(catalog, shape, band, rng, exposure_seconds, defects)
+        noise = CellNoise.draw(expected, quality, grid, rng)
+    else:
+        expected, quality = _expected_electrons_on(device, catalog, shape, band, rng, exposure_seconds, defects)
+        noise = CellNoise.draw_on_device(expected, quality, grid, rng)
     if not noise.valid_counts.any():
         raise InputError("all_invalid", "no valid pixel in the simulated image")
-    statistics = noise.statistics(exposure_seconds, expected.size)
-    return model_input(noise.grid, noise.value_sums(exposure_seconds), noise.valid_counts, statistics), statistics
+    statistics = noise.statistics(exposure_seconds, shape[0] * shape[1])
+    return model_input(grid, noise.value_sums(exposure_seconds), noise.valid_counts, statistics), statistics
 
 
 def _expected_electrons(
@@ -183,23 +194,53 @@ def _expected_electrons(
     exposure_seconds: float, defects: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Expected electrons per pixel (sky, dark and sources) and the quality mask (saturation, defects)."""
-    if band != catalog.band:
-        raise ValueError(f"band {band!r} differs from the catalog's band {catalog.band!r}")
-    photometry = band_photometry(band)
     image = np.full(shape, background_electrons(band, exposure_seconds), dtype=np.float32)
-    flux = electrons(catalog.mag, band, exposure_seconds)
-    stars = catalog.is_star
-    _add_stars(image, catalog.x[stars], catalog.y[stars], flux[stars], photometry)
-    galaxies = ~stars
-    _add_galaxies(image, photometry, flux[galaxies], *(getattr(catalog, name)[galaxies] for name in _GALAXY_COLUMNS))
+    for flat_index, values in _source_stamps(catalog, shape, band, exposure_seconds):
+        # np.add.at, not +=, because stamps of neighbouring sources overlap
+        np.add.at(image.reshape(-1), flat_index, values)
     quality = np.where(image > FULL_WELL_E, np.int16(QUALITY_SATURATED), np.int16(0))
     if defects:
         _flag_defects(quality, rng)
     return image, quality
 
 
-def _add_stars(image: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarray, photometry: BandPhotometry) -> None:
-    """Add PSF stamps of point sources, grouped by stamp radius."""
+def _expected_electrons_on(
+    device: str, catalog: TruthCatalog, shape: tuple[int, int], band: str, rng: np.random.Generator,
+    exposure_seconds: float, defects: bool,
+):  # -> tuple[torch.Tensor, torch.Tensor]
+    """:func:`_expected_electrons` with the full-size arrays on a torch device (e.g. CUDA)."""
+    import torch
+
+    image = torch.full(shape, background_electrons(band, exposure_seconds), dtype=torch.float32, device=device)
+    flat = image.view(-1)
+    for flat_index, values in _source_stamps(catalog, shape, band, exposure_seconds):
+        flat.index_put_((torch.from_numpy(flat_index).to(device),), torch.from_numpy(values).to(device), accumulate=True)
+    quality = (image > FULL_WELL_E).to(torch.int16) * QUALITY_SATURATED
+    if defects:
+        _flag_defects(quality, rng)
+    return image, quality
+
+
+def _source_stamps(
+    catalog: TruthCatalog, shape: tuple[int, int], band: str, exposure_seconds: float
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every star and galaxy stamp of ``catalog`` as (flat pixel index, electrons) chunks."""
+    if band != catalog.band:
+        raise ValueError(f"band {band!r} differs from the catalog's band {catalog.band!r}")
+    photometry = band_photometry(band)
+    flux = electrons(catalog.mag, band, exposure_seconds)
+    stars = catalog.is_star
+    yield from _star_stamps(shape, catalog.x[stars], catalog.y[stars], flux[stars], photometry)
+    galaxies = ~stars
+    yield from _galaxy_stamps(
+        shape, photometry, flux[galaxies], *(getattr(catalog, name)[galaxies] for name in _GALAXY_COLUMNS)
+    )
+
+
+def _star_stamps(
+    shape: tuple[int, int], x: np.ndarray, y: np.ndarray, flux: np.ndarray, photometry: BandPhotometry
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """PSF stamps of point sources, grouped by stamp radius, as (flat pixel index, electrons) chunks."""
     alpha, beta = photometry.moffat_alpha, photometry.moffat_beta
     peak = flux * photometry.psf(np.zeros(1))
     # radius where flux * psf(r) = WING_ELECTRONS
@@ -211,11 +252,11 @@ def _add_stars(image: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarray
         for chunk in np.array_split(group, max(1, group.size * side**2 // _CHUNK_PIXELS)):
             column, row, dx, dy = _stamp_grid(x[chunk], y[chunk], side, stamp_radius)
             profile = photometry.psf((dx[:, None, :] ** 2 + dy[:, :, None] ** 2).astype(np.float32))
-            _add_stamps(image, column, row, profile, flux[chunk])
+            yield _stamp_pixels(shape, column, row, profile, flux[chunk])
 
 
-def _add_galaxies(
-    image: np.ndarray,
+def _galaxy_stamps(
+    shape: tuple[int, int],
     photometry: BandPhotometry,
     flux: np.ndarray,
     x: np.ndarray,
@@ -224,8 +265,8 @@ def _add_galaxies(
     axis_ratio: np.ndarray,
     angle_deg: np.ndarray,
     index: np.ndarray,
-) -> None:
-    """Add PSF-convolved Sersic stamps, grouped by stamp size.
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """PSF-convolved Sersic stamps, grouped by stamp size, as (flat pixel index, electrons) chunks.
 
     A stamp reaches 4 half-light radii, or less where the profile has fallen
     below ``WING_ELECTRONS`` before (as for stars), plus twice the PSF FWHM.
@@ -247,7 +288,7 @@ def _add_galaxies(
             profile = _sersic(dx, dy, half_light[chunk], axis_ratio[chunk], angle_deg[chunk], index[chunk])
             convolved = np.fft.irfft2(np.fft.rfft2(profile) * psf_transform, s=(side, side))
             # FFT round-off leaves tiny negative values in the far wings
-            _add_stamps(image, column, row, np.maximum(convolved, 0.0).astype(np.float32), flux[chunk])
+            yield _stamp_pixels(shape, column, row, np.maximum(convolved, 0.0).astype(np.float32), flux[chunk])
 
 
 def _sersic_reach(flux: np.ndarray, half_light: np.ndarray, axis_ratio: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -297,14 +338,15 @@ def _stamp_grid(x: np.ndarray, y: np.ndarray, side: int, centre: int) -> tuple[n
     return column, row, column - x[:, None], row - y[:, None]
 
 
-def _add_stamps(image: np.ndarray, column: np.ndarray, row: np.ndarray, profile: np.ndarray, flux: np.ndarray) -> None:
-    """Scale each stamp to its flux and add the part that falls on the image."""
-    ny, nx = image.shape
+def _stamp_pixels(
+    shape: tuple[int, int], column: np.ndarray, row: np.ndarray, profile: np.ndarray, flux: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scale each stamp to its flux; return the flat indices and values of the part on the image."""
+    ny, nx = shape
     profile *= (flux / profile.sum(axis=(1, 2), dtype=np.float64)).astype(np.float32)[:, None, None]
     inside = ((row >= 0) & (row < ny))[:, :, None] & ((column >= 0) & (column < nx))[:, None, :]
     flat_index = row[:, :, None] * nx + column[:, None, :]
-    # np.add.at, not +=, because stamps of neighbouring sources overlap
-    np.add.at(image.reshape(-1), flat_index[inside], profile[inside])
+    return flat_index[inside], profile[inside]
 
 
 def _flag_defects(quality: np.ndarray, rng: np.random.Generator) -> None:
