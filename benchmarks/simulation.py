@@ -1,4 +1,4 @@
-"""Simulator throughput on one CPU core: exposures-mode detector images and dataset-mode samples.
+"""Simulator throughput on one CPU core (and on a GPU where there is one): exposures and dataset modes.
 
 What it measures, on full-size CSST detectors (9216 x 9232 pixels):
 
@@ -29,6 +29,10 @@ What it measures, on full-size CSST detectors (9216 x 9232 pixels):
 * :func:`~density_db.simulate.dataset.write_dataset` of the ``classify``
   samples with 2 worker processes: images/s overall and its speed-up over
   the one-core time of the same samples measured before it.
+
+Where a CUDA device is available, dataset mode is also timed with
+``device="cuda"`` (goal >= 100 images/s on one H100): one process per task,
+then ``write_dataset`` with a spawned worker per CPU core feeding the GPU.
 
 Everything but ``write_dataset`` runs on one core: ``torch.set_num_threads(1)``
 and ``OPENBLAS_NUM_THREADS=1`` (also OMP, MKL) before NumPy loads, so that
@@ -96,6 +100,7 @@ CLASS5_EXTREME_FIELD = "default"
 
 PEAK_RSS_GOAL_GIB = 2.0
 IMAGES_PER_S_GOAL = 2.0
+GPU_IMAGES_PER_S_GOAL = 100.0
 """Dataset-mode goal per CPU core."""
 DATASET_WORKERS = 2
 
@@ -469,6 +474,44 @@ def print_dataset(tasks: list[TaskFigures], extreme: SampleFigures, write: Write
 # -- main ---------------------------------------------------------------------------------
 
 
+def measure_gpu(plans: dict[str, list[SampleSpec]], seed: int, scratch: Path) -> dict[str, Any] | None:
+    """Dataset mode with ``device="cuda"``: one process per task, then write_dataset with a worker per core.
+
+    ``None`` where no CUDA device is available.  The CPU still draws every
+    catalog and stamp, so a worker per core feeds the GPU.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    figures: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "goal_images_per_s": GPU_IMAGES_PER_S_GOAL}
+    for task, specs in plans.items():
+        preprocessed_sample(specs[0], device="cuda")  # CUDA context and kernels, not timed
+        started = time.perf_counter()
+        for spec in specs:
+            preprocessed_sample(spec, device="cuda")
+        figures[f"{task}_one_process_images_per_s"] = len(specs) / (time.perf_counter() - started)
+    workers = os.cpu_count() or 1
+    specs = plan_samples(8 * workers, task="classify", seed=seed, balance="paper")
+    with tempfile.TemporaryDirectory(dir=scratch) as directory:
+        started = time.perf_counter()
+        write_dataset(Path(directory) / "set", specs, task="classify", balance="paper", workers=workers, device="cuda")
+        figures["write_dataset_workers"] = workers
+        figures["write_dataset_images_per_s"] = len(specs) / (time.perf_counter() - started)
+    return figures
+
+
+def print_gpu(gpu: dict[str, Any] | None) -> None:
+    if gpu is None:
+        print("dataset mode on a GPU: no CUDA device on this machine, not measured")
+        return
+    print(f"dataset mode on {gpu['device']} (goal >= {GPU_IMAGES_PER_S_GOAL} images/s):")
+    for task in TASKS:
+        print(f"  {task}: {gpu[f'{task}_one_process_images_per_s']:.1f} images/s in one process")
+    print(f"  write_dataset(classify, {gpu['write_dataset_workers']} workers, start-up included): "
+          f"{gpu['write_dataset_images_per_s']:.1f} images/s")
+
+
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -511,10 +554,14 @@ def main(arguments: argparse.Namespace) -> None:
     one_core_s = sum(sample.sample_s for sample in samples if sample.task == "classify")
     write = measure_write_dataset("classify", plans["classify"], one_core_s, arguments.scratch)
 
+    gpu = measure_gpu(plans, arguments.seed, arguments.scratch)
+
     print(f"\nmachine: {machine.describe()}\n")
     print_exposures(exposures)
     print()
     print_dataset(tasks, extreme, write)
+    print()
+    print_gpu(gpu)
     write_json(arguments.json, machine, {
         "seed": arguments.seed,
         "detector_shape": list(DETECTOR_SHAPE),
@@ -527,6 +574,7 @@ def main(arguments: argparse.Namespace) -> None:
         "dataset_samples": [asdict(sample) for sample in samples],
         "class5_extreme": asdict(extreme),
         "write_dataset": asdict(write) | {"speed_up": write.speed_up},
+        "gpu": gpu,
     })
     print(f"\nfigures written to {arguments.json}")
 
