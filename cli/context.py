@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import click
+
 from density_db.config import Settings
 
 if TYPE_CHECKING:
@@ -42,3 +44,7 @@ def configure_logging(verbosity: int) -> None:
     root = logging.getLogger("density_db")
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+pass_app = click.make_pass_decorator(AppContext)
+"""Decorator handing a command the root group's :class:`AppContext`."""

@@ -7,11 +7,8 @@ import shutil
 
 import click
 
-from density_db.cli.context import AppContext
+from density_db.cli.context import AppContext, pass_app
 from density_db.errors import DensityDBError
-
-pass_app = click.make_pass_decorator(AppContext)
-
 
 @click.group()
 def db() -> None:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import click
 
-from density_db.cli.context import AppContext
+from density_db.cli.context import AppContext, pass_app
 from density_db.cli.options import band_option, output_format_option, resolve_output_format
-
-pass_app = click.make_pass_decorator(AppContext)
-
 
 @click.group()
 def query() -> None:

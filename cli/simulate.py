@@ -6,10 +6,7 @@ from pathlib import Path
 
 import click
 
-from density_db.cli.context import AppContext
-
-pass_app = click.make_pass_decorator(AppContext)
-
+from density_db.cli.context import AppContext, pass_app
 
 def _parse_shape(_ctx, _param, value: str) -> tuple[int, int]:
     """'9232x9216' (width x height, as FITS NAXIS1 x NAXIS2) -> (ny, nx)."""
