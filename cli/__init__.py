@@ -19,6 +19,7 @@ from density_db.cli.db import db
 from density_db.cli.ingest import ingest
 from density_db.cli.query import query
 from density_db.cli.simulate import simulate
+from density_db.cli.train import train
 from density_db.errors import DensityDBError
 
 logger = logging.getLogger("density_db")
@@ -71,3 +72,4 @@ main.add_command(db)
 main.add_command(ingest)
 main.add_command(query)
 main.add_command(simulate)
+main.add_command(train)

@@ -1,0 +1,86 @@
+"""``density-db train``: train the classifier or the regressor on a simulated dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from density_db.cli.context import AppContext, pass_app
+
+
+@click.command()
+@click.argument("stage", type=click.Choice(["classifier", "regressor"]))
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
+              help="A dataset directory written by 'density-db simulate dataset'.")
+@click.option("--arch", "architecture", required=True,
+              help="Network: classifier resnet34|resnet18|baseline_cnn, regressor resnet50|resnet18|baseline_cnn.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Checkpoint of the best model; OUT.state.pt is written next to it after every epoch.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Classifier: epoch limit (default 100, early stopping after 15 without improvement). "
+                   "Regressor: total of its three stages (default 30+40+70; others scale them).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="AdamW base learning rate.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Initialisation, shuffling and augmentation.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Data loader worker processes.")
+@click.option("--pretrained", "pretrained_weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Local torchvision ImageNet weights file for a ResNet backbone (nothing is downloaded).")
+@click.option("--resume", is_flag=True, help="Continue the run saved in OUT.state.pt.")
+@pass_app
+def train(app: AppContext, stage, data_dir, architecture, out_path, epochs, batch_size, learning_rate, device,
+          seed, workers, pretrained_weights, resume) -> None:
+    """Train STAGE (classifier or regressor) on a simulated dataset; the best model goes to --out."""
+    from density_db.inference.training import TrainingConfig, state_file_of
+    from density_db.inference.training import train as run_training
+
+    if not data_dir.is_dir():
+        raise click.BadParameter(f"dataset directory {data_dir} does not exist", param_hint="--data")
+    if resume and not state_file_of(out_path).exists():
+        raise click.UsageError(f"--resume: {state_file_of(out_path)} does not exist")
+    config = TrainingConfig(
+        stage=stage, architecture=architecture, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+        device=device, seed=seed, workers=workers, pretrained_weights=pretrained_weights,
+    )
+    with _TrainingProgress(app, config.total_epochs) as progress:
+        result = run_training(config, data_dir, out_path, resume=resume, progress=progress)
+    ending = "stopped early" if result.stopped_early else "done"
+    click.echo(
+        f"{ending} after {result.epochs_run} epochs on {result.device}: best validation loss "
+        f"{result.best_validation_loss:.4g} (epoch {result.best_epoch + 1}); "
+        f"wrote {result.checkpoint} (sha256 {result.sha256[:12]}); resumable state in {result.state_file}"
+    )
+
+
+class _TrainingProgress:
+    """A rich progress bar over the training steps of all remaining epochs, with images/s and ETA."""
+
+    def __init__(self, app: AppContext, total_epochs: int) -> None:
+        self.app, self.total_epochs, self.bar, self.task = app, total_epochs, None, None
+
+    def __enter__(self):
+        if not self.app.show_progress:
+            return None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(),
+            TextColumn("loss {task.fields[loss]:.4g}"), TextColumn("{task.fields[rate]:.1f} images/s"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=True,
+        )
+        self.bar.start()
+        return self._update
+
+    def _update(self, epoch: int, step: int, steps: int, loss: float, images_per_s: float) -> None:
+        description = f"epoch {epoch + 1}/{self.total_epochs}"
+        if self.task is None:  # the first step tells the remaining work (a resumed run starts later)
+            total = (self.total_epochs - epoch) * steps
+            self.task = self.bar.add_task(description, total=total, loss=loss, rate=images_per_s)
+        self.bar.update(self.task, advance=1, description=description, loss=loss, rate=images_per_s)
+
+    def __exit__(self, *exc_info) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,177 @@
+"""Training of the two stages: split, augmentation, staged unfreezing, checkpoints, resume and the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from density_db.cli import main
+from density_db.errors import ConfigurationError
+from density_db.inference.architectures import build_model
+from density_db.inference.augmentation import Augmented
+from density_db.inference.checkpoints import file_sha256, load_checkpoint
+from density_db.inference.training import (
+    TrainingConfig,
+    phase_of_epoch,
+    regressor_stage_epochs,
+    set_trainable,
+    split_indices,
+    state_file_of,
+    train,
+)
+from density_db.simulate.dataset import SAMPLES_NAME, plan_samples, write_dataset
+
+SHAPE = (240, 250)
+
+
+@pytest.fixture(scope="module")
+def classify_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "classify"
+    write_dataset(out, plan_samples(32, task="classify", seed=1, balance="uniform"),
+                  task="classify", balance="uniform", shape=SHAPE)
+    return out
+
+
+@pytest.fixture(scope="module")
+def regress_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "regress"
+    write_dataset(out, plan_samples(24, task="regress", seed=2), task="regress", balance="paper", shape=SHAPE)
+    return out
+
+
+def _config(stage: str = "classifier", **overrides) -> TrainingConfig:
+    settings = {"architecture": "baseline_cnn", "batch_size": 8, "learning_rate": 3e-3, "device": "cpu",
+                "seed": 0, **overrides}
+    return TrainingConfig(stage=stage, **settings)
+
+
+def test_split_is_8_1_1_disjoint_and_deterministic() -> None:
+    train_part, validation, test = split_indices(100, seed=3)
+    assert (len(train_part), len(validation), len(test)) == (80, 10, 10)
+    assert sorted(np.concatenate([train_part, validation, test]).tolist()) == list(range(100))
+    again = split_indices(100, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip((train_part, validation, test), again))
+    assert not np.array_equal(split_indices(100, seed=4)[1], validation)
+    with pytest.raises(ConfigurationError, match="at least 3"):
+        split_indices(2, seed=0)
+
+
+def _dihedral(tensor: torch.Tensor) -> list[torch.Tensor]:
+    return [torch.rot90(flipped, k, dims=(-2, -1))
+            for flipped in (tensor, torch.flip(tensor, dims=(-1,))) for k in range(4)]
+
+
+def test_augmentation_keeps_the_original_and_the_mask_and_moves_no_flux() -> None:
+    rng = np.random.default_rng(5)
+    mask = torch.from_numpy((rng.random((2, 16, 16)) > 0.2).astype(np.float32))[0]
+    image = torch.from_numpy(rng.normal(size=(16, 16)).astype(np.float32)) * mask
+    samples = [(torch.stack((image, mask)), torch.tensor(3))]
+
+    jittered = Augmented(samples, copies=4, seed=1)
+    assert len(jittered) == 4
+    assert torch.equal(jittered[0][0], samples[0][0]) and int(jittered[0][1]) == 3
+    for index in range(1, 4):
+        augmented = jittered[index][0]
+        assert any(torch.equal(augmented[1], candidate) for candidate in _dihedral(mask))
+        assert torch.all(augmented[0][augmented[1] == 0] == 0)  # invalid pixels stay 0
+        assert torch.equal(augmented, jittered[index][0])  # same (seed, epoch, index), same draw
+
+    geometric = Augmented(samples, copies=4, seed=1, brightness=0.0, contrast=0.0)
+    orientations = set()
+    for epoch in range(6):
+        geometric.set_epoch(epoch)
+        for index in range(1, 4):
+            augmented = geometric[index][0]
+            assert torch.isclose(augmented[0].sum(), image.sum(), atol=1e-4)
+            orientations.add(next(k for k, candidate in enumerate(_dihedral(samples[0][0]))
+                                  if torch.equal(augmented, candidate)))
+    assert len(orientations) > 2  # flips and rotations are drawn, and differ between epochs
+
+
+def test_regressor_stages_unfreeze_head_then_layer4_then_everything() -> None:
+    assert regressor_stage_epochs(_config("regressor")) == (30, 40, 70)
+    assert regressor_stage_epochs(_config("regressor", epochs=14)) == (3, 4, 7)
+    assert regressor_stage_epochs(_config("regressor", epochs=3)) == (1, 1, 1)
+    assert [phase_of_epoch(_config("regressor", epochs=14), epoch) for epoch in range(14)] == \
+        [0] * 3 + [1] * 4 + [2] * 7
+
+    model = build_model("regressor", "resnet18")
+    names = [name for name, _ in model.named_parameters()]
+    head = set_trainable(model, 0)
+    assert head and all(name.startswith("fc.") for name in head)
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == set(head)
+    with_layer4 = set_trainable(model, 1)
+    assert set(with_layer4) == {name for name in names if name.startswith(("fc.", "layer4."))}
+    assert set(set_trainable(model, 2)) == set(names)
+
+    baseline = build_model("regressor", "baseline_cnn")
+    head = set_trainable(baseline, 0)
+    last_linear = max(i for i, module in enumerate(baseline) if isinstance(module, torch.nn.Linear))
+    assert head == [f"{last_linear}.weight", f"{last_linear}.bias"]
+    assert len(set_trainable(baseline, 1)) == len(head) + 3  # + the last conv (no bias) and its BatchNorm
+
+
+def test_classifier_training_lowers_the_loss_writes_a_checkpoint_and_resumes(classify_dir, tmp_path) -> None:
+    out = tmp_path / "classifier.pt"
+    first = train(_config(epochs=2), classify_dir, out)
+    assert first.epochs_run == 2 and first.split_sizes == {"train": 26, "validation": 3, "test": 3}
+    assert state_file_of(out).exists()
+
+    resumed = train(_config(epochs=4), classify_dir, out, resume=True)
+    assert resumed.epochs_run == 4
+    assert resumed.train_losses[:2] == first.train_losses  # the first two epochs were not run again
+    assert resumed.train_losses[-1] < resumed.train_losses[0]
+
+    loaded = load_checkpoint(out)
+    assert (loaded.stage, loaded.architecture) == ("classifier", "baseline_cnn")
+    metadata = loaded.metadata
+    assert metadata["trained_on"] == "density-db simulator dataset"
+    assert metadata["data_manifest_sha256"] == file_sha256(classify_dir / SAMPLES_NAME)
+    assert metadata["epochs_run"] == 4 and metadata["split_seed"] == 0
+    assert metadata["best_validation_loss"] == pytest.approx(min(resumed.validation_losses))
+    assert metadata["config"]["stage"] == "classifier" and metadata["config"]["batch_size"] == 8
+    assert loaded.sha256 == resumed.sha256
+
+    with pytest.raises(ConfigurationError, match="another run"):
+        train(_config(epochs=5, split_seed=1), classify_dir, out, resume=True)
+
+
+def test_regressor_trains_through_its_three_stages(regress_dir, tmp_path) -> None:
+    result = train(_config("regressor", epochs=3, augment_copies=1), regress_dir, tmp_path / "regressor.pt")
+    assert result.epochs_run == 3 and all(np.isfinite(result.validation_losses))
+    assert load_checkpoint(tmp_path / "regressor.pt").stage == "regressor"
+    state = torch.load(state_file_of(tmp_path / "regressor.pt"), weights_only=True)
+    assert state["phase"] == 2 and state["epoch"] == 3
+
+
+def test_regressor_refuses_a_classification_dataset(classify_dir, tmp_path) -> None:
+    with pytest.raises(ConfigurationError, match="needs a regress dataset"):
+        train(_config("regressor", epochs=3), classify_dir, tmp_path / "regressor.pt")
+
+
+def test_cli_trains_end_to_end_and_reports_errors(classify_dir, tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("DENSITY_DB_URL", raising=False)
+    monkeypatch.setenv("DENSITY_DB_HOME", str(tmp_path / "home"))
+    out = tmp_path / "cli.pt"
+    common = ["--epochs", "1", "--batch-size", "8", "--device", "cpu"]
+    result = CliRunner().invoke(main, ["train", "classifier", "--data", str(classify_dir), "--arch",
+                                       "baseline_cnn", "--out", str(out), *common])
+    assert result.exit_code == 0, result.output
+    assert "after 1 epochs" in result.output and out.exists()
+    assert load_checkpoint(out).architecture == "baseline_cnn"
+
+    missing = CliRunner().invoke(main, ["train", "classifier", "--data", str(tmp_path / "nowhere"),
+                                        "--arch", "baseline_cnn", "--out", str(out), *common])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+
+    unknown = CliRunner().invoke(main, ["train", "classifier", "--data", str(classify_dir), "--arch", "vgg16",
+                                        "--out", str(out), *common])
+    assert unknown.exit_code == 1 and "unknown classifier architecture 'vgg16'" in unknown.output
+
+    wrong_task = CliRunner().invoke(main, ["train", "regressor", "--data", str(classify_dir), "--arch",
+                                           "baseline_cnn", "--out", str(tmp_path / "r.pt"), "--epochs", "3"])
+    assert wrong_task.exit_code == 1 and "needs a regress dataset" in wrong_task.output
