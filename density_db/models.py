@@ -121,6 +121,7 @@ class Model(Base):
     __tablename__ = "model"
     __table_args__ = (
         sa.UniqueConstraint("sha256"),
+        sa.UniqueConstraint("name"),
         sa.CheckConstraint(_in("stage", ("classifier", "regressor")), name="stage"),
     )
 

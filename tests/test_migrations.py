@@ -103,11 +103,25 @@ def test_unknown_revision_says_density_db_is_too_old(empty_database: Database) -
 
 
 def test_cli_upgrade_downgrade_current(run_cli) -> None:
-    assert run_cli("db", "upgrade").output.strip() == "schema revision: 0001"
+    assert run_cli("db", "upgrade").output.strip() == "schema revision: 0002"
     current = run_cli("db", "current")
-    assert current.output.splitlines() == ["database: 0001", "density-db: 0001"]
+    assert current.output.splitlines() == ["database: 0002", "density-db: 0002"]
     refused = run_cli("db", "downgrade", "base", input="n\n")
     assert refused.exit_code == 1 and "can delete data" in refused.output
-    assert run_cli("db", "downgrade", "-1", "--yes").output.strip() == "schema revision: none"
+    assert run_cli("db", "downgrade", "-1", "--yes").output.strip() == "schema revision: 0001"
+    assert run_cli("db", "downgrade", "base", "--yes").output.strip() == "schema revision: none"
     # any command that needs the schema brings the empty database back to the head
     assert run_cli("query", "sql", "SELECT count(*) AS n FROM exposure").output.splitlines() == ["n", "0"]
+
+
+def test_models_sharing_a_name_at_0001_survive_0002_with_distinct_names(empty_database: Database) -> None:
+    upgrade(empty_database, "0001")
+    with empty_database.engine.begin() as connection:
+        for sha in ("a" * 64, "b" * 64):
+            connection.execute(sa.text(
+                "INSERT INTO model (name, stage, architecture, sha256) VALUES ('demo', 'classifier', 'resnet18', :sha)"
+            ), {"sha": sha})
+    upgrade(empty_database)
+    with empty_database.engine.connect() as connection:
+        names = connection.execute(sa.text("SELECT name FROM model ORDER BY id")).scalars().all()
+    assert names[0] == "demo" and names[1].startswith("demo-") and len(set(names)) == 2

@@ -1,0 +1,108 @@
+"""The ``model`` table as a registry of checkpoints, by content (sha256) and by name.
+
+Registering reads the checkpoint (so a file that does not load is refused
+before anything is stored), and the sha256 of the file is the key: adding
+the same file twice, under any path or name, keeps one row.  Commands that
+take a model (evaluate, ingest) accept a registered name or a path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+
+from density_db.database import Database
+from density_db.errors import ConfigurationError
+from density_db.models import Model
+
+
+_COLUMNS = sa.select(Model.id, Model.name, Model.stage, Model.architecture, Model.sha256, Model.path, Model.metadata_)
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A row of the ``model`` table."""
+
+    id: int
+    name: str
+    stage: str
+    architecture: str
+    sha256: str
+    path: str | None
+    metadata: dict
+
+
+def register_model(
+    database: Database,
+    path: Path,
+    *,
+    name: str | None = None,
+    architecture: str | None = None,
+    stage: str | None = None,
+) -> tuple[RegisteredModel, bool]:
+    """Store a checkpoint in the ``model`` table; return its row and whether it was new.
+
+    Raises
+    ------
+    ConfigurationError
+        If the checkpoint does not load, or ``name`` belongs to another checkpoint.
+    """
+    from density_db.inference.checkpoints import load_checkpoint
+
+    loaded = load_checkpoint(path, architecture=architecture, stage=stage)
+    chosen_name = name or f"{loaded.stage}-{loaded.architecture}-{loaded.sha256[:8]}"
+    with database.engine.begin() as connection:
+        owner = connection.execute(sa.select(Model.sha256).where(Model.name == chosen_name)).scalar()
+        if owner is not None and owner != loaded.sha256:
+            raise ConfigurationError(f"the model name {chosen_name!r} is taken by another checkpoint; choose --name")
+        inserted = connection.execute(
+            insert(Model)
+            .values(
+                name=chosen_name, stage=loaded.stage, architecture=loaded.architecture,
+                sha256=loaded.sha256, path=str(Path(path).absolute()), metadata_=loaded.metadata,
+            )
+            .on_conflict_do_nothing(index_elements=["sha256"])
+            .returning(Model.id)
+        ).scalar()
+    return find_model(database, loaded.sha256), inserted is not None
+
+
+def find_model(database: Database, name_or_sha256: str) -> RegisteredModel:
+    """The registered model with this name or sha256.
+
+    Raises
+    ------
+    ConfigurationError
+        If no model has that name or checksum.
+    """
+    with database.engine.connect() as connection:
+        row = connection.execute(
+            _COLUMNS.where(sa.or_(Model.name == name_or_sha256, Model.sha256 == name_or_sha256))
+        ).first()
+    if row is None:
+        raise ConfigurationError(
+            f"no registered model is named {name_or_sha256!r}; see `density-db models list` or give a checkpoint path"
+        )
+    return RegisteredModel(*row)
+
+
+def list_models(database: Database) -> list[RegisteredModel]:
+    """Every registered model, oldest first."""
+    with database.engine.connect() as connection:
+        return [RegisteredModel(*row) for row in connection.execute(_COLUMNS.order_by(Model.id))]
+
+
+def checkpoint_path(database: Database | None, name_or_path: str) -> Path:
+    """A checkpoint file from a path, or from a registered model's name (needs ``database``)."""
+    candidate = Path(name_or_path)
+    if candidate.exists():
+        return candidate
+    if database is None:
+        raise ConfigurationError(f"{name_or_path} is not a file")
+    registered = find_model(database, name_or_path)
+    if registered.path is None or not Path(registered.path).exists():
+        raise ConfigurationError(f"model {registered.name!r} is registered but its file {registered.path} is gone")
+    return Path(registered.path)

@@ -1,0 +1,61 @@
+"""``density-db models``: checkpoints registered once by content, found by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from density_db.database import Database
+from density_db.errors import ConfigurationError
+from density_db.inference.architectures import build_model
+from density_db.inference.checkpoints import save_checkpoint
+from density_db.model_registry import checkpoint_path, find_model, register_model
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    path = tmp_path / "classifier.pt"
+    save_checkpoint(path, build_model("classifier", "baseline_cnn"), stage="classifier", architecture="baseline_cnn",
+                    metadata={"trained_on": "test"})
+    return path
+
+
+def test_registering_the_same_checkpoint_twice_keeps_one_row(run_cli, database: Database, checkpoint: Path,
+                                                              tmp_path: Path) -> None:
+    first = run_cli("models", "add", str(checkpoint), "--name", "demo-classifier")
+    assert first.exit_code == 0, first.output
+    assert first.output.startswith("registered demo-classifier (classifier, baseline_cnn")
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(checkpoint.read_bytes())
+    second = run_cli("models", "add", str(copy))
+    assert second.output.startswith("already registered as demo-classifier")
+    with database.engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM model")).scalar() == 1
+    listed = run_cli("models", "list", "--format", "csv").output.splitlines()
+    assert listed[0] == "id,name,stage,architecture,sha256,path" and len(listed) == 2
+    shown = run_cli("models", "show", "demo-classifier").output
+    assert "classifier, baseline_cnn" in shown
+    assert json.loads(shown[shown.index("{"):])["trained_on"] == "test"
+
+
+def test_names_resolve_to_paths_and_clashes_are_refused(database: Database, checkpoint: Path, tmp_path: Path) -> None:
+    registered, created = register_model(database, checkpoint, name="mine")
+    assert created and registered.name == "mine" and registered.metadata["trained_on"] is not None
+    assert checkpoint_path(database, "mine") == checkpoint.absolute()
+    assert checkpoint_path(database, str(checkpoint)) == checkpoint
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, build_model("regressor", "baseline_cnn"), stage="regressor", architecture="baseline_cnn")
+    with pytest.raises(ConfigurationError, match="taken by another checkpoint"):
+        register_model(database, other, name="mine")
+    with pytest.raises(ConfigurationError, match="no registered model is named 'nobody'"):
+        find_model(database, "nobody")
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(run_cli, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    result = run_cli("models", "add", str(junk))
+    assert result.exit_code == 1
