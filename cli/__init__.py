@@ -16,6 +16,7 @@ import click
 
 from density_db.cli.context import AppContext, configure_logging
 from density_db.cli.db import db
+from density_db.cli.evaluate import evaluate
 from density_db.cli.ingest import ingest
 from density_db.cli.models import models
 from density_db.cli.query import query
@@ -70,6 +71,7 @@ def main(ctx: click.Context, database_url: str | None, verbose: int, quiet: bool
 
 
 main.add_command(db)
+main.add_command(evaluate)
 main.add_command(ingest)
 main.add_command(models)
 main.add_command(query)

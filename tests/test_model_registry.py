@@ -59,3 +59,17 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(run_cli, tmp_path: Path) -> 
     junk.write_text("not a checkpoint")
     result = run_cli("models", "add", str(junk))
     assert result.exit_code == 1
+
+
+def test_evaluate_accepts_a_registered_name(run_cli, checkpoint: Path, tmp_path: Path) -> None:
+    from density_db.simulate.dataset import plan_samples, write_dataset
+
+    write_dataset(tmp_path / "set", plan_samples(6, task="classify", seed=2, balance="uniform"),
+                  task="classify", balance="uniform", shape=(240, 250))
+    run_cli("models", "add", str(checkpoint), "--name", "demo-classifier")
+    result = run_cli("evaluate", "--data", str(tmp_path / "set"), "--classifier", "demo-classifier",
+                     "--out", str(tmp_path / "report"), "--split", "all")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "report" / "report.json").exists()
+    unknown = run_cli("evaluate", "--data", str(tmp_path / "set"), "--classifier", "nobody", "--out", str(tmp_path))
+    assert unknown.exit_code == 1 and "no registered model is named 'nobody'" in unknown.output
