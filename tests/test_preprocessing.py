@@ -42,7 +42,8 @@ def test_cpu_and_tensor_paths_match_the_reference(shape: tuple[int, int]) -> Non
     np.testing.assert_allclose(cpu, expected, atol=2e-6)
     np.testing.assert_allclose(tensor.numpy(), expected, atol=2e-6)
     assert statistics.valid_count == tensor_statistics.valid_count
-    assert statistics.mean == pytest.approx(tensor_statistics.mean, rel=1e-9)
+    # the CPU path centres pixels in float32 first: agreement to the precision of float32 data
+    assert statistics.mean == pytest.approx(tensor_statistics.mean, rel=1e-8)
     assert statistics.std == pytest.approx(tensor_statistics.std, rel=1e-6)
 
 

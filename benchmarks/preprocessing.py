@@ -1,0 +1,122 @@
+"""Preprocessing against reading: a full-size detector, one core (and a GPU where there is one).
+
+What it measures, on a simulated full-size CSST detector (9216 x 9232 float32,
+written once as plain FITS, then read from the page cache):
+
+* the floor: reading the ``SCI`` and ``DQ`` HDUs with astropy and turning the
+  big-endian image into native floats (what any consumer of the file pays);
+* :func:`density_db.inference.preprocessing.preprocess` on the read arrays
+  (CPU, NumPy, one thread); goal: at most twice the floor;
+* where CUDA is available, :func:`~density_db.inference.preprocessing.preprocess_tensor`
+  on the GPU including the host-to-device copy of the native image and mask,
+  in detectors/s (goal >= 40 full-size detectors/s).
+
+Medians of ``--repeats`` runs, after one untimed run.  Run from the repository root::
+
+    .venv/bin/python benchmarks/preprocessing.py
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one core: no BLAS thread pool
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from density_db.inference.preprocessing import preprocess, preprocess_tensor
+from density_db.simulate.dataset import plan_samples, simulate_sample
+from support import RESULTS_DIR, cpu_model
+
+CPU_GOAL_RATIO = 2.0
+GPU_GOAL_DETECTORS_PER_S = 40.0
+
+
+def median_seconds(action: Callable[[], object], repeats: int) -> float:
+    action()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def read_native(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """SCI and DQ of a detector file as native-endian arrays (the read floor)."""
+    with fits.open(path, memmap=False) as hdus:
+        science = hdus["SCI"].data.astype(np.float32)  # big-endian on disk: one copy to native order
+        quality = hdus["DQ"].data.astype(np.int16)
+    return science, quality
+
+
+def gpu_seconds(science: np.ndarray, quality: np.ndarray, repeats: int) -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    pinned_science = torch.from_numpy(science).pin_memory()
+    pinned_quality = torch.from_numpy(quality).pin_memory()
+
+    def run() -> None:
+        preprocess_tensor(pinned_science.to("cuda", non_blocking=True), pinned_quality.to("cuda", non_blocking=True))
+        torch.cuda.synchronize()
+
+    return median_seconds(run, repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "preprocessing.json")
+    arguments = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    [spec] = plan_samples(1, task="classify", seed=5)
+    _, image = simulate_sample(spec)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "detector.fits"
+        fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image.science, name="SCI"),
+                      fits.ImageHDU(image.quality, name="DQ")]).writeto(path)
+        read_s = median_seconds(lambda: read_native(path), arguments.repeats)
+        science, quality = read_native(path)
+    preprocess_s = median_seconds(lambda: preprocess(science, quality), arguments.repeats)
+    gpu_s = gpu_seconds(science, quality, arguments.repeats)
+    figures = {
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, one thread",
+        "image_shape": list(science.shape),
+        "read_and_byteswap_s": read_s,
+        "preprocess_cpu_s": preprocess_s,
+        "cpu_ratio": preprocess_s / read_s,
+        "cpu_goal_ratio": CPU_GOAL_RATIO,
+        "gpu_s": gpu_s,
+        "gpu_detectors_per_s": None if gpu_s is None else 1 / gpu_s,
+        "gpu_goal_detectors_per_s": GPU_GOAL_DETECTORS_PER_S,
+    }
+    print(f"machine: {figures['machine']}; image {science.shape[0]} x {science.shape[1]} float32")
+    print(f"read SCI + DQ from page cache and byte-swap: {read_s:.3f} s")
+    verdict = "met" if figures["cpu_ratio"] <= CPU_GOAL_RATIO else "MISSED"
+    print(f"preprocess on the CPU:                       {preprocess_s:.3f} s  "
+          f"({figures['cpu_ratio']:.2f}x the read; goal <= {CPU_GOAL_RATIO:g}x: {verdict})")
+    if gpu_s is None:
+        print("preprocess on a GPU: no CUDA device on this machine, not measured")
+    else:
+        print(f"preprocess on the GPU with the host-to-device copy: {1 / gpu_s:.1f} detectors/s "
+              f"(goal >= {GPU_GOAL_DETECTORS_PER_S:g})")
+    arguments.json.parent.mkdir(parents=True, exist_ok=True)
+    arguments.json.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"figures written to {arguments.json}")
+
+
+if __name__ == "__main__":
+    main()
