@@ -38,6 +38,7 @@ benchmark: install
 	$(BIN)/python benchmarks/registration.py
 	$(BIN)/python benchmarks/spatial_queries.py
 	$(BIN)/python benchmarks/simulation.py
+	$(BIN)/python benchmarks/preprocessing.py
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

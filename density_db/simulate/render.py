@@ -178,7 +178,9 @@ def render_model_input(
         raise InputError("too_small", f"image {shape} is smaller than the {INPUT_SIZE} x {INPUT_SIZE} model input")
     grid = CellGrid.for_shape(shape)
     if device is None:
-        expected, quality = _expected_electrons(catalog, shape, band, rng, exposure_seconds, defects)
+        expected, quality = _expected_electrons(
+            catalog, shape, band, rng, exposure_seconds, defects, work=_work_arrays(shape)
+        )
         noise = CellNoise.draw(expected, quality, grid, rng)
     else:
         expected, quality = _expected_electrons_on(device, catalog, shape, band, rng, exposure_seconds, defects)
@@ -189,16 +191,36 @@ def render_model_input(
     return model_input(grid, noise.value_sums(exposure_seconds), noise.valid_counts, statistics), statistics
 
 
+_WORK: dict = {}
+"""Per-process work arrays of :func:`_work_arrays`."""
+
+
+def _work_arrays(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """This process's reusable full-size image and mask for :func:`render_model_input`.
+
+    Dataset mode renders one full-size image after another and keeps none;
+    reusing the arrays saves the operating system handing over 0.5 GB of
+    fresh pages per sample (up to a few tenths of a second).
+    """
+    if _WORK.get("shape") != shape:
+        _WORK.update(shape=shape, image=np.empty(shape, dtype=np.float32), quality=np.empty(shape, dtype=np.int16))
+    return _WORK["image"], _WORK["quality"]
+
+
 def _expected_electrons(
     catalog: TruthCatalog, shape: tuple[int, int], band: str, rng: np.random.Generator,
-    exposure_seconds: float, defects: bool,
+    exposure_seconds: float, defects: bool, *, work: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Expected electrons per pixel (sky, dark and sources) and the quality mask (saturation, defects)."""
-    image = np.full(shape, background_electrons(band, exposure_seconds), dtype=np.float32)
+    """Expected electrons per pixel (sky, dark and sources) and the quality mask (saturation, defects).
+
+    ``work`` (an image and a mask of ``shape``) is filled instead of new arrays.
+    """
+    image, quality = work if work is not None else (np.empty(shape, np.float32), np.empty(shape, np.int16))
+    image.fill(background_electrons(band, exposure_seconds))
     for flat_index, values in _source_stamps(catalog, shape, band, exposure_seconds):
         # np.add.at, not +=, because stamps of neighbouring sources overlap
         np.add.at(image.reshape(-1), flat_index, values)
-    quality = np.where(image > FULL_WELL_E, np.int16(QUALITY_SATURATED), np.int16(0))
+    np.multiply(image > FULL_WELL_E, QUALITY_SATURATED, out=quality, casting="unsafe")
     if defects:
         _flag_defects(quality, rng)
     return image, quality
