@@ -24,10 +24,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one core: no BLAS thread p
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,20 +33,10 @@ from astropy.io import fits
 
 from density_db.inference.preprocessing import preprocess, preprocess_tensor
 from density_db.simulate.dataset import plan_samples, simulate_sample
-from support import RESULTS_DIR, cpu_model
+from support import RESULTS_DIR, cpu_model, median_seconds
 
 CPU_GOAL_RATIO = 2.0
 GPU_GOAL_DETECTORS_PER_S = 40.0
-
-
-def median_seconds(action: Callable[[], object], repeats: int) -> float:
-    action()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def read_native(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +59,7 @@ def gpu_seconds(science: np.ndarray, quality: np.ndarray, repeats: int) -> float
         preprocess_tensor(pinned_science.to("cuda", non_blocking=True), pinned_quality.to("cuda", non_blocking=True))
         torch.cuda.synchronize()
 
-    return median_seconds(run, repeats)
+    return median_seconds(run, repeats, warm_up=True)
 
 
 def main() -> None:
@@ -88,9 +76,9 @@ def main() -> None:
         path = Path(scratch) / "detector.fits"
         fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image.science, name="SCI"),
                       fits.ImageHDU(image.quality, name="DQ")]).writeto(path)
-        read_s = median_seconds(lambda: read_native(path), arguments.repeats)
+        read_s = median_seconds(lambda: read_native(path), arguments.repeats, warm_up=True)
         science, quality = read_native(path)
-    preprocess_s = median_seconds(lambda: preprocess(science, quality), arguments.repeats)
+    preprocess_s = median_seconds(lambda: preprocess(science, quality), arguments.repeats, warm_up=True)
     gpu_s = gpu_seconds(science, quality, arguments.repeats)
     figures = {
         "machine": f"{cpu_model()}, {os.cpu_count()} cores, one thread",

@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from density_db.fits_input import discover_inputs
 from density_db.instrument import load_profile
 from density_db.registration import register_paths
 from density_db.simulate.exposures import plan_pointings, simulate_exposures
-from support import DEFAULT_HOME, RESULTS_DIR, describe_machine, fresh_database, write_json
+from support import DEFAULT_HOME, RESULTS_DIR, describe_machine, fresh_database, median_seconds, write_json
 
 VARIANTS = {"plain": ".fits", "tile-compressed": ".fits.fz", "gzip": ".fits.gz"}
 """Variant name -> file suffix."""
@@ -90,15 +89,6 @@ def read_headers(paths: list[Path]) -> int:
         with fits.open(path, memmap=False, lazy_load_hdus=True) as hdu_list:
             hdus += len(list(hdu_list))
     return hdus
-
-
-def median_seconds(action: Callable[[], object], repeats: int) -> float:
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        timings.append(time.perf_counter() - started)
-    return statistics.median(timings)
 
 
 def register_into_fresh_database(server: EmbeddedServer, status: ServerStatus, directory: Path, frames: int) -> float:

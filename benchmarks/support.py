@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -94,3 +97,15 @@ def fresh_database(server: EmbeddedServer, status: ServerStatus, name: str) -> D
 def write_json(path: Path, machine: Machine, figures: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": asdict(machine), **figures}, indent=2) + "\n")
+
+
+def median_seconds(action: Callable[[], object], repeats: int, *, warm_up: bool = False) -> float:
+    """Median wall time of ``repeats`` calls of ``action`` (after one untimed call with ``warm_up``)."""
+    if warm_up:
+        action()
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
