@@ -30,21 +30,46 @@ from density_db.cli.context import AppContext, pass_app
 @click.option("--pretrained", "pretrained_weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Local torchvision ImageNet weights file for a ResNet backbone (nothing is downloaded).")
 @click.option("--resume", is_flag=True, help="Continue the run saved in OUT.state.pt.")
+@click.option("--tune", "tune_trials", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Tune the learning rates (and the regressor's layer multipliers) with N Optuna trials "
+                   "instead of one run (--lr is then searched, not used); the best trial goes to --out.")
 @pass_app
 def train(app: AppContext, stage, data_dir, architecture, out_path, epochs, batch_size, learning_rate, device,
-          seed, workers, pretrained_weights, resume) -> None:
+          seed, workers, pretrained_weights, resume, tune_trials) -> None:
     """Train STAGE (classifier or regressor) on a simulated dataset; the best model goes to --out."""
     from density_db.inference.training import TrainingConfig, state_file_of
     from density_db.inference.training import train as run_training
 
     if not data_dir.is_dir():
         raise click.BadParameter(f"dataset directory {data_dir} does not exist", param_hint="--data")
+    if resume and tune_trials is not None:
+        raise click.UsageError("--tune and --resume cannot be combined: a tuning study cannot be resumed")
     if resume and not state_file_of(out_path).exists():
         raise click.UsageError(f"--resume: {state_file_of(out_path)} does not exist")
     config = TrainingConfig(
         stage=stage, architecture=architecture, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
         device=device, seed=seed, workers=workers, pretrained_weights=pretrained_weights,
     )
+    if tune_trials is not None:
+        import optuna
+
+        from density_db.inference.tuning import tune
+
+        if app.verbosity < 1:  # Optuna reports every trial on stderr; -v shows it
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+        with _TrainingProgress(app, tune_trials * config.total_epochs) as progress:
+            tuned = tune(config, data_dir, out_path, trials=tune_trials, seed=seed, progress=progress)
+        params = ", ".join(
+            f"{key}={value:.4g}" if isinstance(value, float) else f"{key}=({', '.join(f'{v:.4g}' for v in value)})"
+            for key, value in tuned.best_params.items()
+        )
+        failed = f", {tuned.failed_trials} failed" if tuned.failed_trials else ""
+        click.echo(
+            f"tuned with {len(tuned.trials)} completed trials{failed}: best {params}, best validation loss "
+            f"{tuned.best_validation_loss:.4g}; wrote {tuned.checkpoint} (sha256 {tuned.sha256[:12]})"
+        )
+        return
     with _TrainingProgress(app, config.total_epochs) as progress:
         result = run_training(config, data_dir, out_path, resume=resume, progress=progress)
     ending = "stopped early" if result.stopped_early else "done"
