@@ -25,6 +25,10 @@ class EmbeddedServerError(DatabaseError):
     """The embedded PostgreSQL server could not be initialised, started or stopped."""
 
 
+class TrainingDivergedError(DensityDBError):
+    """Training never reached a finite validation loss (e.g. the learning rate is too high)."""
+
+
 class InputError(DensityDBError):
     """An input file cannot be used; ``kind`` is the short error kind stored in ``failure``."""
 

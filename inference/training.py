@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from density_db.errors import ConfigurationError
+from density_db.errors import ConfigurationError, TrainingDivergedError
 from density_db.inference.architectures import build_model, check_architecture, load_imagenet_weights
 from density_db.inference.augmentation import COPIES, Augmented
 from density_db.inference.checkpoints import file_sha256, load_checkpoint, save_checkpoint
@@ -416,7 +416,9 @@ def train(
     else:
         run.stopped_early = config.stage == "classifier" and run.stale_epochs >= config.patience
     if run.best_epoch < 0:
-        raise ConfigurationError(f"no epoch gave a finite validation loss; nothing was written to {out_path}")
+        raise TrainingDivergedError(
+            f"no epoch gave a finite validation loss (try a lower --lr); nothing was written to {out_path}"
+        )
     # The best weights, with the summary of the whole run.
     best = load_checkpoint(out_path, stage=config.stage, architecture=config.architecture).model
     sha256 = save_checkpoint(out_path, best, stage=config.stage, architecture=config.architecture,

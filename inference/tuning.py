@@ -29,7 +29,7 @@ from typing import Any
 
 import optuna
 
-from density_db.errors import ConfigurationError, DensityDBError
+from density_db.errors import ConfigurationError, DensityDBError, TrainingDivergedError
 from density_db.inference.checkpoints import load_checkpoint, save_checkpoint
 from density_db.inference.training import Progress, TrainingConfig, train
 
@@ -144,6 +144,11 @@ def tune(
             try:
                 result = train(dataclasses.replace(config, **params), data_dir, checkpoint,
                                progress=_offset(progress, index * config.total_epochs))
+            except TrainingDivergedError:
+                logger.warning("tuning trial %d diverged with %s", trial.number, params)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                failed += 1
+                continue
             except DensityDBError:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 raise

@@ -53,3 +53,22 @@ def test_cli_tune_and_its_conflict_with_resume(classify_dir: Path, tmp_path: Pat
 
     conflict = CliRunner().invoke(main, [*common, "--resume"])
     assert conflict.exit_code == 2 and "--resume" in conflict.output
+
+
+def test_a_diverging_trial_fails_alone(classify_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from density_db.errors import TrainingDivergedError
+    from density_db.inference import tuning
+
+    real_train, calls = tuning.train, []
+
+    def first_diverges(config, *arguments, **options):
+        calls.append(config)
+        if len(calls) == 1:
+            raise TrainingDivergedError("no epoch gave a finite validation loss")
+        return real_train(config, *arguments, **options)
+
+    monkeypatch.setattr(tuning, "train", first_diverges)
+    config = TrainingConfig(stage="classifier", architecture="baseline_cnn", epochs=1, batch_size=8, device="cpu")
+    result = tune(config, classify_dir, tmp_path / "tuned.pt", trials=2, seed=0)
+    assert result.failed_trials == 1 and len(result.trials) == 1
+    assert load_checkpoint(tmp_path / "tuned.pt").metadata["tuning"]
