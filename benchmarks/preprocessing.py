@@ -33,7 +33,7 @@ from astropy.io import fits
 
 from density_db.inference.preprocessing import preprocess, preprocess_tensor
 from density_db.simulate.dataset import plan_samples, simulate_sample
-from support import RESULTS_DIR, cpu_model, median_seconds
+from support import RESULTS_DIR, describe_machine, median_seconds
 
 CPU_GOAL_RATIO = 2.0
 GPU_GOAL_DETECTORS_PER_S = 40.0
@@ -81,7 +81,7 @@ def main() -> None:
     preprocess_s = median_seconds(lambda: preprocess(science, quality), arguments.repeats, warm_up=True)
     gpu_s = gpu_seconds(science, quality, arguments.repeats)
     figures = {
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores, one thread",
+        "machine": describe_machine({"NumPy": np.__version__, "threads": "1"}).describe(),
         "image_shape": list(science.shape),
         "read_and_byteswap_s": read_s,
         "preprocess_cpu_s": preprocess_s,

@@ -43,7 +43,9 @@ from density_db.fits_input import discover_inputs
 from density_db.instrument import load_profile
 from density_db.registration import register_paths
 from density_db.simulate.exposures import plan_pointings, simulate_exposures
-from support import DEFAULT_HOME, RESULTS_DIR, describe_machine, fresh_database, median_seconds, write_json
+from support import (
+    DEFAULT_HOME, RESULTS_DIR, database_software, describe_machine, fresh_database, median_seconds, write_json,
+)
 
 VARIANTS = {"plain": ".fits", "tile-compressed": ".fits.fz", "gzip": ".fits.gz"}
 """Variant name -> file suffix."""
@@ -186,7 +188,7 @@ def main(arguments: argparse.Namespace) -> None:
             paths = write_exposures(Path(scratch) / variant, suffix, arguments.exposures, arguments.image_size,
                                     arguments.seed)
             figures.append(measure_variant(server, status, variant, paths, arguments.repeats))
-    machine = describe_machine(server.url(status, database="postgres"))
+    machine = describe_machine(database_software(server.url(status, database="postgres")))
     if not was_running:
         server.stop()
     print(f"\nmachine: {machine.describe()}")

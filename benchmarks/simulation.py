@@ -57,7 +57,6 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_variable] = "1"
 
 import argparse
-import platform
 import resource
 import statistics
 import tempfile
@@ -71,7 +70,6 @@ from typing import Any, TypeVar
 
 import astropy
 import numpy as np
-import psutil
 from astropy.wcs import WCS
 
 from density_db.focal_plane import DETECTOR_SHAPE, detector_wcs_header
@@ -88,7 +86,7 @@ from density_db.simulate.dataset import (
 from density_db.simulate.exposures import DetectorJob, _write_image, plan_pointings
 from density_db.simulate.fields import NAMED_FIELDS, Field
 from density_db.simulate.render import render_detector
-from support import RESULTS_DIR, cpu_model, write_json
+from support import RESULTS_DIR, Machine, describe_machine, write_json
 
 DETECTOR = 13
 """The central slot, as dataset mode uses; only the WCS depends on it."""
@@ -110,46 +108,14 @@ Result = TypeVar("Result")
 # -- the machine ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Machine:
-    """The machine and libraries the figures were taken with (no database here)."""
-
-    cpu_model: str
-    cpu_cores: int
-    memory_gib: float
-    python: str
-    numpy: str
-    astropy: str
-    torch: str
-    torch_threads: int
-    blas_threads: str
-    load_average_1min: float
-    """Load of the machine when the figures were taken (other work running skews them)."""
-
-    def describe(self) -> str:
-        return (
-            f"{self.cpu_model}, {self.cpu_cores} cores, {self.memory_gib:.0f} GiB RAM; Python {self.python}, "
-            f"NumPy {self.numpy}, astropy {self.astropy}, torch {self.torch} ({self.torch_threads} thread), "
-            f"OPENBLAS_NUM_THREADS={self.blas_threads}; "
-            f"load average {self.load_average_1min:.2f}"
-        )
-
-
-def describe_machine() -> Machine:
+def describe_this_machine() -> Machine:
     import torch
 
-    return Machine(
-        cpu_model=cpu_model(),
-        cpu_cores=os.cpu_count() or 0,
-        memory_gib=psutil.virtual_memory().total / 2**30,
-        python=platform.python_version(),
-        numpy=np.__version__,
-        astropy=astropy.__version__,
-        torch=torch.__version__,
-        torch_threads=torch.get_num_threads(),
-        blas_threads=os.environ["OPENBLAS_NUM_THREADS"],
-        load_average_1min=os.getloadavg()[0],
-    )
+    return describe_machine({
+        "NumPy": np.__version__, "astropy": astropy.__version__,
+        "torch": f"{torch.__version__} ({torch.get_num_threads()} thread)",
+        "OPENBLAS_NUM_THREADS": os.environ["OPENBLAS_NUM_THREADS"],
+    })
 
 
 # -- timing ---------------------------------------------------------------------------------
@@ -535,7 +501,7 @@ def main(arguments: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(1)
-    machine = describe_machine()
+    machine = describe_this_machine()
     exposures = []
     for stars in arguments.stars:
         print(f"exposures mode: {stars:,} stars ...", flush=True)

@@ -64,6 +64,7 @@ from support import (
     DEFAULT_HOME,
     RESULTS_DIR,
     database_exists,
+    database_software,
     describe_machine,
     fresh_database,
     open_benchmark_database,
@@ -701,7 +702,7 @@ def main(arguments: argparse.Namespace) -> None:
         load = load_frames(libpq_url, arguments.seed, arguments.frames)
     with psycopg.connect(libpq_url) as connection:
         sizes = table_sizes(connection)
-    machine = describe_machine(libpq_url)
+    machine = describe_machine(database_software(libpq_url))
     positions = np.random.default_rng([arguments.seed, 3])
     ra, dec = uniform_sky_positions(arguments.queries + WARMUP_QUERIES, positions)
     latencies = measure_queries(database, ra, dec)

@@ -27,22 +27,22 @@ DEFAULT_HOME = RESULTS_DIR / "density_db_home"
 
 @dataclass(frozen=True)
 class Machine:
-    """The machine and server a benchmark ran on, printed and stored with its figures."""
+    """The machine and software a benchmark ran on, printed and stored with its figures."""
 
     cpu_model: str
     cpu_cores: int
     memory_gib: float
     python: str
-    postgresql: str
-    shared_buffers: str
+    software: dict[str, str]
+    """Versions and settings that matter to the figures (PostgreSQL, NumPy, threads ...)."""
     load_average_1min: float
     """Load of the machine when the figures were taken (other work running skews them)."""
 
     def describe(self) -> str:
+        software = "".join(f"; {name} {value}" for name, value in self.software.items())
         return (
-            f"{self.cpu_model}, {self.cpu_cores} cores, {self.memory_gib:.0f} GiB RAM; "
-            f"PostgreSQL {self.postgresql} (shared_buffers {self.shared_buffers}); Python {self.python}; "
-            f"load average {self.load_average_1min:.2f}"
+            f"{self.cpu_model}, {self.cpu_cores} cores, {self.memory_gib:.0f} GiB RAM; Python {self.python}"
+            f"{software}; load average {self.load_average_1min:.2f}"
         )
 
 
@@ -57,20 +57,24 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def describe_machine(libpq_url: str) -> Machine:
-    """CPU, cores, memory, and the version and buffer size of the server at ``libpq_url``."""
-    with psycopg.connect(libpq_url) as connection:
-        version = connection.execute("SHOW server_version").fetchone()[0]
-        shared_buffers = connection.execute("SHOW shared_buffers").fetchone()[0]
+def describe_machine(software: dict[str, str]) -> Machine:
+    """CPU, cores, memory and load of this machine, with the given software versions."""
     return Machine(
         cpu_model=cpu_model(),
         cpu_cores=os.cpu_count() or 0,
         memory_gib=psutil.virtual_memory().total / 2**30,
         python=platform.python_version(),
-        postgresql=version,
-        shared_buffers=shared_buffers,
+        software=software,
         load_average_1min=os.getloadavg()[0],
     )
+
+
+def database_software(libpq_url: str) -> dict[str, str]:
+    """Version and buffer size of the PostgreSQL server at ``libpq_url``."""
+    with psycopg.connect(libpq_url) as connection:
+        version = connection.execute("SHOW server_version").fetchone()[0]
+        shared_buffers = connection.execute("SHOW shared_buffers").fetchone()[0]
+    return {"PostgreSQL": version, "shared_buffers": shared_buffers}
 
 
 def database_exists(server: EmbeddedServer, status: ServerStatus, name: str) -> bool:
