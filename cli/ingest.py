@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import click
 
 from density_db.cli.context import AppContext
+from density_db.cli.progress import progress_bar
 
 EXIT_SOME_INPUTS_FAILED = 3
 
@@ -51,6 +51,7 @@ def ingest(
     from density_db.instrument import load_profile
     from density_db.registration import register_paths
     from density_db.runs import finish_run, start_run
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
     instrument = load_profile(profile or app.settings.profile)
     database = app.open_database()
@@ -59,8 +60,8 @@ def ingest(
         "metadata_only": metadata_only, "profile": instrument.name, "batch_size": batch_size,
     }
     run_id = start_run(database, kind="register", name=run_name, config=config)
-    counts = None
-    with _progress(app) as report:
+    with progress_bar(app, SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()) as bar:
+        report = _counts_reporter(bar)
         try:
             counts = register_paths(
                 database, discover_inputs(paths, from_file=from_file), instrument,
@@ -86,21 +87,16 @@ def ingest(
         ctx.exit(EXIT_SOME_INPUTS_FAILED)
 
 
-@contextlib.contextmanager
-def _progress(app: AppContext):
-    """A live line with files, frames and failures so far (nothing with -q)."""
-    if not app.show_progress:
-        yield None
-        return
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+def _counts_reporter(bar):
+    """A progress callback showing files, frames and failures so far (``None`` without a bar)."""
+    if bar is None:
+        return None
+    task = bar.add_task("registering")
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as bar:
-        task = bar.add_task("registering")
+    def report(counts) -> None:
+        bar.update(task, description=(
+            f"{counts.files} files, {counts.frames_new} new frames, "
+            f"{counts.frames_known} known, {counts.failures} failures"
+        ))
 
-        def report(counts) -> None:
-            bar.update(task, description=(
-                f"{counts.files} files, {counts.frames_new} new frames, "
-                f"{counts.frames_known} known, {counts.failures} failures"
-            ))
-
-        yield report
+    return report

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from density_db.cli.context import AppContext, pass_app
+from density_db.cli.progress import progress_bar
 
 def _parse_shape(_ctx, _param, value: str) -> tuple[int, int]:
     """'9232x9216' (width x height, as FITS NAXIS1 x NAXIS2) -> (ny, nx)."""
@@ -72,10 +73,12 @@ def exposures(
     field = None if ra is not None else field_by_name(field_name or "default")
     pointings = plan_pointings(n_exposures, seed=seed, field=field, ra=ra, dec=dec)
     count = n_exposures * (len(detectors) if detectors else 18)
-    with _progress(app, count) as advance:
+    with progress_bar(app) as bar:
+        task = bar.add_task("simulating detector images", total=count) if bar else None
         rows = simulate_exposures(
             out, pointings, detectors=detectors, shape=shape, seed=seed, field=field,
-            galaxies=not no_galaxies, compress=compress, workers=workers, progress=advance,
+            galaxies=not no_galaxies, compress=compress, workers=workers,
+            progress=(lambda _row: bar.advance(task)) if bar else None,
         )
     classes = sorted({row.density_class for row in rows})
     click.echo(
@@ -83,27 +86,6 @@ def exposures(
         f"(stars per image {min(r.star_count for r in rows)}-{max(r.star_count for r in rows)}, "
         f"classes {', '.join(map(str, classes))}); labels in {out / 'manifest.ecsv'}"
     )
-
-
-class _progress:
-    """A progress bar over detector images (nothing with -q)."""
-
-    def __init__(self, app: AppContext, total: int) -> None:
-        self.app, self.total, self.bar = app, total, None
-
-    def __enter__(self):
-        if not self.app.show_progress:
-            return None
-        from rich.progress import Progress
-
-        self.bar = Progress(transient=True)
-        self.bar.start()
-        task = self.bar.add_task("simulating detector images", total=self.total)
-        return lambda _row: self.bar.advance(task)
-
-    def __exit__(self, *exc_info) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 @simulate.command()
@@ -133,11 +115,12 @@ def dataset(app: AppContext, out, count, task, balance, device, shape, seed, wor
         if not torch.cuda.is_available():
             raise click.ClickException("--device cuda: no CUDA device is available on this machine")
     specs = plan_samples(count, task=task, seed=seed, balance=balance)
-    with _progress(app, count) as advance:
+    with progress_bar(app) as bar:
+        bar_task = bar.add_task("simulating samples", total=count) if bar else None
         try:
             samples = write_dataset(out, specs, task=task, balance=balance, shape=shape, workers=workers,
                                     device=None if device == "cpu" else device,
-                                    progress=(lambda: advance(None)) if advance else None)
+                                    progress=(lambda: bar.advance(bar_task)) if bar else None)
         except FileExistsError as error:
             raise click.ClickException(str(error)) from None
     counts = np.bincount(np.asarray(samples["density_class"]), minlength=6)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from density_db.cli.context import AppContext, pass_app
+from density_db.cli.progress import progress_bar
 
 
 @click.command()
@@ -58,8 +59,9 @@ def train(app: AppContext, stage, data_dir, architecture, out_path, epochs, batc
         if app.verbosity < 1:  # Optuna reports every trial on stderr; -v shows it
             optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-        with _TrainingProgress(app, tune_trials * config.total_epochs) as progress:
-            tuned = tune(config, data_dir, out_path, trials=tune_trials, seed=seed, progress=progress)
+        with _training_bar(app) as bar:
+            tuned = tune(config, data_dir, out_path, trials=tune_trials, seed=seed,
+                         progress=_epoch_reporter(bar, tune_trials * config.total_epochs))
         params = ", ".join(
             f"{key}={value:.4g}" if isinstance(value, float) else f"{key}=({', '.join(f'{v:.4g}' for v in value)})"
             for key, value in tuned.best_params.items()
@@ -70,8 +72,9 @@ def train(app: AppContext, stage, data_dir, architecture, out_path, epochs, batc
             f"{tuned.best_validation_loss:.4g}; wrote {tuned.checkpoint} (sha256 {tuned.sha256[:12]})"
         )
         return
-    with _TrainingProgress(app, config.total_epochs) as progress:
-        result = run_training(config, data_dir, out_path, resume=resume, progress=progress)
+    with _training_bar(app) as bar:
+        result = run_training(config, data_dir, out_path, resume=resume,
+                              progress=_epoch_reporter(bar, config.total_epochs))
     ending = "stopped early" if result.stopped_early else "done"
     click.echo(
         f"{ending} after {result.epochs_run} epochs on {result.device}: best validation loss "
@@ -80,32 +83,28 @@ def train(app: AppContext, stage, data_dir, architecture, out_path, epochs, batc
     )
 
 
-class _TrainingProgress:
-    """A rich progress bar over the training steps of all remaining epochs, with images/s and ETA."""
+def _training_bar(app: AppContext):
+    """A progress bar with loss, images/s and ETA (``None`` with -q)."""
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    def __init__(self, app: AppContext, total_epochs: int) -> None:
-        self.app, self.total_epochs, self.bar, self.task = app, total_epochs, None, None
+    return progress_bar(
+        app, TextColumn("{task.description}"), BarColumn(),
+        TextColumn("loss {task.fields[loss]:.4g}"), TextColumn("{task.fields[rate]:.1f} images/s"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+    )
 
-    def __enter__(self):
-        if not self.app.show_progress:
-            return None
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.bar = Progress(
-            TextColumn("{task.description}"), BarColumn(),
-            TextColumn("loss {task.fields[loss]:.4g}"), TextColumn("{task.fields[rate]:.1f} images/s"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=True,
-        )
-        self.bar.start()
-        return self._update
+def _epoch_reporter(bar, total_epochs: int):
+    """The training progress callback: steps of all remaining epochs on ``bar`` (``None`` without one)."""
+    if bar is None:
+        return None
+    task = None
 
-    def _update(self, epoch: int, step: int, steps: int, loss: float, images_per_s: float) -> None:
-        description = f"epoch {epoch + 1}/{self.total_epochs}"
-        if self.task is None:  # the first step tells the remaining work (a resumed run starts later)
-            total = (self.total_epochs - epoch) * steps
-            self.task = self.bar.add_task(description, total=total, loss=loss, rate=images_per_s)
-        self.bar.update(self.task, advance=1, description=description, loss=loss, rate=images_per_s)
+    def update(epoch: int, step: int, steps: int, loss: float, images_per_s: float) -> None:
+        nonlocal task
+        description = f"epoch {epoch + 1}/{total_epochs}"
+        if task is None:  # the first step tells the remaining work (a resumed run starts later)
+            task = bar.add_task(description, total=(total_epochs - epoch) * steps, loss=loss, rate=images_per_s)
+        bar.update(task, advance=1, description=description, loss=loss, rate=images_per_s)
 
-    def __exit__(self, *exc_info) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+    return update
