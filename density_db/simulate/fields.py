@@ -113,10 +113,6 @@ class LuminosityFunction:
         scale = self.slope * np.log(10)
         return np.expm1(scale * remaining) / np.expm1(scale * span)
 
-    def fraction_brighter(self, magnitude: float) -> float:
-        """Fraction of (undimmed) sources brighter than ``magnitude``."""
-        return float(self.visible_fraction(self.faint - magnitude))
-
     def sample(self, rng: np.random.Generator, extinction: np.ndarray) -> np.ndarray:
         """Magnitudes of ``len(extinction)`` sources, each dimmed by its extinction (inverse CDF)."""
         bright = self.bright + np.asarray(extinction, dtype=np.float64)
