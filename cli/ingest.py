@@ -1,7 +1,8 @@
-"""``density-db ingest``: register detector images (and, later, run the two-stage model on them)."""
+"""``density-db ingest``: register detector images and run the two-stage model on them with Dask."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -19,75 +20,168 @@ EXIT_SOME_INPUTS_FAILED = 3
     help="Text file with one input path per line ('-' for stdin).",
 )
 @click.option("--metadata-only", is_flag=True, help="Register exposures and frames from headers only (no inference).")
+@click.option("--classifier", default="demo", show_default=True,
+              help="Classifier: 'demo' (shipped), a checkpoint file, or a registered model's name.")
+@click.option("--regressor", default="demo", show_default=True,
+              help="Regressor: 'demo' (shipped), a checkpoint file, or a registered model's name.")
+@click.option("--arch-classifier", "classifier_architecture", default=None,
+              help="Architecture of a plain state dict given as --classifier (e.g. resnet34).")
+@click.option("--arch-regressor", "regressor_architecture", default=None,
+              help="Architecture of a plain state dict given as --regressor (e.g. resnet50).")
+@click.option("--scheduler", default=None,
+              help="Address of a running Dask scheduler (default: $DASK_SCHEDULER_ADDRESS, else a local cluster).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes of the local cluster [default: one per GPU, else one per CPU core].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where workers reduce images and run the models (auto: CUDA where a worker has it).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=None,
+              help="Detector images per Dask task [default: 8 on CPU, 64 on GPU].")
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=None,
+              help="Tasks submitted at once [default: twice the worker threads].")
+@click.option("--rerun", is_flag=True, help="Recompute frames that already have a result for these models, replacing it.")
 @click.option("--profile", default=None, help="Instrument profile: a shipped name (csst) or a TOML file.")
 @click.option("--run-name", default=None, help="A name for this run, stored in the run table.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True,
-              help="Frames written to the database per transaction.")
+              help="Frames registered per transaction.")
 @click.pass_context
-def ingest(
-    ctx: click.Context,
-    paths: tuple[str, ...],
-    from_file: Path | None,
-    metadata_only: bool,
-    profile: str | None,
-    run_name: str | None,
-    batch_size: int,
-) -> None:
-    """Register FITS detector images from PATHS (files, directories, glob patterns).
+def ingest(ctx: click.Context, paths: tuple[str, ...], from_file: Path | None, metadata_only: bool, **options) -> None:
+    """Register FITS detector images from PATHS and store a density result for each.
 
-    Every science HDU becomes a frame row, or a failure row that says what is
-    wrong; running again on the same inputs adds nothing.  Exit code 3 means
-    some inputs failed while the others were stored.
+    PATHS are files, directories (searched recursively) or glob patterns.
+    Every science HDU becomes a frame; every frame without a result for the
+    chosen classifier and regressor is classified (and, for classes 1-4,
+    its stars brighter than 23.5 mag counted) on Dask workers.  Running
+    again skips what is stored, so an interrupted ingest is finished by
+    running it again.  Exit code 3 means some inputs failed (listed in the
+    failure table) while the others were stored.
     """
     app = ctx.find_object(AppContext)
     if not paths and from_file is None:
         raise click.UsageError("give input PATHS or --from-file LIST")
-    if not metadata_only:
-        raise click.UsageError(
-            "the two-stage inference is not part of this density-db yet; "
-            "use --metadata-only to register frames"
-        )
-    from density_db.fits_input import discover_inputs
-    from density_db.instrument import load_profile
-    from density_db.registration import register_paths
-    from density_db.runs import finish_run, start_run
-    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    instrument = load_profile(profile or app.settings.profile)
-    database = app.open_database()
-    config = {
-        "paths": list(paths), "from_file": str(from_file) if from_file else None,
-        "metadata_only": metadata_only, "profile": instrument.name, "batch_size": batch_size,
-    }
-    run_id = start_run(database, kind="register", name=run_name, config=config)
-    with progress_bar(app, SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()) as bar:
-        report = _counts_reporter(bar)
-        try:
-            counts = register_paths(
-                database, discover_inputs(paths, from_file=from_file), instrument,
-                run_id=run_id, batch_size=batch_size, progress=report,
-            )
-        except KeyboardInterrupt:
-            finish_run(database, run_id, status="interrupted", counts={}, message="interrupted by the user")
-            raise
-        except Exception as error:
-            finish_run(database, run_id, status="failed", counts={}, message=str(error)[:2000])
-            raise
-    finish_run(database, run_id, status="completed", counts=counts.as_dict())
-    click.echo(
-        f"run {run_id}: {counts.files} files, {counts.frames_new} frames registered, "
-        f"{counts.frames_known} already known, {counts.failures} failures"
-    )
-    if counts.failures:
-        click.echo(
-            "failures are listed by: density-db query sql "
-            f"\"SELECT path, hdu_index, error_kind, message FROM failure WHERE run_id = {run_id}\"",
-            err=True,
-        )
+    if metadata_only:
+        counts_failed = _register_only(app, paths, from_file, options)
+    else:
+        counts_failed = _ingest(app, paths, from_file, options)
+    if counts_failed:
         ctx.exit(EXIT_SOME_INPUTS_FAILED)
 
 
-def _counts_reporter(bar):
+def _register_only(app: AppContext, paths, from_file, options) -> int:
+    """``--metadata-only``: frames from headers; returns the number of failed inputs."""
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from density_db.fits_input import discover_inputs
+    from density_db.instrument import load_profile
+    from density_db.registration import RegistrationCounts, register_paths
+    from density_db.runs import begin_run
+
+    instrument = load_profile(options["profile"] or app.settings.profile)
+    database = app.open_database()
+    config = {
+        "paths": list(paths), "from_file": str(from_file) if from_file else None,
+        "metadata_only": True, "profile": instrument.name, "batch_size": options["batch_size"],
+    }
+    with begin_run(database, kind="register", name=options["run_name"], config=config) as run, \
+            progress_bar(app, SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()) as bar:
+        counts = RegistrationCounts()
+        with _closing_run(run, counts.as_dict):
+            register_paths(
+                database, discover_inputs(paths, from_file=from_file), instrument, counts=counts,
+                run_id=run.id, batch_size=options["batch_size"], progress=_registration_reporter(bar),
+            )
+    click.echo(
+        f"run {run.id}: {counts.files} files, {counts.frames_new} frames registered, "
+        f"{counts.frames_known} already known, {counts.failures} failures"
+    )
+    _point_at_failures(run.id, counts.failures)
+    return counts.failures
+
+
+def _ingest(app: AppContext, paths, from_file, options) -> int:
+    """Registration and inference; returns the number of failed inputs."""
+    from density_db.fits_input import discover_inputs
+    from density_db.inference.cluster import Cluster
+    from density_db.inference.ingest import DEFAULT_SHARD_SIZE, IngestCounts, IngestOptions, run_ingest
+    from density_db.inference.runner import ModelSpec
+    from density_db.instrument import load_profile
+    from density_db.model_registry import resolve_model
+    from density_db.runs import begin_run
+
+    instrument = load_profile(options["profile"] or app.settings.profile)
+    database = app.open_database()
+    classifier = resolve_model(database, options["classifier"], stage="classifier",
+                               architecture=options["classifier_architecture"])
+    regressor = resolve_model(database, options["regressor"], stage="regressor",
+                              architecture=options["regressor_architecture"])
+    with Cluster(scheduler=options["scheduler"], workers=options["workers"], device=options["device"]) as cluster:
+        shard_size = options["shard_size"] or (64 if cluster.device == "cuda" else DEFAULT_SHARD_SIZE)
+        ingest_options = IngestOptions(
+            shard_size=shard_size,
+            max_in_flight=options["max_in_flight"] or max(2, 2 * cluster.threads),
+            rerun=options["rerun"],
+            register_batch=options["batch_size"],
+        )
+        spec = ModelSpec(
+            classifier_path=classifier.path, classifier_sha256=classifier.sha256,
+            classifier_architecture=classifier.architecture,
+            regressor_path=regressor.path, regressor_sha256=regressor.sha256,
+            regressor_architecture=regressor.architecture,
+            device=cluster.device if cluster.local else options["device"],
+            torch_threads=cluster.torch_threads(),
+        )
+        config = {
+            "paths": list(paths), "from_file": str(from_file) if from_file else None, "profile": instrument.name,
+            "classifier": classifier.name, "regressor": regressor.name, "device": spec.device,
+            "scheduler": cluster.address, "workers": cluster.workers,
+            "shard_size": shard_size, "max_in_flight": ingest_options.max_in_flight, "rerun": ingest_options.rerun,
+        }
+        with begin_run(database, kind="ingest", name=options["run_name"], config=config,
+                       classifier_id=classifier.id, regressor_id=regressor.id) as run, \
+                _ingest_progress(app, cluster) as report:
+            counts = IngestCounts()
+            with _closing_run(run, counts.as_dict):
+                run_ingest(
+                    database, discover_inputs(paths, from_file=from_file), instrument,
+                    cluster=cluster, spec=spec, classifier_id=classifier.id, regressor_id=regressor.id,
+                    run=run, options=ingest_options, progress=report, counts=counts,
+                )
+    registration = counts.registration
+    click.echo(
+        f"run {run.id}: {registration.files} files, {registration.frames_new} new frames; "
+        f"{counts.results} frames classified with {classifier.name} + {regressor.name}, "
+        f"{counts.already_done} had results already, {counts.failures} failures"
+    )
+    _point_at_failures(run.id, counts.failures)
+    return counts.failures
+
+
+@contextlib.contextmanager
+def _closing_run(run, counts):
+    """Close the run as completed, or as failed or interrupted with the reason when the body raises."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        run.finish(status="interrupted", counts=counts(), message="interrupted by the user")
+        raise
+    except BaseException as error:
+        from density_db.errors import DensityDBError
+
+        reason = str(error) if isinstance(error, DensityDBError) else f"{type(error).__name__}: {error}"
+        run.finish(status="failed", counts=counts(), message=reason[:2000])
+        raise
+    run.finish(status="completed", counts=counts())
+
+
+def _point_at_failures(run_id: int, failures: int) -> None:
+    if failures:
+        click.echo(
+            "failures are listed by: density-db query sql "
+            f"\"SELECT path, hdu_index, stage, error_kind, message FROM failure WHERE run_id = {run_id}\"",
+            err=True,
+        )
+
+
+def _registration_reporter(bar):
     """A progress callback showing files, frames and failures so far (``None`` without a bar)."""
     if bar is None:
         return None
@@ -100,3 +194,33 @@ def _counts_reporter(bar):
         ))
 
     return report
+
+
+def _ingest_progress(app: AppContext, cluster):
+    """A context giving the ingest's progress callback: frames done/queued, frames/s, ETA, failures."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    @contextlib.contextmanager
+    def reporter():
+        with progress_bar(app, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                          TimeRemainingColumn(), TextColumn("{task.fields[status]}")) as bar:
+            if bar is None:
+                yield None
+                return
+            task = bar.add_task(f"frames on {cluster.describe()}", total=None, rate="", status="")
+
+            def report(counts) -> None:
+                import time
+
+                elapsed = max(time.monotonic() - counts.started, 1e-9)
+                bar.update(
+                    task, completed=counts.processed, total=counts.queued or None,
+                    rate=f"{counts.processed / elapsed:.2f} frames/s",
+                    status=(f"{counts.failures} failed, {counts.already_done} done before, "
+                            f"{counts.registration.files} files read"),
+                )
+
+            yield report
+
+    return reporter()

@@ -95,6 +95,47 @@ def list_models(database: Database) -> list[RegisteredModel]:
         return [RegisteredModel(*row) for row in connection.execute(_COLUMNS.order_by(Model.id))]
 
 
+DEMO_MODEL = "demo"
+"""What ``--classifier`` and ``--regressor`` take for the models shipped with density-db."""
+
+
+def resolve_model(
+    database: Database, name_or_path: str, *, stage: str, architecture: str | None = None
+) -> RegisteredModel:
+    """The registered model a command-line argument means, registering a checkpoint file on first use.
+
+    ``name_or_path`` is :data:`DEMO_MODEL` (the shipped model of ``stage``,
+    registered as ``demo-<stage>``), a checkpoint path, or the name or
+    sha256 of a registered model.
+
+    Raises
+    ------
+    ConfigurationError
+        If nothing of that name exists, the file does not load, or the model
+        is of the other stage.
+    """
+    if name_or_path == DEMO_MODEL:
+        from density_db.inference.checkpoints import demo_checkpoint, file_sha256
+
+        path = demo_checkpoint(stage)
+        sha256 = file_sha256(path)
+        name = f"demo-{stage}"
+        with database.engine.connect() as connection:
+            owner = connection.execute(sa.select(Model.sha256).where(Model.name == name)).scalar()
+        if owner is not None and owner != sha256:  # the demo model of another density-db version
+            name = f"{name}-{sha256[:8]}"
+        registered, _new = register_model(database, path, name=name, stage=stage)
+    elif Path(name_or_path).is_file():
+        registered, _new = register_model(database, Path(name_or_path), architecture=architecture, stage=stage)
+    else:
+        registered = find_model(database, name_or_path)
+    if registered.stage != stage:
+        raise ConfigurationError(f"model {registered.name!r} is a {registered.stage}, not a {stage}")
+    if registered.path is None or not Path(registered.path).is_file():
+        raise ConfigurationError(f"model {registered.name!r} is registered but its file {registered.path} is gone")
+    return registered
+
+
 def checkpoint_path(database: Database | None, name_or_path: str) -> Path:
     """A checkpoint file from a path, or from a registered model's name (needs ``database``)."""
     candidate = Path(name_or_path)

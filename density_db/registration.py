@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,11 +59,24 @@ class _Batch:
         return len(self.frames) + len(self.failures)
 
 
+@dataclass(frozen=True)
+class RegisteredFrame:
+    """A frame row and the header it was (or would have been) registered from.
+
+    ``header`` describes the file just read, which is where inference reads
+    the pixels even when the frame was registered earlier from another path.
+    """
+
+    frame_id: int
+    header: FrameHeader
+
+
 def register_paths(
     database: Database,
     paths: Iterable[Path],
     profile: InstrumentProfile,
     *,
+    counts: RegistrationCounts | None = None,
     run_id: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressCallback | None = None,
@@ -78,6 +91,8 @@ def register_paths(
     paths
         Files to read, typically from :func:`density_db.fits_input.discover_inputs`
         (consumed lazily, so a list of millions of paths is never held).
+    counts
+        Totals to update in place (a new object by default); returned.
     run_id
         The ``run`` row to attribute new frames and failures to.
     batch_size
@@ -85,25 +100,48 @@ def register_paths(
     progress
         Called after every file with the running totals.
     """
-    counts = RegistrationCounts()
+    counts = counts if counts is not None else RegistrationCounts()
+    for _batch in register_batches(database, paths, profile, counts, run_id=run_id, batch_size=batch_size,
+                                   progress=progress):
+        pass
+    return counts
+
+
+def register_batches(
+    database: Database,
+    paths: Iterable[Path],
+    profile: InstrumentProfile,
+    counts: RegistrationCounts,
+    *,
+    run_id: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: ProgressCallback | None = None,
+) -> Iterator[list[RegisteredFrame]]:
+    """Register ``paths`` batch by batch, yielding each batch's frames once they are stored.
+
+    The streaming form of :func:`register_paths` that ingest builds on: the
+    caller can start work on a batch's frames while later files are still
+    being read.  ``counts`` is updated in place.
+    """
     batch = _Batch()
     for path in paths:
         for item in read_frame_headers(path, profile):
             (batch.frames if isinstance(item, FrameHeader) else batch.failures).append(item)
         counts.files += 1
         if len(batch) >= batch_size:
-            _write_batch(database, batch, counts, run_id)
+            yield _write_batch(database, batch, counts, run_id)
             batch = _Batch()
         if progress is not None:
             progress(counts)
     if len(batch):
-        _write_batch(database, batch, counts, run_id)
+        yield _write_batch(database, batch, counts, run_id)
         if progress is not None:
             progress(counts)
-    return counts
 
 
-def _write_batch(database: Database, batch: _Batch, counts: RegistrationCounts, run_id: int | None) -> None:
+def _write_batch(
+    database: Database, batch: _Batch, counts: RegistrationCounts, run_id: int | None
+) -> list[RegisteredFrame]:
     """Write one batch in one transaction, retried when it lost a deadlock to a concurrent registration.
 
     Rows are inserted in key order, so concurrent registrations of
@@ -115,10 +153,11 @@ def _write_batch(database: Database, batch: _Batch, counts: RegistrationCounts, 
     for attempt in range(1, _WRITE_ATTEMPTS + 1):
         try:
             with database.engine.begin() as connection:
-                inserted = 0
+                inserted, registered = 0, []
                 if batch.frames:
                     exposure_keys = _upsert_exposures(connection, batch.frames)
                     inserted = _insert_frames(connection, batch.frames, exposure_keys, run_id)
+                    registered = _frame_ids(connection, batch.frames, exposure_keys)
                     _forget_resolved_failures(connection, batch.frames)
                 if batch.failures:
                     _record_failures(connection, batch.failures, run_id)
@@ -132,6 +171,7 @@ def _write_batch(database: Database, batch: _Batch, counts: RegistrationCounts, 
     counts.frames_known += len(batch.frames) - inserted
     counts.failures += len(batch.failures)
     logger.debug("wrote %d frames and %d failures", len(batch.frames), len(batch.failures))
+    return registered
 
 
 def _upsert_exposures(connection: sa.Connection, frames: list[FrameHeader]) -> dict[tuple[str, str], int]:
@@ -175,6 +215,18 @@ def _insert_frames(
         .returning(Frame.id)
     )
     return len(connection.execute(statement, rows).all())
+
+
+def _frame_ids(
+    connection: sa.Connection, frames: list[FrameHeader], exposure_keys: dict[tuple[str, str], int]
+) -> list[RegisteredFrame]:
+    """The id of every frame of the batch, new or registered before."""
+    key_of = {(exposure_keys[(f.instrument, f.exposure_id)], f.detector): f for f in frames}
+    rows = connection.execute(
+        sa.select(Frame.exposure_pk, Frame.detector, Frame.id)
+        .where(sa.tuple_(Frame.exposure_pk, Frame.detector).in_(list(key_of)))
+    )
+    return [RegisteredFrame(frame_id, key_of[(exposure_pk, detector)]) for exposure_pk, detector, frame_id in rows]
 
 
 def _frame_row(frame: FrameHeader, exposure_pk: int, run_id: int | None) -> dict[str, Any]:

@@ -44,6 +44,9 @@ from density_db.inference.architectures import (
 from density_db.inference.preprocessing import PREPROCESSING_VERSION
 from density_db.labels import BRIGHT_MAGNITUDE_LIMIT, CLASS_LOWER_EDGES, INPUT_SIZE
 
+DEMO_MODELS_DIRECTORY = Path(__file__).parent / "demo_models"
+"""The small models shipped with density-db, trained on its simulator (README, "Shipped demo models")."""
+
 CHECKPOINT_FORMAT = "density-db-checkpoint"
 CHECKPOINT_VERSION = 1
 
@@ -193,6 +196,20 @@ def load_checkpoint(
         model=model.eval(), stage=stage, architecture=architecture, metadata=metadata,
         sha256=file_sha256(path), path=path,
     )
+
+
+def demo_checkpoint(stage: str) -> Path:
+    """The shipped demo checkpoint of ``stage`` (``classifier`` or ``regressor``).
+
+    Raises
+    ------
+    ConfigurationError
+        If this installation has no demo model for that stage.
+    """
+    path = DEMO_MODELS_DIRECTORY / f"{stage}.pt"
+    if not path.is_file():
+        raise ConfigurationError(f"this density-db installation has no demo {stage} ({path} is missing)")
+    return path
 
 
 def file_sha256(path: str | Path) -> str:

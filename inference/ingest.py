@@ -1,0 +1,407 @@
+"""The ingest driver: register inputs, farm shards of frames out to Dask, store the answers in batches.
+
+One pass over the inputs does everything, streaming:
+
+1. Files are read for their headers and registered in batches
+   (:func:`density_db.registration.register_batches`), so a list of a million
+   paths is never held, as paths, tasks or ORM objects.
+2. Of each registered batch, the frames without a result for this model pair
+   (all of them with ``rerun``) are cut into shards of ``shard_size`` frames.
+3. At most ``max_in_flight`` shards are submitted to Dask at a time; a worker
+   reads and reduces its images and returns small rows
+   (:mod:`density_db.inference.runner`).  Dask retries a task whose worker
+   died; a shard that keeps killing workers is split into single frames, and
+   a frame that still does gets a ``worker_died`` failure row.
+4. Rows are written in batches (:func:`density_db.results.write_results`).
+
+PostgreSQL is the ledger: what is stored is never recomputed (without
+``rerun``), and what was lost in a crash is recomputed by the next run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from density_db.database import Database
+from density_db.instrument import InstrumentProfile
+from density_db.registration import RegisteredFrame, RegistrationCounts, register_batches
+from density_db.results import InferenceFailure, ResultRow, write_results
+from density_db.runs import ActiveRun
+from density_db.inference.cluster import Cluster
+from density_db.inference.runner import FrameTask, ModelSpec, ShardOutcome, process_shard
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SHARD_SIZE = 8
+DEFAULT_WRITE_BATCH = 200
+_FLUSH_SECONDS = 2.0  # write at least this often, so a crash loses little and progress is visible in SQL
+_TASK_RETRIES = 2
+_POLL_SECONDS = 0.25
+
+
+@dataclass
+class IngestCounts:
+    """Running totals of an ingest, shown by the progress bar and stored on the run."""
+
+    registration: RegistrationCounts = field(default_factory=RegistrationCounts)
+    queued: int = 0
+    """Frames sent to the workers."""
+    already_done: int = 0
+    """Registered frames that had a result for this model pair already (skipped)."""
+    results: int = 0
+    """Frames answered by this run (stored at the next batch write)."""
+    inference_failures: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def processed(self) -> int:
+        """Frames the workers are done with (answered or failed)."""
+        return self.results + self.inference_failures
+
+    @property
+    def failures(self) -> int:
+        return self.registration.failures + self.inference_failures
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "files": self.registration.files,
+            "frames_new": self.registration.frames_new,
+            "frames_known": self.registration.frames_known,
+            "register_failures": self.registration.failures,
+            "queued": self.queued,
+            "already_done": self.already_done,
+            "results": self.results,
+            "inference_failures": self.inference_failures,
+        }
+
+
+ProgressCallback = Callable[[IngestCounts], None]
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How to cut and pace the work.
+
+    Attributes
+    ----------
+    shard_size : int
+        Frames per Dask task (one batch through the networks).
+    max_in_flight : int
+        Tasks submitted and not yet collected; bounds memory on the
+        scheduler and the work redone after a crash.
+    write_batch : int
+        Result rows per database transaction (also written every 2 s).
+    rerun : bool
+        Recompute frames that have a result for this model pair and replace it.
+    register_batch : int
+        Files' frames registered per transaction.
+    """
+
+    shard_size: int = DEFAULT_SHARD_SIZE
+    max_in_flight: int = 4
+    write_batch: int = DEFAULT_WRITE_BATCH
+    rerun: bool = False
+    register_batch: int = 500
+
+
+def run_ingest(
+    database: Database,
+    paths: Iterable[Path],
+    profile: InstrumentProfile,
+    *,
+    cluster: Cluster,
+    spec: ModelSpec,
+    classifier_id: int,
+    regressor_id: int,
+    run: ActiveRun,
+    options: IngestOptions = IngestOptions(),
+    progress: ProgressCallback | None = None,
+    counts: IngestCounts | None = None,
+) -> IngestCounts:
+    """Register ``paths`` and store a result or a failure for every frame that needs one.
+
+    Parameters
+    ----------
+    cluster : Cluster
+        Where shards run (a local cluster starts only if some frame needs work).
+    spec : ModelSpec
+        The checkpoints the workers load, with the registered models' checksums.
+    classifier_id, regressor_id : int
+        The ``model`` rows the results belong to.
+    run : ActiveRun
+        The run the results and failures are attributed to.
+    progress
+        Called with the running totals after every registered batch and every finished shard.
+    counts
+        Totals to update in place (a new object by default); returned.
+
+    Raises
+    ------
+    DensityDBError
+        When the models cannot be loaded on a worker or the database stays
+        unreachable; what was computed before is stored first.
+    KeyboardInterrupt
+        Passed on after storing what was computed.
+    """
+    counts = counts if counts is not None else IngestCounts()
+    writer = _ResultWriter(database, counts, classifier_id=classifier_id, regressor_id=regressor_id,
+                           run=run, options=options)
+    report = progress or (lambda _counts: None)
+    discovery = _Discovery(lambda: _pending_shards(
+        database, paths, profile, counts, spec_ids=(classifier_id, regressor_id), run=run, options=options,
+        report=report,
+    ), capacity=options.max_in_flight)
+    dispatcher = _Dispatcher(cluster, spec, run_id=run.id)
+    try:
+        while True:
+            while len(dispatcher.in_flight) < options.max_in_flight and (shard := discovery.next_shard()):
+                counts.queued += len(shard)
+                dispatcher.submit(shard)
+            if discovery.exhausted and not dispatcher.in_flight:
+                break
+            if dispatcher.in_flight:
+                for outcome in dispatcher.collect(timeout=_POLL_SECONDS):
+                    writer.add(outcome)
+            else:
+                discovery.wait(timeout=_POLL_SECONDS)
+            writer.flush_if_due()
+            report(counts)
+    except BaseException:
+        discovery.stop()
+        dispatcher.cancel()
+        _store_what_was_computed(writer)
+        raise
+    writer.flush()
+    report(counts)
+    return counts
+
+
+def _store_what_was_computed(writer: _ResultWriter) -> None:
+    """On the way out of a failed or interrupted run: keep what the workers answered, if the database lets us."""
+    try:
+        writer.flush()
+    except Exception as error:  # noqa: BLE001 - the original error is the one to report
+        logger.warning("could not store the last %d answers (%s); the next run recomputes them",
+                       len(writer.results) + len(writer.failures), error)
+
+
+def _pending_shards(
+    database: Database,
+    paths: Iterable[Path],
+    profile: InstrumentProfile,
+    counts: IngestCounts,
+    *,
+    spec_ids: tuple[int, int],
+    run: ActiveRun,
+    options: IngestOptions,
+    report: ProgressCallback,
+) -> Iterator[list[FrameTask]]:
+    """Register the inputs batch by batch and yield shards of the frames that still need a result."""
+    shard: list[FrameTask] = []
+    batches = register_batches(database, paths, profile, counts.registration, run_id=run.id,
+                               batch_size=options.register_batch, progress=lambda _r: report(counts))
+    for batch in batches:
+        todo = {f.frame_id for f in batch} if options.rerun else _without_result(database, batch, *spec_ids)
+        counts.already_done += len(batch) - len(todo)
+        for registered in batch:
+            if registered.frame_id in todo:
+                header = registered.header
+                shard.append(FrameTask(registered.frame_id, header.path, header.hdu_index, header.dq_hdu_index))
+                if len(shard) == options.shard_size:
+                    yield shard
+                    shard = []
+    if shard:
+        yield shard
+
+
+def _without_result(
+    database: Database, batch: list[RegisteredFrame], classifier_id: int, regressor_id: int
+) -> set[int]:
+    """The frames of ``batch`` that have no result for this model pair."""
+    with database.engine.connect() as connection:
+        return set(connection.execute(
+            sa.text(
+                "SELECT f.id FROM unnest(CAST(:ids AS bigint[])) AS f(id) WHERE NOT EXISTS ("
+                " SELECT 1 FROM density_result r WHERE r.frame_id = f.id"
+                " AND r.classifier_id = :classifier AND r.regressor_id = :regressor)"
+            ),
+            {"ids": [f.frame_id for f in batch], "classifier": classifier_id, "regressor": regressor_id},
+        ).scalars())
+
+
+class _Discovery:
+    """Reads and registers the inputs on a thread of its own, handing shards over through a bounded queue.
+
+    The main thread keeps collecting results and writing them while input
+    discovery waits (on a slow file system, or on a list still being
+    written to stdin); the queue's bound keeps discovery from running far
+    ahead of the workers.
+    """
+
+    _END = object()
+
+    def __init__(self, shards: Callable[[], Iterator[list[FrameTask]]], *, capacity: int) -> None:
+        self._shards = shards
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, capacity))
+        self._stopping = threading.Event()
+        self._error: BaseException | None = None
+        self.finished = False
+        self._held: list[FrameTask] | None = None  # a shard taken by wait() and not handed out yet
+        self._thread = threading.Thread(target=self._produce, name="density-db input discovery", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        try:
+            for shard in self._shards():
+                if not self._put(shard):
+                    return
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread, which raises it
+            self._error = error
+        self._put(self._END)
+
+    def _put(self, item) -> bool:
+        while not self._stopping.is_set():
+            try:
+                self._queue.put(item, timeout=_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next_shard(self, timeout: float | None = None) -> list[FrameTask] | None:
+        """The next shard if one is ready (waiting up to ``timeout``), else ``None``; raises discovery's error."""
+        if self._held is not None:
+            shard, self._held = self._held, None
+            return shard
+        if self.finished:
+            return None
+        try:
+            item = self._queue.get(timeout=timeout) if timeout else self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        if item is self._END:
+            self.finished = True
+            if self._error is not None:
+                raise self._error
+            return None
+        return item
+
+    def wait(self, timeout: float) -> None:
+        """Block until a shard is ready or discovery ends (at most ``timeout``), keeping what arrived."""
+        if self._held is None:
+            self._held = self.next_shard(timeout=timeout)
+
+    @property
+    def exhausted(self) -> bool:
+        """Every shard was handed out."""
+        return self.finished and self._held is None
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+
+class _Dispatcher:
+    """Submits shards to Dask and hands back their outcomes as they finish."""
+
+    def __init__(self, cluster: Cluster, spec: ModelSpec, *, run_id: int) -> None:
+        self.cluster = cluster
+        self.spec = spec
+        self.run_id = run_id
+        self.in_flight: dict[object, list[FrameTask]] = {}
+        self._serial = itertools.count()
+
+    def submit(self, shard: list[FrameTask]) -> None:
+        future = self.cluster.client.submit(
+            process_shard, shard, self.spec, key=f"density-db-run{self.run_id}-shard{next(self._serial)}",
+            retries=_TASK_RETRIES, pure=False,
+        )
+        self.in_flight[future] = shard
+
+    def collect(self, timeout: float) -> list[ShardOutcome]:
+        """Outcomes of the shards that finish within ``timeout``.
+
+        A shard whose workers keep dying is split into single frames and
+        resubmitted; a single frame that still kills its worker gets a
+        ``worker_died`` failure.
+        """
+        from distributed import wait
+        from distributed.scheduler import KilledWorker
+
+        try:
+            done, _pending = wait(list(self.in_flight), timeout=timeout, return_when="FIRST_COMPLETED")
+        except TimeoutError:  # nothing finished in time
+            return []
+        outcomes = []
+        for future in done:
+            shard = self.in_flight.pop(future)
+            try:
+                outcomes.append(future.result())
+            except KilledWorker:
+                if len(shard) > 1:
+                    logger.warning("a shard of %d frames killed its workers; retrying its frames one by one",
+                                   len(shard))
+                    for task in shard:
+                        self.submit([task])
+                else:
+                    outcomes.append(ShardOutcome(failures=[_worker_died(shard[0])]))
+            finally:
+                future.release()
+        return outcomes
+
+    def cancel(self) -> None:
+        if self.in_flight:
+            self.cluster.client.cancel(list(self.in_flight))
+            self.in_flight.clear()
+
+
+def _worker_died(task: FrameTask) -> InferenceFailure:
+    return InferenceFailure(
+        task.frame_id, task.path, task.hdu_index, "worker_died",
+        "every worker that processed this image died (killed, out of memory, or crashed in a library)",
+    )
+
+
+class _ResultWriter:
+    """Buffers outcomes and writes them in batches, by size and at least every few seconds."""
+
+    def __init__(self, database: Database, counts: IngestCounts, *, classifier_id: int, regressor_id: int,
+                 run: ActiveRun, options: IngestOptions) -> None:
+        self.database = database
+        self.counts = counts
+        self.classifier_id = classifier_id
+        self.regressor_id = regressor_id
+        self.run = run
+        self.options = options
+        self.results: list[ResultRow] = []
+        self.failures: list[InferenceFailure] = []
+        self.last_flush = time.monotonic()
+
+    def add(self, outcome: ShardOutcome) -> None:
+        self.results.extend(outcome.results)
+        self.failures.extend(outcome.failures)
+        self.counts.results += len(outcome.results)
+        self.counts.inference_failures += len(outcome.failures)
+        pending = len(self.results) + len(self.failures)
+        if pending >= self.options.write_batch or time.monotonic() - self.last_flush >= _FLUSH_SECONDS:
+            self.flush()
+
+    def flush_if_due(self) -> None:
+        if time.monotonic() - self.last_flush >= _FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.results or self.failures:
+            self.run.keep_alive()
+            write_results(self.database, self.results, self.failures, classifier_id=self.classifier_id,
+                          regressor_id=self.regressor_id, run_id=self.run.id, replace=self.options.rerun)
+            self.results, self.failures = [], []
+        self.last_flush = time.monotonic()
