@@ -1,5 +1,5 @@
 # density-db: the two commands that set a fresh machine up.
-#   make demo   create .venv, install, simulate a few full-size detectors, register them, query them
+#   make demo   create .venv, install, simulate a few full-size detectors, ingest them, query them
 #   make test   create .venv if missing, install with test extras, run the tests
 
 PYTHON ?= python3
@@ -23,22 +23,26 @@ test: install
 
 demo: install
 	$(BIN)/density-db simulate exposures --out $(DEMO_DIR)/sparse --field galactic_l90_b50 --detectors 8,9,13 --compress --seed 1
+	$(BIN)/density-db simulate exposures --out $(DEMO_DIR)/medium --field default --detectors 8,9,13 --compress --seed 3
 	$(BIN)/density-db simulate exposures --out $(DEMO_DIR)/crowded --field galactic_centre --detectors 8,9,13 --compress --seed 2
-	$(BIN)/density-db ingest --metadata-only $(DEMO_DIR)
+	$(BIN)/density-db ingest --run-name demo $(DEMO_DIR)
 	$(BIN)/density-db query sql --format table \
-	    "SELECT band, count(*) AS frames, count(DISTINCT exposure_id) AS exposures FROM field_density GROUP BY band ORDER BY band"
+	    "SELECT exposure_id, detector, band, round(ra::numeric, 3) AS ra, round(dec::numeric, 3) AS dec, \
+	            density_class, round(class_confidence::numeric, 3) AS confidence, round(bright_count::numeric) AS bright_count, \
+	            regression_status FROM field_density ORDER BY density_class, exposure_id, detector"
 	$(BIN)/density-db query cone 265.1 -28.35 1.0 --band g --format table
-	$(BIN)/density-db query frames --format table --at \
-	    $$($(BIN)/density-db query sql "SELECT ra, dec FROM frame ORDER BY id LIMIT 1" --format csv | tail -n 1 | tr , ' ')
 	@echo
+	@echo "Simulated truth per detector: $(DEMO_DIR)/*/manifest.ecsv"
 	@echo "The catalog is in the embedded PostgreSQL server; open it with:"
 	@echo "  $(BIN)/density-db db shell        (or: psql \"\$$($(BIN)/density-db db url)\")"
 
 benchmark: install
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python benchmarks/registration.py
 	$(BIN)/python benchmarks/spatial_queries.py
 	$(BIN)/python benchmarks/simulation.py
 	$(BIN)/python benchmarks/preprocessing.py
+	$(BIN)/python benchmarks/ingest.py
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

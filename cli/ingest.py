@@ -35,7 +35,7 @@ EXIT_SOME_INPUTS_FAILED = 3
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where workers reduce images and run the models (auto: CUDA where a worker has it).")
 @click.option("--shard-size", type=click.IntRange(min=1), default=None,
-              help="Detector images per Dask task [default: 8 on CPU, 64 on GPU].")
+              help="Detector images per Dask task [default: 2 on CPU, 64 on GPU].")
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=None,
               help="Tasks submitted at once [default: twice the worker threads].")
 @click.option("--rerun", is_flag=True, help="Recompute frames that already have a result for these models, replacing it.")
@@ -101,7 +101,9 @@ def _ingest(app: AppContext, paths, from_file, options) -> int:
     """Registration and inference; returns the number of failed inputs."""
     from density_db.fits_input import discover_inputs
     from density_db.inference.cluster import Cluster
-    from density_db.inference.ingest import DEFAULT_SHARD_SIZE, IngestCounts, IngestOptions, run_ingest
+    from density_db.inference.ingest import (
+        DEFAULT_SHARD_SIZE, GPU_SHARD_SIZE, IngestCounts, IngestOptions, run_ingest,
+    )
     from density_db.inference.runner import ModelSpec
     from density_db.instrument import load_profile
     from density_db.model_registry import resolve_model
@@ -114,7 +116,7 @@ def _ingest(app: AppContext, paths, from_file, options) -> int:
     regressor = resolve_model(database, options["regressor"], stage="regressor",
                               architecture=options["regressor_architecture"])
     with Cluster(scheduler=options["scheduler"], workers=options["workers"], device=options["device"]) as cluster:
-        shard_size = options["shard_size"] or (64 if cluster.device == "cuda" else DEFAULT_SHARD_SIZE)
+        shard_size = options["shard_size"] or (GPU_SHARD_SIZE if cluster.device == "cuda" else DEFAULT_SHARD_SIZE)
         ingest_options = IngestOptions(
             shard_size=shard_size,
             max_in_flight=options["max_in_flight"] or max(2, 2 * cluster.threads),

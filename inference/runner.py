@@ -190,29 +190,44 @@ def _predictor(spec: ModelSpec):
 
 def _reduce(task: FrameTask, device):
     """Read one frame's pixels and reduce them: (tensor, valid fraction, read s, preprocess s)."""
-    import torch
+    started = time.perf_counter()
+    image, quality = read_pixels(task)
+    read_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    tensor, statistics = reduce_pixels(image, quality, device)
+    return tensor, statistics.valid_fraction, read_seconds, time.perf_counter() - started
+
+
+def read_pixels(task: FrameTask) -> tuple[np.ndarray, np.ndarray | None]:
+    """The science image and data-quality mask of a frame, as stored (big-endian for plain FITS).
+
+    ``memmap=False``: one sequential read into memory; the CPU preprocessing's
+    first pass byte-swaps while it centres, so the bytes are touched once more
+    and no native copy is made.
+    """
     from astropy.io import fits
 
-    from density_db.inference.preprocessing import preprocess, preprocess_tensor
-
-    started = time.perf_counter()
-    # memmap=False: one sequential read into memory; the preprocessing's first pass byte-swaps it.
     with fits.open(task.path, memmap=False, lazy_load_hdus=True) as hdus:
         image = hdus[task.hdu_index].data
         quality = hdus[task.dq_hdu_index].data if task.dq_hdu_index is not None else None
     if image is None:
         raise InputError("no_data", f"HDU {task.hdu_index} of {task.path} has no pixels")
-    read_seconds = time.perf_counter() - started
-    started = time.perf_counter()
+    return image, quality
+
+
+def reduce_pixels(image: np.ndarray, quality: np.ndarray | None, device):
+    """The model input (a torch tensor on ``device``) and pixel statistics of one image."""
+    import torch
+
+    from density_db.inference.preprocessing import preprocess, preprocess_tensor
+
     if device.type == "cuda":
         image_on_device = torch.from_numpy(np.asarray(image, dtype=np.float32)).to(device, non_blocking=True)
         quality_on_device = (torch.from_numpy(np.asarray(quality, dtype=np.int32)).to(device, non_blocking=True)
                              if quality is not None else None)
-        tensor, statistics = preprocess_tensor(image_on_device, quality_on_device)
-    else:
-        array, statistics = preprocess(image, quality)
-        tensor = torch.from_numpy(array)
-    return tensor, statistics.valid_fraction, read_seconds, time.perf_counter() - started
+        return preprocess_tensor(image_on_device, quality_on_device)
+    array, statistics = preprocess(image, quality)
+    return torch.from_numpy(array), statistics
 
 
 def _failure(task: FrameTask, error: Exception) -> InferenceFailure:

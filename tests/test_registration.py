@@ -82,12 +82,6 @@ def test_missing_path_and_from_file_list(run_cli, database: Database, tmp_path: 
     assert rows(database, "SELECT error_kind FROM failure") == [("not_found",)]
 
 
-def test_ingest_without_metadata_only_is_a_usage_error(run_cli, tmp_path: Path) -> None:
-    result = run_cli("ingest", str(tmp_path))
-    assert result.exit_code == 2
-    assert "--metadata-only" in result.output
-
-
 def test_stored_geometry_matches_the_headers(run_cli, database: Database, tmp_path: Path) -> None:
     from density_db.fits_input import read_frame_headers
     from density_db.instrument import load_profile

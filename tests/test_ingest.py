@@ -1,0 +1,304 @@
+"""``density-db ingest`` with inference: results, idempotence and fault tolerance.
+
+Real PostgreSQL, real Dask clusters (a LocalCluster of worker processes), real
+FITS files; the models are small untrained networks (their answers do not
+matter here, only that every frame gets exactly one of them), except where a
+test builds a network that always answers one class to check the gating.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from astropy.io import fits
+
+from density_db.database import Database
+from fits_factory import FrameSpec, csst_keywords, image_hdu, write_single
+
+IMAGE_SHAPE = (256, 256)
+
+
+def rows(database: Database, statement: str) -> list[tuple]:
+    import sqlalchemy as sa
+
+    with database.engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(sa.text(statement))]
+
+
+def write_survey(directory: Path, count: int, *, first_exposure: int = 0) -> list[Path]:
+    """``count`` single-HDU detector images of distinct exposures, 256 x 256 px."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(first_exposure, first_exposure + count):
+        spec = FrameSpec(ra=150.0 + 0.3 * index, dec=2.0, shape=IMAGE_SHAPE,
+                         keywords=csst_keywords(obsid=f"101{index:08d}", chipid=8, band="g"))
+        paths.append(write_single(directory / f"frame_{index:04d}.fits", spec, seed=index))
+    return paths
+
+
+def save_model(path: Path, stage: str, *, always_class: int | None = None) -> Path:
+    """An untrained baseline CNN checkpoint; with ``always_class``, a classifier that always answers that class."""
+    from density_db.inference.architectures import build_model
+    from density_db.inference.checkpoints import save_checkpoint
+
+    torch.manual_seed(0)
+    network = build_model(stage, "baseline_cnn")
+    if always_class is not None:
+        final = network[-1]
+        with torch.no_grad():
+            final.weight.zero_()
+            final.bias.fill_(-10.0)
+            final.bias[always_class] = 10.0
+    save_checkpoint(path, network, stage=stage, architecture="baseline_cnn")
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("models")
+    return {
+        "classifier": save_model(folder / "classifier.pt", "classifier"),
+        "regressor": save_model(folder / "regressor.pt", "regressor"),
+        "always_empty": save_model(folder / "empty.pt", "classifier", always_class=0),
+        "always_crowded": save_model(folder / "crowded.pt", "classifier", always_class=5),
+        "always_class_3": save_model(folder / "class3.pt", "classifier", always_class=3),
+    }
+
+
+@pytest.fixture(scope="module")
+def scheduler() -> str:
+    """A two-worker LocalCluster shared by the module's tests, given to ingest as --scheduler."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+def model_options(models: dict[str, Path], classifier: str = "classifier") -> list[str]:
+    return ["--classifier", str(models[classifier]), "--regressor", str(models["regressor"])]
+
+
+def test_every_frame_gets_one_result_and_a_second_run_adds_nothing(
+    run_cli, database: Database, tmp_path: Path, models, scheduler
+) -> None:
+    write_survey(tmp_path / "survey", 12)
+    first = run_cli("-q", "ingest", str(tmp_path / "survey"), *model_options(models), "--scheduler", scheduler)
+    assert first.exit_code == 0, first.output
+    assert "12 frames classified" in first.output
+    assert rows(database, "SELECT count(*), count(DISTINCT frame_id) FROM density_result") == [(12, 12)]
+    # Provenance: the run names its models; results carry timings and the frames their valid fraction.
+    assert rows(database, """
+        SELECT r.kind, r.status, c.stage, g.stage, (r.counts->>'results')::int
+        FROM run r JOIN model c ON c.id = r.classifier_id JOIN model g ON g.id = r.regressor_id""") == [
+        ("ingest", "completed", "classifier", "regressor", 12)]
+    assert rows(database, """
+        SELECT count(*) FROM density_result d JOIN frame f ON f.id = d.frame_id
+        WHERE d.read_seconds > 0 AND d.preprocess_seconds > 0 AND d.infer_seconds > 0
+          AND f.valid_fraction = 1 AND cardinality(d.probabilities) = 6""") == [(12,)]
+    second = run_cli("-q", "ingest", str(tmp_path / "survey"), *model_options(models), "--scheduler", scheduler)
+    assert second.exit_code == 0, second.output
+    assert "0 frames classified" in second.output and "12 had results already" in second.output
+    assert rows(database, "SELECT count(*) FROM density_result") == [(12,)]
+
+
+def test_rerun_replaces_the_stored_results(run_cli, database: Database, tmp_path: Path, models, scheduler) -> None:
+    write_survey(tmp_path / "survey", 4)
+    arguments = ["-q", "ingest", str(tmp_path / "survey"), *model_options(models), "--scheduler", scheduler]
+    assert run_cli(*arguments).exit_code == 0
+    assert run_cli(*arguments, "--rerun").exit_code == 0
+    assert rows(database, "SELECT count(*), min(run_id), max(run_id) FROM density_result") == [(4, 2, 2)]
+
+
+@pytest.mark.parametrize(
+    ("classifier", "expected"),
+    [
+        ("always_empty", (0, "empty", 0.0, 0.0)),
+        ("always_crowded", (5, "bypassed", None, None)),
+        ("always_class_3", (3, "predicted", "number", "number")),
+    ],
+)
+def test_gating_is_stored_per_frame(
+    run_cli, database: Database, tmp_path: Path, models, scheduler, classifier, expected
+) -> None:
+    write_survey(tmp_path / "survey", 3)
+    result = run_cli("-q", "ingest", str(tmp_path / "survey"), *model_options(models, classifier),
+                     "--scheduler", scheduler)
+    assert result.exit_code == 0, result.output
+    stored = rows(database, "SELECT density_class, regression_status, log_bright, bright_count FROM density_result")
+    assert len(stored) == 3
+    for density_class, status, log_bright, bright_count in stored:
+        assert (density_class, status) == expected[:2]
+        if expected[2] == "number":
+            assert log_bright is not None and bright_count >= 0
+            assert bright_count == pytest.approx(max(10**log_bright - 1, 0), rel=1e-5, abs=1e-6)
+        else:
+            assert (log_bright, bright_count) == expected[2:]
+
+
+def test_bad_inputs_end_as_failure_rows_while_good_ones_are_stored(
+    run_cli, database: Database, tmp_path: Path, models, scheduler
+) -> None:
+    paths = write_survey(tmp_path / "survey", 6)
+    (tmp_path / "survey" / "corrupt.fits").write_bytes(b"SIMPLE  =                    T" + b"\0" * 100)
+    blank = FrameSpec(shape=IMAGE_SHAPE, keywords=csst_keywords(obsid="10200000001"))
+    image_hdu(blank, np.random.default_rng(0), primary=True,
+              data=np.full(IMAGE_SHAPE, np.nan, np.float32)).writeto(tmp_path / "survey" / "all_nan.fits")
+    result = run_cli("-q", "ingest", str(tmp_path / "survey"), *model_options(models), "--scheduler", scheduler)
+    assert result.exit_code == 3, result.output
+    assert "2 failures" in result.output
+    assert rows(database, "SELECT stage, error_kind FROM failure ORDER BY stage") == [
+        ("inference", "all_invalid"), ("register", "truncated")]
+    assert rows(database, "SELECT count(*) FROM density_result") == [(len(paths),)]
+
+
+def test_a_file_gone_since_registration_is_a_failure_not_a_crash(tmp_path: Path, models) -> None:
+    from density_db.inference.checkpoints import file_sha256
+    from density_db.inference.runner import FrameTask, ModelSpec, process_shard
+
+    good = write_survey(tmp_path, 1)[0]
+    spec = ModelSpec(str(models["classifier"]), file_sha256(models["classifier"]), "baseline_cnn",
+                     str(models["regressor"]), file_sha256(models["regressor"]), "baseline_cnn", device="cpu")
+    outcome = process_shard([FrameTask(1, str(good), 0, None), FrameTask(2, str(tmp_path / "gone.fits"), 0, None)],
+                            spec)
+    assert [row.frame_id for row in outcome.results] == [1]
+    assert [(f.frame_id, f.error_kind) for f in outcome.failures] == [(2, "not_found")]
+    assert "no longer exists" in outcome.failures[0].message
+
+
+def test_a_missing_model_is_a_clear_error(run_cli, tmp_path: Path, models) -> None:
+    write_survey(tmp_path / "survey", 1)
+    result = run_cli("ingest", str(tmp_path / "survey"), "--classifier", "no-such-model",
+                     "--regressor", str(models["regressor"]))
+    assert result.exit_code == 1
+    assert "no registered model is named 'no-such-model'" in result.output
+    swapped = run_cli("ingest", str(tmp_path / "survey"), "--classifier", str(models["regressor"]),
+                      "--regressor", str(models["regressor"]))
+    assert swapped.exit_code == 1
+    assert "classifier" in swapped.output
+
+
+# -- fault tolerance -----------------------------------------------------------------------
+
+
+def _run_in_process(database: Database, paths: list[Path], models, cluster, *, progress, **options):
+    """Ingest through the Python API on ``cluster`` (a Cluster), with a progress hook that injects a fault."""
+    from density_db.inference.ingest import IngestOptions, run_ingest
+    from density_db.inference.runner import ModelSpec
+    from density_db.instrument import load_profile
+    from density_db.model_registry import resolve_model
+    from density_db.runs import begin_run
+
+    classifier = resolve_model(database, str(models["classifier"]), stage="classifier")
+    regressor = resolve_model(database, str(models["regressor"]), stage="regressor")
+    spec = ModelSpec(classifier.path, classifier.sha256, classifier.architecture,
+                     regressor.path, regressor.sha256, regressor.architecture, device="cpu", torch_threads=1)
+    with begin_run(database, kind="ingest", name=None, config={}, classifier_id=classifier.id,
+                   regressor_id=regressor.id) as run:
+        counts = run_ingest(database, paths, load_profile("csst"), cluster=cluster, spec=spec,
+                            classifier_id=classifier.id, regressor_id=regressor.id, run=run,
+                            options=IngestOptions(**options), progress=progress)
+        run.finish(status="completed", counts=counts.as_dict())
+    return counts
+
+
+def test_a_worker_killed_mid_run_loses_nothing(database: Database, tmp_path: Path, models) -> None:
+    from density_db.inference.cluster import Cluster
+
+    paths = write_survey(tmp_path / "survey", 24)
+    killed = []
+    with Cluster(scheduler=None, workers=2, device="cpu") as cluster:
+        def kill_a_worker_once(counts) -> None:
+            if counts.processed >= 2 and not killed:
+                pids = cluster.client.run(os.getpid)
+                victim = sorted(pids.values())[0]
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+
+        counts = _run_in_process(database, paths, models, cluster, progress=kill_a_worker_once,
+                                 shard_size=1, max_in_flight=4, write_batch=1)
+    assert killed, "the run ended before a worker could be killed"
+    assert counts.failures == 0
+    assert rows(database, "SELECT count(*), count(DISTINCT frame_id) FROM density_result") == [(24, 24)]
+
+
+def test_a_dropped_database_connection_is_survived(database: Database, tmp_path: Path, models) -> None:
+    import sqlalchemy as sa
+
+    from density_db.inference.cluster import Cluster
+
+    paths = write_survey(tmp_path / "survey", 16)
+    dropped = []
+
+    def drop_connections_once(counts) -> None:
+        if counts.processed >= 4 and not dropped:
+            # Every other session on this database is killed, as a server restart would.
+            with sa.create_engine(database.url, poolclass=sa.pool.NullPool).connect() as connection:
+                dropped.extend(connection.execute(sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalars())
+
+    with Cluster(scheduler=None, workers=1, device="cpu") as cluster:
+        _run_in_process(database, paths, models, cluster, progress=drop_connections_once,
+                        shard_size=1, max_in_flight=2, write_batch=1)
+    assert dropped, "no connection was dropped"
+    assert rows(database, "SELECT count(*), count(DISTINCT frame_id) FROM density_result") == [(16, 16)]
+    assert rows(database, "SELECT status FROM run") == [("completed",)]
+
+
+def _ingest_command(database_url: str, models, *extra: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("density-db")), "--db", database_url, "-q", "ingest",
+            *model_options(models), "--workers", "1", "--shard-size", "1", *extra]
+
+
+def test_a_killed_ingest_is_marked_interrupted_and_a_rerun_finishes(
+    database: Database, database_url: str, embedded_home: Path, tmp_path: Path, models
+) -> None:
+    paths = write_survey(tmp_path / "survey", 10)
+    environment = {**os.environ, "DENSITY_DB_HOME": str(embedded_home)}
+    # The input list stays open after six paths: ingest finishes those and waits for more.
+    process = subprocess.Popen(_ingest_command(database_url, models, "--from-file", "-", "--batch-size", "1"),
+                               env=environment, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdin.write("".join(f"{path}\n" for path in paths[:6]))
+    process.stdin.flush()
+    deadline = time.monotonic() + 120
+    while rows(database, "SELECT count(*) FROM density_result") != [(6,)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert rows(database, "SELECT count(*) FROM density_result") == [(6,)]
+    process.kill()
+    process.wait(timeout=30)
+    assert rows(database, "SELECT status FROM run") == [("running",)]  # nobody could close it
+    rerun = subprocess.run(_ingest_command(database_url, models, str(tmp_path / "survey")),
+                           env=environment, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "4 frames classified" in rerun.stdout and "6 had results already" in rerun.stdout
+    assert rows(database, "SELECT count(*), count(DISTINCT frame_id) FROM density_result") == [(10, 10)]
+    statuses = rows(database, "SELECT status, message FROM run ORDER BY id")
+    assert statuses[0][0] == "interrupted" and "killed" in statuses[0][1]
+    assert statuses[1] == ("completed", None)
+
+
+def test_concurrent_ingests_of_overlapping_inputs_store_each_result_once(
+    database: Database, database_url: str, embedded_home: Path, tmp_path: Path, models
+) -> None:
+    paths = write_survey(tmp_path / "survey", 16)
+    environment = {**os.environ, "DENSITY_DB_HOME": str(embedded_home)}
+    halves = [paths[:12], paths[4:]]
+    processes = []
+    for index, part in enumerate(halves):
+        listing = tmp_path / f"list{index}.txt"
+        listing.write_text("".join(f"{path}\n" for path in part))
+        processes.append(subprocess.Popen(_ingest_command(database_url, models, "--from-file", str(listing)),
+                                          env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [process.communicate(timeout=300) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    assert not any("rror" in stderr for _stdout, stderr in outputs), outputs
+    assert rows(database, "SELECT count(*), count(DISTINCT frame_id) FROM density_result") == [(16, 16)]
+    assert rows(database, "SELECT count(*) FROM frame") == [(16,)]
