@@ -302,3 +302,20 @@ def test_concurrent_ingests_of_overlapping_inputs_store_each_result_once(
     assert not any("rror" in stderr for _stdout, stderr in outputs), outputs
     assert rows(database, "SELECT count(*), count(DISTINCT frame_id) FROM density_result") == [(16, 16)]
     assert rows(database, "SELECT count(*) FROM frame") == [(16,)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_worker_answers_like_a_cpu_worker(tmp_path: Path, models) -> None:
+    from density_db.inference.checkpoints import file_sha256
+    from density_db.inference.runner import FrameTask, ModelSpec, process_shard
+
+    tasks = [FrameTask(index, str(path), 0, None) for index, path in enumerate(write_survey(tmp_path, 4))]
+    outcomes = {}
+    for device in ("cpu", "cuda"):
+        spec = ModelSpec(str(models["classifier"]), file_sha256(models["classifier"]), "baseline_cnn",
+                         str(models["regressor"]), file_sha256(models["regressor"]), "baseline_cnn", device=device)
+        outcomes[device] = process_shard(tasks, spec)
+    for cpu, gpu in zip(outcomes["cpu"].results, outcomes["cuda"].results):
+        # bfloat16 autocast on CUDA: probabilities agree to about 1e-2
+        np.testing.assert_allclose(gpu.probabilities, cpu.probabilities, atol=2e-2)
+        assert gpu.valid_fraction == cpu.valid_fraction

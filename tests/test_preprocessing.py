@@ -79,3 +79,14 @@ def test_input_errors_cross_process_boundaries() -> None:
 
     error = pickle.loads(pickle.dumps(InputError("all_invalid", "no valid pixel")))
     assert (error.kind, str(error)) == ("all_invalid", "no valid pixel")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_path_agrees_with_the_cpu_path() -> None:
+    image, quality = damaged_image(np.random.default_rng(11), (2311, 2308))
+    cpu, statistics = preprocess(image, quality)
+    on_gpu, gpu_statistics = preprocess_tensor(torch.from_numpy(image.astype(np.float32)).cuda(),
+                                               torch.from_numpy(quality).cuda())
+    np.testing.assert_allclose(on_gpu.cpu().numpy(), cpu, atol=1e-5)
+    assert gpu_statistics.valid_count == statistics.valid_count
+    assert gpu_statistics.std == pytest.approx(statistics.std, rel=1e-6)

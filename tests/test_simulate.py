@@ -204,12 +204,16 @@ print(catalog.star_count, image.science.shape, resource.getrusage(resource.RUSAG
     assert int(output[-1]) * 1024 < 2 * 2**30  # ru_maxrss is in KiB on Linux
 
 
-def test_torch_device_path_gives_the_numpy_path_dataset(tmp_path) -> None:
-    """The --device path (here torch's CPU device, the same code as on CUDA) against NumPy, same seed."""
+@pytest.mark.parametrize("device", [
+    "cpu",  # torch's CPU device runs the same code as CUDA
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
+])
+def test_torch_device_path_gives_the_numpy_path_dataset(tmp_path, device) -> None:
+    """The --device path against NumPy, same seed."""
     specs = plan_samples(3, task="regress", seed=13)
     shape = (700, 720)
     numpy_set = write_dataset(tmp_path / "numpy", specs, task="regress", balance="paper", shape=shape)
-    torch_set = write_dataset(tmp_path / "torch", specs, task="regress", balance="paper", shape=shape, device="cpu")
+    torch_set = write_dataset(tmp_path / "torch", specs, task="regress", balance="paper", shape=shape, device=device)
     np.testing.assert_array_equal(numpy_set["star_count"], torch_set["star_count"])
     np.testing.assert_allclose(np.load(tmp_path / "numpy" / "shard_00000.npy").astype(np.float32),
                                np.load(tmp_path / "torch" / "shard_00000.npy").astype(np.float32), atol=2e-3, rtol=1e-3)

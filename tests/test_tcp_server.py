@@ -97,10 +97,11 @@ def test_cli_registers_and_queries_over_tcp(tcp_server, tmp_path: Path) -> None:
     assert len(rows) == 3
 
 
-def test_cli_database_unreachable_exits_1_with_the_url_but_not_the_password(tcp_server) -> None:
+@pytest.mark.parametrize("command", [["query", "sql", "SELECT 1"], ["ingest", "."]])
+def test_cli_database_unreachable_exits_1_with_the_url_but_not_the_password(tcp_server, command) -> None:
     host, _ = tcp_server
     result = CliRunner().invoke(main, ["--db", f"postgresql://{USER}:{PASSWORD}@{host}:{_free_port()}/catalog",
-                                       "query", "sql", "SELECT 1"])
+                                       *command])
     assert result.exit_code == 1
     assert "cannot connect to the database at postgresql+psycopg://survey:***@127.0.0.1" in result.output
     assert PASSWORD not in result.output
