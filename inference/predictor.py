@@ -10,7 +10,9 @@ Gating (Lai et al. 2026, Sec. 4.5):
   images only, in one batched call (``"predicted"``).
 
 On CUDA both networks run in bfloat16 autocast on channels-last tensors;
-probabilities are computed in float32 either way.
+probabilities are computed in float32 either way, and the regressor's last
+linear layer runs in float32, since bfloat16's 8-bit mantissa would round
+``log10(1 + N_bright)`` to steps of up to 0.016 dex.
 """
 
 from __future__ import annotations
@@ -70,14 +72,26 @@ class TwoStagePredictor:
         Returns ``log10(1 + N_bright)``, one value per image.
     device : str or torch.device
         Where both networks run; they are moved there and put in eval mode.
+    mixed_precision : bool, optional
+        bfloat16 autocast; by default on CUDA only.
     """
 
-    def __init__(self, classifier: nn.Module, regressor: nn.Module, *, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        classifier: nn.Module,
+        regressor: nn.Module,
+        *,
+        device: str | torch.device = "cpu",
+        mixed_precision: bool | None = None,
+    ) -> None:
         self.device = torch.device(device)
         self._on_cuda = self.device.type == "cuda"
+        self._mixed_precision = self._on_cuda if mixed_precision is None else mixed_precision
         memory_format = torch.channels_last if self._on_cuda else torch.contiguous_format
         self.classifier = classifier.to(self.device, memory_format=memory_format).eval()
         self.regressor = regressor.to(self.device, memory_format=memory_format).eval()
+        if self._mixed_precision:
+            _last_linear(self.regressor).register_forward_hook(_recompute_in_float32)
 
     def predict(self, batch: torch.Tensor | np.ndarray) -> list[Prediction]:
         """Predict density class and bright-star count for each image of a batch.
@@ -122,7 +136,7 @@ class TwoStagePredictor:
         return inputs.contiguous(memory_format=torch.channels_last) if self._on_cuda else inputs
 
     def _classify(self, inputs: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._on_cuda):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._mixed_precision):
             logits = self.classifier(self._layout(inputs))
         if tuple(logits.shape) != (len(inputs), N_CLASSES):
             raise ValueError(
@@ -131,11 +145,26 @@ class TwoStagePredictor:
         return torch.softmax(logits.float(), dim=1)
 
     def _regress(self, inputs: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._on_cuda):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._mixed_precision):
             output = self.regressor(self._layout(inputs))
         if output.numel() != len(inputs):
             raise ValueError(f"the regressor returned shape {tuple(output.shape)} for {len(inputs)} images")
         return output.float().reshape(-1)
+
+
+def _last_linear(network: nn.Module) -> nn.Linear:
+    """The network's last ``nn.Linear`` (the output layer of every regressor architecture)."""
+    linears = [module for module in network.modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ValueError(f"the regressor {type(network).__name__} has no linear output layer")
+    return linears[-1]
+
+
+def _recompute_in_float32(layer: nn.Linear, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> torch.Tensor:
+    """Forward hook: the layer's output again in float32, outside autocast, replacing the bfloat16 one."""
+    with torch.autocast(inputs[0].device.type, enabled=False):
+        bias = None if layer.bias is None else layer.bias.float()
+        return nn.functional.linear(inputs[0].float(), layer.weight.float(), bias)
 
 
 def _predictions(

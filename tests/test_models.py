@@ -311,3 +311,19 @@ def test_predictor_runs_real_networks_and_checks_the_input_shape() -> None:
         assert (prediction.bright_count is None) == (prediction.regression_status == "bypassed")
     with pytest.raises(ValueError, match="shape"):
         predictor.predict(torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE))
+
+
+def test_mixed_precision_keeps_the_regression_output_in_float32() -> None:
+    """bfloat16 would round log10(1 + N) to 8-bit mantissa steps; the output layer runs in float32."""
+    torch.manual_seed(0)
+    classifier, regressor = build_model("classifier", "baseline_cnn"), build_model("regressor", "baseline_cnn")
+    with torch.no_grad():
+        regressor[-2].bias.fill_(2.5)  # outputs near log10(1 + 300), where bfloat16 steps are 0.016
+    images = _inputs(16)
+    with torch.inference_mode():
+        exact = TwoStagePredictor(classifier, regressor)._regress(images)
+        mixed = TwoStagePredictor(classifier, regressor, mixed_precision=True)._regress(images)
+    assert mixed.dtype == torch.float32
+    on_bfloat16_grid = mixed.to(torch.bfloat16).float() == mixed
+    assert not on_bfloat16_grid.all()
+    np.testing.assert_allclose(mixed.numpy(), exact.numpy(), atol=0.05)
