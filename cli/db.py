@@ -1,4 +1,4 @@
-"""``density-db db``: the embedded server's life cycle and schema revisions."""
+"""``density-db db``: the embedded server's life cycle, schema revisions and analysts' roles."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import click
 from density_db.cli.context import AppContext, pass_app
 from density_db.errors import DensityDBError
 
+
 @click.group()
 def db() -> None:
-    """Manage the database: embedded server, URL, psql shell, schema revisions."""
+    """Manage the database: embedded server, URL, psql shell, schema revisions, read-only roles."""
 
 
 def _embedded_server(app: AppContext):
@@ -133,3 +134,28 @@ def current(app: AppContext) -> None:
     database = app.open_database(ensure_schema=False)
     click.echo(f"database: {current_revision(database) or 'none'}")
     click.echo(f"density-db: {head_revision(database)}")
+
+
+@db.command("grant-readonly")
+@click.argument("role")
+@click.option("--password", default=None, prompt="Password for the role", prompt_required=False,
+              hide_input=True, confirmation_prompt=True,
+              help="Set the role's password; --password alone asks for it without echoing.")
+@pass_app
+def grant_readonly(app: AppContext, role: str, password: str | None) -> None:
+    """Create the login role ROLE if needed and let it read the catalog, nothing more.
+
+    ROLE can SELECT every table and view (field_density ...) and run the SQL
+    functions, now and after schema upgrades; it cannot write or create.
+    Running the command again is harmless.
+    """
+    from density_db.roles import grant_read_only
+
+    granted = grant_read_only(app.open_database(), role, password=password)
+    state = "created" if granted.created else "already existed"
+    click.echo(f"role {granted.role} {state}: it can read schema {granted.schema} of the catalog, not write to it")
+    if granted.can_create:
+        click.echo(f"warning: {granted.role} can still create tables in schema {granted.schema} through PUBLIC; "
+                   f"an administrator can run: REVOKE CREATE ON SCHEMA {granted.schema} FROM PUBLIC", err=True)
+    click.echo("connect with:")
+    click.echo(f"  psql \"{granted.url}\"")

@@ -1,11 +1,14 @@
-"""``density-db query``: read-only SQL, cone search and point-in-footprint search."""
+"""``density-db query``: read-only SQL, cone, point-in-footprint and region searches."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
 from density_db.cli.context import AppContext, pass_app
 from density_db.cli.options import band_option, output_format_option, resolve_output_format
+
 
 @click.group()
 def query() -> None:
@@ -84,3 +87,49 @@ def frames(app: AppContext, position: tuple[float, float], band: str | None, out
 
     ra, dec = position
     _emit(frames_at(app.open_database(), ra, dec, band=_canonical_band(app, band)), output_format)
+
+
+def _parse_polygon(text: str) -> tuple[list[float], list[float]]:
+    """``RA,DEC,RA,DEC,...`` (degrees) as lists of right ascensions and declinations."""
+    try:
+        values = [float(value) for value in text.replace(" ", "").split(",") if value]
+    except ValueError:
+        raise click.BadParameter(
+            f"expected RA,DEC,RA,DEC,... in degrees, got {text!r}", param_hint="--polygon"
+        ) from None
+    if len(values) % 2:
+        raise click.BadParameter(
+            f"expected pairs RA,DEC; got an odd number of values ({len(values)})", param_hint="--polygon"
+        )
+    return values[0::2], values[1::2]
+
+
+@query.command()
+@click.option("--polygon", metavar="RA,DEC,RA,DEC,...", default=None,
+              help="Vertices in order, degrees ICRS, edges along great circles (at least 3 vertices).")
+@click.option("--moc", "moc_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A MOC FITS file (mocpy, Aladin ...).")
+@band_option
+@output_format_option
+@pass_app
+def region(
+    app: AppContext, polygon: str | None, moc_path: Path | None, band: str | None, output_format: str | None
+) -> None:
+    """Frames whose footprint overlaps a region: a --polygon or a --moc file.
+
+    Example: density-db query region --polygon 359,-1,1,-1,1,1,359,1 --band g
+    """
+    if (polygon is None) == (moc_path is None):
+        raise click.UsageError("give exactly one of --polygon and --moc")
+    from density_db.errors import DensityDBError
+    from density_db.queries import region_search
+    from density_db.regions import polygon_region, read_moc
+
+    try:
+        if polygon is not None:
+            sky_region = polygon_region(*_parse_polygon(polygon))
+        else:
+            sky_region = read_moc(moc_path)
+    except DensityDBError as error:
+        raise click.BadParameter(str(error), param_hint="--polygon" if polygon is not None else "--moc") from None
+    _emit(region_search(app.open_database(), sky_region, band=_canonical_band(app, band)), output_format)

@@ -1,9 +1,10 @@
-"""Queries on the catalog: free SQL (read-only), cone search and point-in-footprint.
+"""Queries on the catalog: free SQL (read-only), cone, point-in-footprint and region searches.
 
 Every function returns a :class:`QueryResult` (column names and row tuples)
 that the command line renders as a table, CSV, ECSV, JSON or VOTable.  The
-spatial queries return the columns of the ``field_density`` view plus their
-own (``distance_deg``) so that density columns come with every position.
+spatial queries return the columns of the ``field_density`` view (plus
+``distance_deg`` for the cone and point searches) so that density columns
+come with every position.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import INT8MULTIRANGE, MultiRange, Range
 
 from density_db import sky
 from density_db.database import Database
 from density_db.errors import DatabaseError, DensityDBError
+from density_db.regions import SkyRegion
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +133,49 @@ def frames_at(database: Database, ra: float, dec: float, *, band: str | None = N
         if sky.polygon_contains(np.asarray(row[-2]), np.asarray(row[-1]), ra, dec)
     ]
     return QueryResult(columns=candidates.columns[:-2], rows=inside)
+
+
+def region_search(database: Database, region: SkyRegion, *, band: str | None = None) -> QueryResult:
+    """Frames whose footprint overlaps a sky region (a polygon or a MOC), in frame id order.
+
+    Candidates are the frames whose stored footprint ranges overlap the
+    region's cover (``footprint && ...``, GiST index); the region's exact
+    test on the WCS corners decides (see :mod:`density_db.regions`).
+
+    Parameters
+    ----------
+    database : Database
+        The catalog.
+    region : SkyRegion
+        From :func:`density_db.regions.polygon_region` or :func:`density_db.regions.read_moc`.
+    band : str, optional
+        Only frames of this band (canonical spelling).
+
+    Returns
+    -------
+    QueryResult
+        The ``field_density`` columns of the overlapping frames.
+    """
+    cover = [Range(int(lower), int(upper), bounds="[)") for lower, upper in region.cover_ranges()]
+    query = sa.text("""
+        SELECT fd.*, f.corner_ra, f.corner_dec
+        FROM frame f
+        JOIN field_density fd ON fd.frame_id = f.id
+        WHERE f.footprint && :cover
+          AND (CAST(:band AS text) IS NULL OR f.band = CAST(:band AS text))
+        ORDER BY f.id
+    """).bindparams(sa.bindparam("cover", type_=INT8MULTIRANGE))
+    with database.engine.connect() as connection:
+        candidates = _result(connection.execute(query, {"cover": MultiRange(cover), "band": band}))
+    columns = candidates.columns[:-2]
+    if not candidates.rows:
+        return QueryResult(columns=columns, rows=[])
+    corner_ra = np.array([row[-2] for row in candidates.rows], dtype=float)
+    corner_dec = np.array([row[-1] for row in candidates.rows], dtype=float)
+    overlapping = region.overlaps(corner_ra, corner_dec)
+    logger.info("region search: %d candidate frames, %d overlap", len(candidates.rows), int(overlapping.sum()))
+    rows = [row[:-2] for row, keep in zip(candidates.rows, overlapping, strict=True) if keep]
+    return QueryResult(columns=columns, rows=rows)
 
 
 def _result(result: sa.CursorResult) -> QueryResult:

@@ -21,6 +21,10 @@ from density_db.errors import SchemaVersionError
 from density_db.models import Base
 
 TABLES = {"exposure", "frame", "model", "run", "density_result", "failure", "campaign", "campaign_item"}
+FUNCTIONS = {"field_density_for_run", "polygon_area_deg2", "density_by_pixel"}
+VIEWS_PY_FUNCTIONS = (
+    views.FIELD_DENSITY_FOR_RUN_FUNCTION, views.POLYGON_AREA_FUNCTION, views.DENSITY_BY_PIXEL_FUNCTION,
+)
 
 
 @pytest.fixture
@@ -35,6 +39,25 @@ def table_names(database: Database) -> set[str]:
         return set(sa.inspect(connection).get_table_names()) - {"alembic_version"}
 
 
+def function_names(database: Database) -> set[str]:
+    with database.engine.connect() as connection:
+        return set(connection.execute(sa.text(
+            "SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace"
+        )).scalars())
+
+
+def function_definitions(connection: sa.Connection, schema: str) -> dict[str, tuple]:
+    """Each function of ``schema``: its arguments, result, language, volatility and body."""
+    rows = connection.execute(sa.text("""
+        SELECT p.proname, pg_get_function_arguments(p.oid), pg_get_function_result(p.oid),
+               l.lanname, p.provolatile, p.proisstrict, p.proparallel, p.prosrc
+        FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+        WHERE p.pronamespace = CAST(:schema AS regnamespace)
+    """), {"schema": schema})
+    # a result type named after a view is schema-qualified when another schema comes first in the search path
+    return {row[0]: (row[1], row[2].replace(f"{schema}.", ""), *row[3:]) for row in rows}
+
+
 def test_there_is_a_single_head(empty_database: Database) -> None:
     assert len(ScriptDirectory.from_config(alembic_config(empty_database)).get_heads()) == 1
 
@@ -44,8 +67,7 @@ def test_upgrade_from_empty_creates_every_table_and_the_view(empty_database: Dat
     assert table_names(empty_database) == TABLES
     with empty_database.engine.connect() as connection:
         assert sa.inspect(connection).get_view_names() == ["field_density"]
-        functions = connection.execute(sa.text("SELECT proname FROM pg_proc WHERE proname = 'field_density_for_run'"))
-        assert functions.scalar() == "field_density_for_run"
+    assert function_names(empty_database) == FUNCTIONS
     assert current_revision(empty_database) == head_revision(empty_database)
 
 
@@ -53,8 +75,18 @@ def test_downgrade_to_base_then_upgrade_again(empty_database: Database) -> None:
     upgrade(empty_database)
     downgrade(empty_database, "base")
     assert table_names(empty_database) == set()
+    assert function_names(empty_database) == set()
     upgrade(empty_database)
     assert table_names(empty_database) == TABLES
+    assert function_names(empty_database) == FUNCTIONS
+
+
+def test_downgrade_from_0003_drops_the_per_pixel_functions(empty_database: Database) -> None:
+    upgrade(empty_database)
+    downgrade(empty_database, "0002")
+    assert function_names(empty_database) == {"field_density_for_run"}
+    upgrade(empty_database)
+    assert function_names(empty_database) == FUNCTIONS
 
 
 def test_models_and_migrations_do_not_drift(empty_database: Database) -> None:
@@ -64,21 +96,22 @@ def test_models_and_migrations_do_not_drift(empty_database: Database) -> None:
     assert differences == []
 
 
-def test_migrated_view_is_the_one_in_views_py(empty_database: Database) -> None:
+def test_migrated_view_and_functions_are_the_ones_in_views_py(empty_database: Database) -> None:
     upgrade(empty_database)
     with empty_database.engine.begin() as connection:
         migrated = connection.execute(sa.text("SELECT pg_get_viewdef('field_density'::regclass)")).scalar()
         connection.execute(sa.text("CREATE SCHEMA fresh"))
         connection.execute(sa.text("SET LOCAL search_path = fresh, public"))
         connection.execute(sa.text(views.FIELD_DENSITY_VIEW))
-        connection.execute(sa.text(views.FIELD_DENSITY_FOR_RUN_FUNCTION))
+        for function in VIEWS_PY_FUNCTIONS:
+            connection.execute(sa.text(function))
         fresh = connection.execute(sa.text("SELECT pg_get_viewdef('fresh.field_density'::regclass)")).scalar()
-        migrated_function, fresh_function = connection.execute(sa.text(
-            "SELECT prosrc FROM pg_proc WHERE proname = 'field_density_for_run' ORDER BY pronamespace::regnamespace::text"
-        )).scalars()
+        migrated_functions = function_definitions(connection, "public")
+        fresh_functions = function_definitions(connection, "fresh")
         connection.execute(sa.text("DROP SCHEMA fresh CASCADE"))
     assert migrated == fresh
-    assert migrated_function == fresh_function
+    assert set(fresh_functions) == FUNCTIONS
+    assert migrated_functions == fresh_functions
 
 
 def test_first_use_creates_the_schema_in_an_empty_database(database_url: str, tmp_path: Path) -> None:
@@ -103,12 +136,12 @@ def test_unknown_revision_says_density_db_is_too_old(empty_database: Database) -
 
 
 def test_cli_upgrade_downgrade_current(run_cli) -> None:
-    assert run_cli("db", "upgrade").output.strip() == "schema revision: 0002"
+    assert run_cli("db", "upgrade").output.strip() == "schema revision: 0003"
     current = run_cli("db", "current")
-    assert current.output.splitlines() == ["database: 0002", "density-db: 0002"]
+    assert current.output.splitlines() == ["database: 0003", "density-db: 0003"]
     refused = run_cli("db", "downgrade", "base", input="n\n")
     assert refused.exit_code == 1 and "can delete data" in refused.output
-    assert run_cli("db", "downgrade", "-1", "--yes").output.strip() == "schema revision: 0001"
+    assert run_cli("db", "downgrade", "-1", "--yes").output.strip() == "schema revision: 0002"
     assert run_cli("db", "downgrade", "base", "--yes").output.strip() == "schema revision: none"
     # any command that needs the schema brings the empty database back to the head
     assert run_cli("query", "sql", "SELECT count(*) AS n FROM exposure").output.splitlines() == ["n", "0"]
