@@ -18,6 +18,7 @@ from density_db.cli.context import AppContext, configure_logging
 from density_db.cli.db import db
 from density_db.cli.evaluate import evaluate
 from density_db.cli.ingest import ingest
+from density_db.cli.maps import maps
 from density_db.cli.models import models
 from density_db.cli.query import query
 from density_db.cli.simulate import simulate
@@ -73,6 +74,7 @@ def main(ctx: click.Context, database_url: str | None, verbose: int, quiet: bool
 main.add_command(db)
 main.add_command(evaluate)
 main.add_command(ingest)
+main.add_command(maps)
 main.add_command(models)
 main.add_command(query)
 main.add_command(simulate)

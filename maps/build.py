@@ -1,0 +1,329 @@
+"""``density-db maps build``: stream frames band by band, rasterise, aggregate and write every map.
+
+One band at a time: its frames stream from the catalog in chunks, each chunk's
+footprints are rasterised at ``oversampling_levels`` orders below the output
+(pixel centres in the corner polygon) and degraded into covered fractions,
+and the sums go into the band's accumulator.  When the band is done its maps
+are written and its accumulator merged into the all-bands one, so memory holds
+at most two accumulators whatever the number of bands.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import healpy
+import numpy as np
+
+from density_db.database import Database
+from density_db.errors import DensityDBError
+from density_db.maps import source
+from density_db.maps.aggregate import STATISTICS, FrameValues, MapAccumulator, PixelStatistics
+from density_db.maps.rasterize import MAX_ORDER, MAX_SUBPIXEL_LEVELS, degrade, footprint_area_deg2, footprint_pixels
+from density_db.maps.source import FrameChunk, Selection
+from density_db.maps.writers import (
+    ALL_BANDS,
+    MapProvenance,
+    map_stem,
+    moc_stem,
+    write_healpix_fits,
+    write_healsparse,
+    write_moc,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OVERSAMPLING_LEVELS = 2
+"""Footprints are rasterised 2 orders below the output: 16 sub-pixels (4 x the nside) per output pixel."""
+
+DEFAULT_CHUNK_SIZE = 10_000
+"""Frames read and rasterised at a time (about 50 MB of temporary arrays; larger chunks run slower)."""
+
+FORMATS = ("hsp", "fits")
+
+CROWDED_CLASS = 4
+"""The class-crowded MOC holds pixels covered by frames of this class or higher."""
+
+
+@dataclass(frozen=True)
+class MapSettings:
+    """What to map and how.
+
+    Attributes
+    ----------
+    nside
+        Output HEALPix nside (a power of two).
+    out_dir
+        Directory the files go to (created if needed).
+    selection
+        Bands, run and region of the results.
+    png
+        Also draw a PNG per statistic and band.
+    moc
+        Also write MOCs of crowded (class >= 4) and flagged pixels.
+    formats
+        Map file formats among ``hsp`` and ``fits``.
+    oversampling_levels
+        Orders between the output and the rasterisation: 2 (4 x the nside) or 3 (8 x).
+    chunk_size
+        Frames streamed and rasterised at a time.
+    """
+
+    nside: int
+    out_dir: Path
+    selection: Selection = field(default_factory=Selection)
+    png: bool = False
+    moc: bool = False
+    formats: tuple[str, ...] = FORMATS
+    oversampling_levels: int = DEFAULT_OVERSAMPLING_LEVELS
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+    def __post_init__(self) -> None:
+        if self.nside < 1 or self.nside & (self.nside - 1):
+            raise ValueError(f"nside must be a power of two, got {self.nside}")
+        if not 2 <= self.oversampling_levels <= MAX_SUBPIXEL_LEVELS:
+            raise ValueError(
+                f"oversampling_levels must be between 2 and {MAX_SUBPIXEL_LEVELS}, got {self.oversampling_levels}"
+            )
+        if self.order + self.oversampling_levels > MAX_ORDER:
+            raise ValueError(
+                f"nside {self.nside} is too fine: rasterising {self.oversampling_levels} orders deeper "
+                f"needs order <= {MAX_ORDER}, so nside <= {2 ** (MAX_ORDER - self.oversampling_levels)}"
+            )
+        unknown = set(self.formats) - set(FORMATS)
+        if unknown:
+            raise ValueError(f"unknown map formats {sorted(unknown)}; choose among {', '.join(FORMATS)}")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {self.chunk_size}")
+
+    @property
+    def order(self) -> int:
+        """HEALPix order of the output maps."""
+        return self.nside.bit_length() - 1
+
+
+@dataclass(frozen=True)
+class BandSummary:
+    """What went into one band's maps (or the all-bands maps)."""
+
+    band: str
+    frames_mapped: int
+    frames_without_result: int
+    frames_without_corners: int
+    pixels: int
+    covered_area_deg2: float
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    """The outcome of :func:`build_maps`."""
+
+    nside: int
+    run: str
+    models: tuple[str, ...]
+    bands: tuple[BandSummary, ...]
+    files: tuple[Path, ...]
+    stream_seconds: float
+    """Reading frames from the catalog, rasterising and accumulating them (grows with the frames)."""
+    finalize_seconds: float
+    """Turning sums into statistics and merging bands (grows with the pixels covered)."""
+    write_seconds: float
+
+    @property
+    def frames_mapped(self) -> int:
+        return sum(band.frames_mapped for band in self.bands if band.band != ALL_BANDS)
+
+    @property
+    def frames_skipped(self) -> int:
+        return sum(
+            band.frames_without_result + band.frames_without_corners for band in self.bands if band.band != ALL_BANDS
+        )
+
+
+def build_maps(
+    database: Database, settings: MapSettings, *, progress: Callable[[int, int], None] | None = None
+) -> BuildSummary:
+    """Aggregate the selected results into HEALPix maps and write them under ``settings.out_dir``.
+
+    Parameters
+    ----------
+    database : Database
+        The catalog.
+    settings : MapSettings
+        What to map and how.
+    progress : callable, optional
+        Called as ``progress(done, total)`` with the frames of the selection
+        processed so far (mapped or skipped) and their total.
+
+    Returns
+    -------
+    BuildSummary
+
+    Raises
+    ------
+    DensityDBError
+        If the run does not exist or no frame of the selection has a result.
+    """
+    selection = settings.selection
+    if selection.run_id is not None:
+        source.check_run(database, selection.run_id)
+    bands = source.bands_with_results(database, selection)
+    if selection.bands is not None:
+        missing = [band for band in selection.bands if band not in bands]
+        if missing:
+            logger.warning("no results for band(s) %s in this selection", ", ".join(missing))
+    if not bands:
+        raise DensityDBError("no frame of the selection has a density result: nothing to map")
+    run = "latest" if selection.run_id is None else str(selection.run_id)
+    models = tuple(source.model_names(database, selection, bands))
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    writer = _Writer(settings, run, models)
+    combined = MapAccumulator(order=settings.order, levels=settings.oversampling_levels) if len(bands) > 1 else None
+    totals = {band: source.count_frames(database, selection, band) for band in bands}
+    grand_total, done = sum(totals.values()), 0
+    summaries = []
+    stream_seconds = finalize_seconds = 0.0
+    for band in bands:
+        started = time.perf_counter()
+        accumulator = MapAccumulator(order=settings.order, levels=settings.oversampling_levels)
+        without_corners = 0
+        for chunk in source.stream_frames(database, selection, band, chunk_size=settings.chunk_size):
+            without_corners += _add_chunk(accumulator, chunk, settings.oversampling_levels)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, grand_total)
+        without_result = totals[band] - accumulator.frames - without_corners
+        done += without_result
+        if progress is not None:
+            progress(done, grand_total)
+        stream_seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        statistics = accumulator.statistics()
+        finalize_seconds += time.perf_counter() - started
+        frames = accumulator.frames
+        logger.info("band %s: %d frames on %d pixels", band, frames, statistics.pixels.size)
+        summaries.append(_summary(band, frames, without_result, without_corners, statistics, settings))
+        writer.write(band, statistics)
+        del statistics  # memory holds at most two accumulators, or one and one band's statistics
+        if combined is not None:
+            started = time.perf_counter()
+            combined.merge(accumulator)
+            finalize_seconds += time.perf_counter() - started
+        del accumulator
+    if combined is not None:
+        started = time.perf_counter()
+        statistics = combined.statistics()
+        finalize_seconds += time.perf_counter() - started
+        without_result = sum(summary.frames_without_result for summary in summaries)
+        without_corners = sum(summary.frames_without_corners for summary in summaries)
+        summaries.append(_summary(ALL_BANDS, combined.frames, without_result, without_corners, statistics, settings))
+        writer.write(ALL_BANDS, statistics)
+    summary = BuildSummary(
+        nside=settings.nside,
+        run=run,
+        models=models,
+        bands=tuple(summaries),
+        files=tuple(writer.files),
+        stream_seconds=stream_seconds,
+        finalize_seconds=finalize_seconds,
+        write_seconds=writer.seconds,
+    )
+    manifest = settings.out_dir / f"maps_nside{settings.nside}.json"
+    manifest.write_text(json.dumps(_manifest(summary, settings), indent=2) + "\n")
+    return replace(summary, files=(*summary.files, manifest))
+
+
+def frame_values(chunk: FrameChunk) -> FrameValues:
+    """Class, bright-star surface density (stars/deg^2 of valid area) and flagged state of each frame."""
+    valid_area = footprint_area_deg2(chunk.corner_ra, chunk.corner_dec) * chunk.valid_fraction
+    with np.errstate(divide="ignore", invalid="ignore"):
+        density = np.where(valid_area > 0, chunk.bright_count / valid_area, np.nan)
+    return FrameValues(density_class=chunk.density_class, bright_density=density, flagged=chunk.flags != 0)
+
+
+def _add_chunk(accumulator: MapAccumulator, chunk: FrameChunk, levels: int) -> int:
+    """Rasterise and add one chunk; return how many of its frames had no usable corners."""
+    usable = np.all(np.isfinite(chunk.corner_ra), axis=1) & np.all(np.isfinite(chunk.corner_dec), axis=1)
+    unusable = int(usable.size - np.count_nonzero(usable))
+    if unusable:
+        logger.warning("%d frames without four finite corners are left out of the maps", unusable)
+        chunk = chunk.take(usable)
+    fine = footprint_pixels(chunk.corner_ra, chunk.corner_dec, order=accumulator.order + levels)
+    accumulator.add(degrade(fine, levels=levels), frame_values(chunk))
+    return unusable
+
+
+def _summary(
+    band: str, frames: int, without_result: int, without_corners: int, statistics: PixelStatistics,
+    settings: MapSettings,
+) -> BandSummary:
+    pixel_area = healpy.nside2pixarea(settings.nside, degrees=True)
+    return BandSummary(
+        band=band,
+        frames_mapped=frames,
+        frames_without_result=without_result,
+        frames_without_corners=without_corners,
+        pixels=int(statistics.pixels.size),
+        covered_area_deg2=float(statistics.values["covered_fraction"].sum() * pixel_area),
+    )
+
+
+def _manifest(summary: BuildSummary, settings: MapSettings) -> dict:
+    selection = settings.selection
+    return {
+        "nside": summary.nside,
+        "order": settings.order,
+        "rasterised_at_order": settings.order + settings.oversampling_levels,
+        "run": summary.run,
+        "models": list(summary.models),
+        "region": None if selection.region is None else asdict(selection.region),
+        "statistics": {statistic.name: {"unit": statistic.unit, "description": statistic.description}
+                       for statistic in STATISTICS},
+        "bands": [asdict(band) for band in summary.bands],
+        "files": [path.name for path in summary.files],
+    }
+
+
+class _Writer:
+    """Writes every file of one band's maps and remembers what it wrote."""
+
+    def __init__(self, settings: MapSettings, run: str, models: tuple[str, ...]) -> None:
+        self.settings = settings
+        self.run = run
+        self.models = models
+        self.files: list[Path] = []
+        self.seconds = 0.0
+
+    def write(self, band: str, statistics: PixelStatistics) -> None:
+        started = time.perf_counter()
+        settings = self.settings
+        provenance = MapProvenance(band=band, nside=settings.nside, run=self.run, models=self.models)
+        for statistic in STATISTICS:
+            values = statistics.values[statistic.name]
+            stem = map_stem(band, statistic.name, settings.nside)
+            pixels = statistics.pixels
+            if "hsp" in settings.formats:
+                path = settings.out_dir / f"{stem}.hsp"
+                self.files.append(write_healsparse(path, statistic, pixels, values, provenance))
+            if "fits" in settings.formats:
+                path = settings.out_dir / f"{stem}.fits"
+                self.files.append(write_healpix_fits(path, statistic, pixels, values, provenance))
+            if settings.png:
+                from density_db.maps.plots import plot_map
+
+                self.files.append(plot_map(settings.out_dir / f"{stem}.png", statistic, pixels, values, provenance))
+        if settings.moc:
+            crowded = statistics.pixels[statistics.values["class_max"] >= CROWDED_CLASS]
+            flagged = statistics.pixels[statistics.values["flagged_fraction"] > 0]
+            for what, pixels, description in (
+                (f"class_ge{CROWDED_CLASS}", crowded, f"pixels covered by frames of class >= {CROWDED_CLASS}"),
+                ("flagged", flagged, "pixels covered by flagged frames"),
+            ):
+                path = settings.out_dir / f"{moc_stem(band, what, settings.nside)}.fits"
+                self.files.append(write_moc(path, pixels, provenance, description))
+        self.seconds += time.perf_counter() - started

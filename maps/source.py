@@ -1,0 +1,314 @@
+"""Frames and their density results, streamed from the catalog in chunks for the maps.
+
+Results come from the documented SQL surface: the ``field_density`` view (each
+frame's latest result) or ``field_density_for_run(run_id)`` (one run's),
+joined with ``frame`` for the WCS corners.  Rows travel as a binary ``COPY``
+with a fixed layout (every column fixed-width and never NULL), which NumPy
+reads without a Python object per value: at millions of frames this is what
+keeps reading cheaper than the rasterisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from density_db.database import Database
+from density_db.errors import DensityDBError
+
+logger = logging.getLogger(__name__)
+
+_DISTANCE_SQL = """degrees(2 * asin(least(1.0, sqrt(
+    power(sin(radians(f.dec - %(cone_dec)s) / 2), 2)
+    + cos(radians(f.dec)) * cos(radians(%(cone_dec)s)) * power(sin(radians(f.ra - %(cone_ra)s) / 2), 2)
+))))"""
+
+_COLUMNS_SQL = """
+    fd.frame_id,
+    coalesce(f.corner_ra[1], 'NaN'), coalesce(f.corner_ra[2], 'NaN'),
+    coalesce(f.corner_ra[3], 'NaN'), coalesce(f.corner_ra[4], 'NaN'),
+    coalesce(f.corner_dec[1], 'NaN'), coalesce(f.corner_dec[2], 'NaN'),
+    coalesce(f.corner_dec[3], 'NaN'), coalesce(f.corner_dec[4], 'NaN'),
+    CAST(fd.density_class AS smallint),
+    coalesce(CAST(fd.bright_count AS double precision), 'NaN'),
+    coalesce(CAST(fd.valid_fraction AS double precision), 1.0),
+    CAST(fd.flags AS bigint)"""
+
+_ROW_DTYPE = np.dtype(
+    [("field_count", ">i2"), ("frame_id_size", ">i4"), ("frame_id", ">i8")]
+    + [item for index in range(8) for item in ((f"corner_{index}_size", ">i4"), (f"corner_{index}", ">f8"))]
+    + [
+        ("density_class_size", ">i4"), ("density_class", ">i2"),
+        ("bright_count_size", ">i4"), ("bright_count", ">f8"),
+        ("valid_fraction_size", ">i4"), ("valid_fraction", ">f8"),
+        ("flags_size", ">i4"), ("flags", ">i8"),
+    ]
+)
+"""One row of the binary COPY of _COLUMNS_SQL: a field count, then (length, value) per column, big-endian."""
+
+_COPY_HEADER_SIZE = 19  # signature (11), flags (4), header extension length (4, always 0 here)
+_COPY_TRAILER = b"\xff\xff"
+_CHUNKS_AHEAD = 2
+"""Chunks the reading thread may hold ready (memory: about 1.5 MB per thousand frames each)."""
+
+
+@dataclass(frozen=True)
+class Cone:
+    """A circular region of the sky (degrees, ICRS)."""
+
+    ra: float
+    dec: float
+    radius_deg: float
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.ra) and -90.0 <= self.dec <= 90.0):
+            raise DensityDBError(
+                f"region centre must be RA in degrees and Dec in [-90, 90], got ({self.ra}, {self.dec})"
+            )
+        if not 0.0 < self.radius_deg <= 180.0:
+            raise DensityDBError(f"region radius must be in (0, 180] degrees, got {self.radius_deg}")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which results go into the maps.
+
+    Attributes
+    ----------
+    bands
+        Bands to map, or ``None`` for every band that has results.
+    run_id
+        Take this run's results (``field_density_for_run``), or ``None`` for
+        each frame's latest result (``field_density``).
+    region
+        Only frames whose footprint may overlap this cone (centre within the
+        cone's radius plus the frame's own radius); whole frames are mapped.
+    """
+
+    bands: tuple[str, ...] | None = None
+    run_id: int | None = None
+    region: Cone | None = None
+
+
+@dataclass(frozen=True)
+class FrameChunk:
+    """Frames with a density result, column by column (one row per frame).
+
+    Attributes
+    ----------
+    frame_id
+        ``frame.id`` (int64).
+    corner_ra, corner_dec
+        ``(n, 4)`` WCS corners in degrees; NaN where the catalog has none.
+    density_class
+        0-5 (int16).
+    bright_count
+        Predicted stars brighter than the magnitude limit; NaN without a count (class 5).
+    valid_fraction
+        Fraction of valid pixels, 1.0 where inference has not recorded it.
+    flags
+        The result's flag bits (int64).
+    """
+
+    frame_id: np.ndarray
+    corner_ra: np.ndarray
+    corner_dec: np.ndarray
+    density_class: np.ndarray
+    bright_count: np.ndarray
+    valid_fraction: np.ndarray
+    flags: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.frame_id.size)
+
+    def take(self, rows: np.ndarray) -> FrameChunk:
+        """The frames at ``rows`` (indices or a boolean mask)."""
+        return FrameChunk(**{name: value[rows] for name, value in vars(self).items()})
+
+
+def check_run(database: Database, run_id: int) -> None:
+    """Raise :class:`DensityDBError` if run ``run_id`` does not exist."""
+    with _cursor(database) as cursor:
+        if cursor.execute("SELECT 1 FROM run WHERE id = %(run_id)s", {"run_id": run_id}).fetchone() is None:
+            raise DensityDBError(f"run {run_id} does not exist (density-db query sql \"SELECT * FROM run\" lists runs)")
+
+
+def bands_with_results(database: Database, selection: Selection) -> list[str]:
+    """Bands of the selection that have at least one result, sorted (all such bands when none were chosen)."""
+    run_filter = "AND r.run_id = %(run_id)s" if selection.run_id is not None else ""
+    statement = f"""
+        SELECT b.band FROM (SELECT DISTINCT band FROM frame) AS b
+        WHERE EXISTS (
+            SELECT 1 FROM frame f JOIN density_result r ON r.frame_id = f.id
+            WHERE f.band = b.band {run_filter}
+        )
+        ORDER BY b.band"""
+    with _cursor(database) as cursor:
+        found = [row[0] for row in cursor.execute(statement, {"run_id": selection.run_id})]
+    if selection.bands is None:
+        return found
+    return [band for band in selection.bands if band in found]
+
+
+def count_frames(database: Database, selection: Selection, band: str) -> int:
+    """Frames of ``band`` in the selection's region, with a result or not."""
+    region_sql, parameters = _region_filter(selection)
+    statement = f"SELECT count(*) FROM frame f WHERE f.band = %(band)s {region_sql}"
+    with _cursor(database) as cursor:
+        return int(cursor.execute(statement, {**parameters, "band": band}).fetchone()[0])
+
+
+def model_names(database: Database, selection: Selection, bands: list[str]) -> list[str]:
+    """``classifier+regressor`` names of the results the maps of ``bands`` are made from, sorted."""
+    region_sql, parameters = _region_filter(selection)
+    statement = f"""
+        SELECT DISTINCT fd.classifier || '+' || fd.regressor
+        FROM {_results_source(selection)} JOIN frame f ON f.id = fd.frame_id
+        WHERE fd.density_class IS NOT NULL AND f.band = ANY(%(bands)s) {region_sql}
+        ORDER BY 1"""
+    with _cursor(database) as cursor:
+        return [row[0] for row in cursor.execute(statement, {**parameters, "bands": bands, "run_id": selection.run_id})]
+
+
+def stream_frames(database: Database, selection: Selection, band: str, *, chunk_size: int) -> Iterator[FrameChunk]:
+    """Frames of ``band`` with a result in the selection, ``chunk_size`` at a time (the last chunk shorter).
+
+    Parameters
+    ----------
+    database : Database
+        The catalog.
+    selection : Selection
+        Run and region (its ``bands`` are not used here).
+    band : str
+        Canonical band name.
+    chunk_size : int
+        Frames per chunk (> 0): memory grows with it, per-chunk overheads shrink.
+
+    Yields
+    ------
+    FrameChunk
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    region_sql, parameters = _region_filter(selection)
+    statement = f"""COPY (
+        SELECT {_COLUMNS_SQL}
+        FROM {_results_source(selection)} JOIN frame f ON f.id = fd.frame_id
+        WHERE fd.density_class IS NOT NULL AND f.band = %(band)s {region_sql}
+    ) TO STDOUT (FORMAT binary)"""
+    parameters = {**parameters, "band": band, "run_id": selection.run_id}
+    # A thread reads the next chunk while the caller works on this one: PostgreSQL (another
+    # process) computes rows meanwhile instead of waiting for the caller to ask.
+    chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=_CHUNKS_AHEAD)
+    stop = threading.Event()
+    reader = threading.Thread(
+        target=_read_copy, args=(database, statement, parameters, chunk_size, chunks, stop), daemon=True,
+        name="density-db-maps-copy",
+    )
+    reader.start()
+    try:
+        while (item := chunks.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield _parse(item)
+    finally:
+        stop.set()
+        reader.join()
+
+
+def _read_copy(
+    database: Database, statement: str, parameters: dict[str, Any], chunk_size: int,
+    chunks: queue.Queue, stop: threading.Event,
+) -> None:
+    """Put the COPY rows on ``chunks`` as buffers of whole rows, then ``None`` (or the error)."""
+
+    def put(item: bytes | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    row_size = _ROW_DTYPE.itemsize
+    try:
+        with _cursor(database) as cursor, cursor.copy(statement, parameters) as copy:
+            pending: list[bytes] = []
+            pending_size = 0
+            header_left = _COPY_HEADER_SIZE
+            for block in copy:
+                data = bytes(block)
+                if header_left:
+                    skipped = min(header_left, len(data))
+                    data, header_left = data[skipped:], header_left - skipped
+                pending.append(data)
+                pending_size += len(data)
+                if pending_size >= chunk_size * row_size:
+                    buffer = b"".join(pending)
+                    whole = (len(buffer) // row_size) * row_size
+                    if not put(buffer[:whole]):
+                        return
+                    pending, pending_size = [buffer[whole:]], len(buffer) - whole
+            buffer = b"".join(pending)
+        if buffer.endswith(_COPY_TRAILER) and (len(buffer) - len(_COPY_TRAILER)) % row_size == 0:
+            buffer = buffer[: -len(_COPY_TRAILER)]
+        if len(buffer) % row_size:
+            raise DensityDBError(f"unexpected COPY data from the database ({len(buffer)} bytes left over)")
+        if buffer and not put(buffer):
+            return
+        put(None)
+    except BaseException as error:  # handed to the consumer, raised there
+        put(error)
+
+
+def _parse(buffer: bytes) -> FrameChunk:
+    rows = np.frombuffer(buffer, dtype=_ROW_DTYPE)
+    if rows.size and (np.any(rows["field_count"] != 13) or np.any(rows["frame_id_size"] != 8)):
+        raise DensityDBError("unexpected COPY row layout from the database")
+    corners = np.stack([rows[f"corner_{index}"] for index in range(8)], axis=1).astype(np.float64)
+    return FrameChunk(
+        frame_id=rows["frame_id"].astype(np.int64),
+        corner_ra=corners[:, :4],
+        corner_dec=corners[:, 4:],
+        density_class=rows["density_class"].astype(np.int16),
+        bright_count=rows["bright_count"].astype(np.float64),
+        valid_fraction=rows["valid_fraction"].astype(np.float64),
+        flags=rows["flags"].astype(np.int64),
+    )
+
+
+def _results_source(selection: Selection) -> str:
+    if selection.run_id is None:
+        return "field_density AS fd"
+    return "field_density_for_run(%(run_id)s) AS fd"
+
+
+def _region_filter(selection: Selection) -> tuple[str, dict[str, Any]]:
+    """SQL (``AND ...`` on ``frame f``) keeping frames that may overlap the region, and its parameters."""
+    region = selection.region
+    if region is None:
+        return "", {}
+    parameters = {"cone_ra": region.ra, "cone_dec": region.dec, "cone_radius": region.radius_deg}
+    return f"AND {_DISTANCE_SQL} <= %(cone_radius)s + f.radius_deg", parameters
+
+
+@contextlib.contextmanager
+def _cursor(database: Database) -> Iterator[psycopg.Cursor]:
+    """A psycopg cursor on a connection from the engine's pool, in a read-only transaction."""
+    connection = database.engine.raw_connection()
+    try:
+        with connection.driver_connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION READ ONLY")
+            yield cursor
+        connection.rollback()
+    finally:
+        connection.close()

@@ -1,0 +1,155 @@
+"""Map files: healsparse ``.hsp``, healpy FITS and MOC FITS, named predictably.
+
+Every file records where it came from: statistic, band, nside, run and models
+(FITS header keys ``STATNAME``, ``BAND``, ``NSIDE``, ``RUN``, ``MODELS``,
+``BUNIT``; the same keys in a healsparse map's metadata).  healpy FITS maps
+are full-sky, NESTED, ``COORDSYS = 'C'``, float32 with ``UNSEEN`` where no
+frame covers the pixel; the class histogram has one column per class.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import healpy
+import numpy as np
+
+from density_db.maps.aggregate import DENSITY_CLASSES, Statistic
+
+logger = logging.getLogger(__name__)
+
+ALL_BANDS = "all"
+"""The band name of the maps that combine every band."""
+
+HEALSPARSE_COVERAGE_NSIDE = 32
+
+
+@dataclass(frozen=True)
+class MapProvenance:
+    """What a map was made from, written into every file.
+
+    Attributes
+    ----------
+    band
+        Canonical band name, or ``all``.
+    nside
+        HEALPix nside of the map.
+    run
+        ``latest`` (each frame's latest result) or the run id.
+    models
+        ``classifier+regressor`` names of the results used.
+    """
+
+    band: str
+    nside: int
+    run: str
+    models: tuple[str, ...]
+
+    def header(self, statistic: Statistic) -> list[tuple[str, str | int, str]]:
+        """FITS header cards (key, value, comment) for one statistic."""
+        return [
+            ("STATNAME", statistic.name, "density-db map statistic"),
+            ("BAND", self.band, "band of the frames ('all': every band)"),
+            ("NSIDE", self.nside, "HEALPix nside"),
+            ("RUN", self.run, "results: 'latest' per frame, or this run id"),
+            ("MODELS", ", ".join(self.models), "classifier+regressor of the results"),
+            ("BUNIT", statistic.unit, "unit of the values"),
+        ]
+
+
+def map_stem(band: str, statistic_name: str, nside: int) -> str:
+    """File name without suffix: ``{band}_{statistic}_nside{nside}`` (band made file-name safe)."""
+    return f"{_safe(band)}_{statistic_name}_nside{nside}"
+
+
+def moc_stem(band: str, what: str, nside: int) -> str:
+    """File name of a MOC without suffix: ``{band}_{what}_nside{nside}_moc``."""
+    return f"{_safe(band)}_{what}_nside{nside}_moc"
+
+
+def full_sky(nside: int, pixels: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A full-sky float32 NESTED map: ``values`` at ``pixels``, ``UNSEEN`` elsewhere and where values are NaN."""
+    sky = np.full(12 * nside * nside, healpy.UNSEEN, dtype=np.float32)
+    sky[pixels] = np.where(np.isnan(values), healpy.UNSEEN, values)
+    return sky
+
+
+def write_healpix_fits(
+    path: Path, statistic: Statistic, pixels: np.ndarray, values: np.ndarray, provenance: MapProvenance
+) -> Path:
+    """Write a healpy-readable FITS map (``healpy.read_map(path, nest=True)``; all columns with ``field=None``)."""
+    nside = provenance.nside
+    if statistic.kind == "histogram":
+        columns = [full_sky(nside, pixels, values[:, index]) for index in range(DENSITY_CLASSES)]
+        names = [f"CLASS_{index}" for index in range(DENSITY_CLASSES)]
+    else:
+        columns = [full_sky(nside, pixels, values)]
+        names = [statistic.name.upper()]
+    healpy.write_map(
+        str(path), columns, nest=True, coord="C", dtype=[np.float32] * len(columns), column_names=names,
+        column_units=[statistic.unit] * len(columns), extra_header=provenance.header(statistic), overwrite=True,
+    )
+    return path
+
+
+def write_healsparse(
+    path: Path, statistic: Statistic, pixels: np.ndarray, values: np.ndarray, provenance: MapProvenance
+) -> Path:
+    """Write a healsparse map (``healsparse.HealSparseMap.read(path)``).
+
+    Floats are float32 with ``UNSEEN`` as sentinel; classes int16 and frame
+    counts int32 with -1 (a covered pixel may count 0 bypassed frames); the
+    class histogram is a record map with int32 fields ``class_0`` ...
+    ``class_5`` (primary ``class_0``, sentinel -1).  Pixels no frame covers
+    hold the sentinel, like ``UNSEEN`` in the FITS maps.
+    """
+    from healsparse import HealSparseMap
+
+    nside_coverage = min(HEALSPARSE_COVERAGE_NSIDE, provenance.nside)
+    metadata = {key: value for key, value, _ in provenance.header(statistic)}
+    if statistic.kind == "histogram":
+        dtype = np.dtype([(f"class_{index}", np.int32) for index in range(DENSITY_CLASSES)])
+        sparse = HealSparseMap.make_empty(
+            nside_coverage, provenance.nside, dtype, primary="class_0", sentinel=-1, metadata=metadata,
+        )
+        records = np.zeros(pixels.size, dtype=dtype)
+        for index in range(DENSITY_CLASSES):
+            records[f"class_{index}"] = values[:, index]
+        sparse.update_values_pix(pixels, records)
+    else:
+        dtype, sentinel = {
+            "class": (np.int16, -1),
+            "count": (np.int32, -1),
+        }.get(statistic.kind, (np.float32, healpy.UNSEEN))
+        sparse = HealSparseMap.make_empty(
+            nside_coverage, provenance.nside, dtype, sentinel=sentinel, metadata=metadata,
+        )
+        defined = ~np.isnan(values) if values.dtype.kind == "f" else np.ones(values.size, dtype=bool)
+        sparse.update_values_pix(pixels[defined], values[defined].astype(dtype))
+    sparse.write(str(path), clobber=True)
+    return path
+
+
+def write_moc(path: Path, pixels: np.ndarray, provenance: MapProvenance, description: str) -> Path:
+    """Write the MOC of NESTED pixels at the map's order (FITS, readable by mocpy and Aladin)."""
+    from mocpy import MOC
+
+    order = int(np.log2(provenance.nside))
+    pixels = np.asarray(pixels, dtype=np.uint64)
+    moc = MOC.from_healpix_cells(pixels, np.full(pixels.size, order, dtype=np.uint8), max_depth=order)
+    keywords = {
+        "STATNAME": description,
+        "BAND": provenance.band,
+        "NSIDE": provenance.nside,
+        "RUN": provenance.run,
+        "MODELS": ", ".join(provenance.models),
+    }
+    moc.save(str(path), format="fits", overwrite=True, fits_keywords=keywords)
+    return path
+
+
+def _safe(band: str) -> str:
+    return re.sub(r"[^A-Za-z0-9+-]", "-", band) or "-"
