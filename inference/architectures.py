@@ -238,12 +238,32 @@ def _regression_head(in_features: int) -> nn.Sequential:
     return nn.Sequential(*layers, nn.Linear(in_features, 1), nn.Flatten(0))
 
 
+class SignedLog(nn.Module):
+    """``asinh`` of the input, a fixed (parameter-free) compression of its dynamic range.
+
+    A standardised detector image spans noise (about 1) to bright stars
+    hundreds of standard deviations high; ``asinh`` keeps small values as
+    they are and turns the tail logarithmic, so a small network's batch
+    statistics are not dominated by a few stars.
+    """
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.asinh(inputs)
+
+
 def _baseline_cnn(outputs: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
+    """``SignedLog``, four blocks of 3x3 convolution, batch norm, ReLU and 2x2 max pooling, global average.
+
+    The first convolution has stride 2 (every pixel still falls under a
+    kernel): with max pooling after each block, the blocks work at 56, 28, 14
+    and 7 pixels, about 50 M multiply-adds per image, cheap enough to train
+    on a CPU.
+    """
+    layers: list[nn.Module] = [SignedLog()]
     in_channels = INPUT_CHANNELS
-    for width in _BASELINE_WIDTHS:
-        layers += [nn.Conv2d(in_channels, width, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(width),
-                   nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+    for index, width in enumerate(_BASELINE_WIDTHS):
+        layers += [nn.Conv2d(in_channels, width, kernel_size=3, stride=2 if index == 0 else 1, padding=1, bias=False),
+                   nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
         in_channels = width
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, outputs)]
     if outputs == 1:
