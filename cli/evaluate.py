@@ -13,11 +13,11 @@ from density_db.cli.context import AppContext, pass_app
 @click.command()
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
               help="A dataset directory written by 'density-db simulate dataset'.")
-@click.option("--classifier", "classifier_path", required=True,
-              help="Classifier checkpoint: a file or a registered model name "
-                   "(required until density-db ships demo models).")
-@click.option("--regressor", "regressor_path", default=None,
-              help="Regressor checkpoint (file or registered name); without it only the classification is evaluated.")
+@click.option("--classifier", "classifier_path", default="demo", show_default=True,
+              help="Classifier: 'demo' (shipped), a checkpoint file or a registered model name.")
+@click.option("--regressor", "regressor_path", default="demo", show_default=True,
+              help="Regressor: 'demo' (shipped), a checkpoint file or a registered model name; "
+                   "'none' evaluates the classification only.")
 @click.option("--arch-classifier", "classifier_architecture", default=None,
               help="Architecture of a plain state dict given as --classifier (e.g. resnet34).")
 @click.option("--arch-regressor", "regressor_architecture", default=None,
@@ -39,10 +39,10 @@ def evaluate(app: AppContext, data_dir, classifier_path, regressor_path, classif
 
     if not data_dir.is_dir():
         raise click.BadParameter(f"dataset directory {data_dir} does not exist", param_hint="--data")
-    classifier = load_checkpoint(_checkpoint(app, classifier_path), architecture=classifier_architecture,
-                                 stage="classifier")
-    regressor = (load_checkpoint(_checkpoint(app, regressor_path), architecture=regressor_architecture,
-                                 stage="regressor") if regressor_path is not None else None)
+    classifier = load_checkpoint(_checkpoint(app, classifier_path, "classifier"),
+                                 architecture=classifier_architecture, stage="classifier")
+    regressor = (load_checkpoint(_checkpoint(app, regressor_path, "regressor"), architecture=regressor_architecture,
+                                 stage="regressor") if regressor_path != "none" else None)
     samples = predict_samples(data_dir, classifier, regressor, split=split, batch_size=batch_size, device=device)
     report = summarise(samples, classifier, regressor)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -52,10 +52,13 @@ def evaluate(app: AppContext, data_dir, classifier_path, regressor_path, classif
     click.echo(_summary(report, out_dir))
 
 
-def _checkpoint(app: AppContext, name_or_path: str) -> Path:
+def _checkpoint(app: AppContext, name_or_path: str, stage: str) -> Path:
     """A checkpoint file; the catalog is opened only to resolve a registered model's name."""
-    from density_db.model_registry import checkpoint_path
+    from density_db.inference.checkpoints import demo_checkpoint
+    from density_db.model_registry import DEMO_MODEL, checkpoint_path
 
+    if name_or_path == DEMO_MODEL:
+        return demo_checkpoint(stage)
     if Path(name_or_path).is_file():
         return Path(name_or_path)
     return checkpoint_path(app.open_database(), name_or_path)

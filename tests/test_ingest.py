@@ -109,6 +109,18 @@ def test_every_frame_gets_one_result_and_a_second_run_adds_nothing(
     assert rows(database, "SELECT count(*) FROM density_result") == [(12,)]
 
 
+def test_without_model_options_the_shipped_demo_models_are_used(
+    run_cli, database: Database, tmp_path: Path, scheduler
+) -> None:
+    write_survey(tmp_path / "survey", 2)
+    result = run_cli("-q", "ingest", str(tmp_path / "survey"), "--scheduler", scheduler)
+    assert result.exit_code == 0, result.output
+    assert "with demo-classifier + demo-regressor" in result.output
+    models = rows(database, "SELECT name, architecture, metadata->>'trained_on' FROM model ORDER BY name")
+    assert [name for name, _architecture, _trained_on in models] == ["demo-classifier", "demo-regressor"]
+    assert all("simulat" in trained_on for _name, _architecture, trained_on in models)
+
+
 def test_rerun_replaces_the_stored_results(run_cli, database: Database, tmp_path: Path, models, scheduler) -> None:
     write_survey(tmp_path / "survey", 4)
     arguments = ["-q", "ingest", str(tmp_path / "survey"), *model_options(models), "--scheduler", scheduler]

@@ -66,9 +66,9 @@ def test_evaluate_accepts_a_registered_name(run_cli, checkpoint: Path, tmp_path:
 
     write_dataset(tmp_path / "set", plan_samples(6, task="classify", seed=2, balance="uniform"),
                   task="classify", balance="uniform", shape=(240, 250))
-    run_cli("models", "add", str(checkpoint), "--name", "demo-classifier")
-    result = run_cli("evaluate", "--data", str(tmp_path / "set"), "--classifier", "demo-classifier",
-                     "--out", str(tmp_path / "report"), "--split", "all")
+    run_cli("models", "add", str(checkpoint), "--name", "my-classifier")
+    result = run_cli("evaluate", "--data", str(tmp_path / "set"), "--classifier", "my-classifier",
+                     "--regressor", "none", "--out", str(tmp_path / "report"), "--split", "all")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "report" / "report.json").exists()
     unknown = run_cli("evaluate", "--data", str(tmp_path / "set"), "--classifier", "nobody", "--out", str(tmp_path))
