@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import Range, insert
 
 from density_db.database import Database
+from density_db.failures import record_failures
 from density_db.fits_input import FrameHeader, InputFailure, read_frame_headers
 from density_db.instrument import InstrumentProfile
 from density_db.models import Exposure, Failure, Frame
@@ -266,29 +267,8 @@ def _forget_resolved_failures(connection: sa.Connection, frames: list[FrameHeade
 
 
 def _record_failures(connection: sa.Connection, failures: list[InputFailure], run_id: int | None) -> None:
-    """Store failures; one seen before gets ``attempts + 1`` instead of a second row."""
-    unique = {(f.path, f.hdu_index, f.error_kind): f for f in failures}  # one statement may not touch a row twice
-    statement = insert(Failure)
-    statement = statement.on_conflict_do_update(
-        index_elements=["path", "hdu_index", "stage", "error_kind"],
-        set_={
-            "message": statement.excluded.message,
-            "run_id": statement.excluded.run_id,
-            "attempts": Failure.attempts + 1,
-            "last_seen_at": sa.func.now(),
-        },
-    )
-    connection.execute(
-        statement,
-        [
-            {
-                "path": failure.path,
-                "hdu_index": failure.hdu_index,
-                "stage": REGISTER_STAGE,
-                "error_kind": failure.error_kind,
-                "message": failure.message,
-                "run_id": run_id,
-            }
-            for failure in unique.values()
-        ],
-    )
+    record_failures(connection, [
+        {"path": f.path, "hdu_index": f.hdu_index, "stage": REGISTER_STAGE, "error_kind": f.error_kind,
+         "message": f.message, "run_id": run_id}
+        for f in failures
+    ])

@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from density_db.database import Database
 from density_db.errors import DatabaseError
+from density_db.failures import record_failures
 from density_db.models import DensityResult, Failure, Frame
 
 logger = logging.getLogger(__name__)
@@ -177,33 +178,8 @@ def _forget_resolved_failures(connection: sa.Connection, results: Sequence[Resul
 
 
 def _record_failures(connection: sa.Connection, failures: Sequence[InferenceFailure], run_id: int) -> None:
-    """Store failures; one seen before gets ``attempts + 1`` instead of a second row."""
-    unique = {(f.path, f.hdu_index, f.error_kind): f for f in failures}  # one statement may not touch a row twice
-    if not unique:
-        return
-    statement = insert(Failure)
-    statement = statement.on_conflict_do_update(
-        index_elements=["path", "hdu_index", "stage", "error_kind"],
-        set_={
-            "message": statement.excluded.message,
-            "frame_id": statement.excluded.frame_id,
-            "run_id": statement.excluded.run_id,
-            "attempts": Failure.attempts + 1,
-            "last_seen_at": sa.func.now(),
-        },
-    )
-    connection.execute(
-        statement,
-        [
-            {
-                "path": failure.path,
-                "hdu_index": failure.hdu_index,
-                "stage": INFERENCE_STAGE,
-                "error_kind": failure.error_kind,
-                "message": failure.message,
-                "frame_id": failure.frame_id,
-                "run_id": run_id,
-            }
-            for failure in unique.values()
-        ],
-    )
+    record_failures(connection, [
+        {"path": f.path, "hdu_index": f.hdu_index, "stage": INFERENCE_STAGE, "error_kind": f.error_kind,
+         "message": f.message, "frame_id": f.frame_id, "run_id": run_id}
+        for f in failures
+    ])

@@ -23,6 +23,7 @@ from density_db.maps.build import MapSettings, build_maps
 from density_db.maps.rasterize import degrade, footprint_area_deg2, footprint_pixels
 from density_db.maps.source import Cone, Selection
 from density_db.models import DensityResult, Exposure, Frame, Model, Run
+from geometry import tangent_to_sky
 
 NSIDE = 64
 FINE_NSIDE = 4 * NSIDE
@@ -31,13 +32,6 @@ FINE_NSIDE = 4 * NSIDE
 # -- frames ---------------------------------------------------------------------------------
 
 
-def tangent_to_sky(ra0: float, dec0: float, xi: np.ndarray, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse gnomonic projection: standard coordinates (deg) around (ra0, dec0) to ICRS degrees."""
-    xi, eta, dec0_rad = np.radians(xi), np.radians(eta), np.radians(dec0)
-    denominator = np.cos(dec0_rad) - eta * np.sin(dec0_rad)
-    ra = ra0 + np.degrees(np.arctan2(xi, denominator))
-    dec = np.degrees(np.arctan2(np.sin(dec0_rad) + eta * np.cos(dec0_rad), np.hypot(xi, denominator)))
-    return ra % 360, dec
 
 
 def square_corners(ra: float, dec: float, half_deg: float, angle_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ from density_db import sky
 from density_db.database import Database
 from density_db.models import Exposure, Frame
 from density_db.queries import cone_search, frames_at
+from geometry import tangent_to_sky
 
 BANDS = ("NUV", "u", "g", "r", "i", "z", "y")
 
@@ -45,13 +46,6 @@ def random_frames(rng: np.random.Generator, count: int) -> list[dict]:
     return frames
 
 
-def tangent_to_sky(ra0: float, dec0: float, xi: np.ndarray, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Gnomonic projection inverse: standard coordinates (deg) around (ra0, dec0) to ICRS degrees."""
-    xi, eta, dec0_rad = np.radians(xi), np.radians(eta), np.radians(dec0)
-    denominator = np.cos(dec0_rad) - eta * np.sin(dec0_rad)
-    ra = ra0 + np.degrees(np.arctan2(xi, denominator))
-    dec = np.degrees(np.arctan2(np.sin(dec0_rad) + eta * np.cos(dec0_rad), np.hypot(xi, denominator)))
-    return ra % 360, dec
 
 
 @pytest.fixture

@@ -26,17 +26,11 @@ from density_db.errors import DensityDBError
 from density_db.models import DensityResult, Exposure, Frame, Model, Run
 from density_db.queries import region_search
 from density_db.regions import polygon_region
+from geometry import tangent_to_sky
 
 # -- building a catalog by hand ------------------------------------------------------------
 
 
-def tangent_to_sky(ra0: float, dec0: float, xi: np.ndarray, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse gnomonic projection: standard coordinates (deg) around (ra0, dec0) to ICRS degrees."""
-    xi, eta, dec0_rad = np.radians(xi), np.radians(eta), np.radians(dec0)
-    denominator = np.cos(dec0_rad) - eta * np.sin(dec0_rad)
-    ra = ra0 + np.degrees(np.arctan2(xi, denominator))
-    dec = np.degrees(np.arctan2(np.sin(dec0_rad) + eta * np.cos(dec0_rad), np.hypot(xi, denominator)))
-    return ra % 360, dec
 
 
 def square_corners(ra: float, dec: float, half_deg: float, angle_rad: float = 0.0, aspect: float = 1.0):
