@@ -31,8 +31,10 @@ demo: install
 	            density_class, round(class_confidence::numeric, 3) AS confidence, round(bright_count::numeric) AS bright_count, \
 	            regression_status FROM field_density ORDER BY density_class, exposure_id, detector"
 	$(BIN)/density-db query cone 265.1 -28.35 1.0 --band g --format table
+	$(BIN)/density-db -q maps build --nside 256 --out $(DEMO_DIR)/maps --png --moc > /dev/null
 	@echo
 	@echo "Simulated truth per detector: $(DEMO_DIR)/*/manifest.ecsv"
+	@echo "HEALPix maps (healsparse, healpy FITS, PNG, MOC) of the demo survey: $(DEMO_DIR)/maps/"
 	@echo "The catalog is in the embedded PostgreSQL server; open it with:"
 	@echo "  $(BIN)/density-db db shell        (or: psql \"\$$($(BIN)/density-db db url)\")"
 
