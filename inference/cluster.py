@@ -19,6 +19,21 @@ from density_db.errors import ConfigurationError
 
 SCHEDULER_ENVIRONMENT_VARIABLE = "DASK_SCHEDULER_ADDRESS"
 
+WORKER_MALLOC_ENVIRONMENT = {
+    "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20),
+    "MALLOC_MMAP_THRESHOLD_": str(64 * 2**20),
+}
+"""glibc allocator settings for worker processes, set before they start (glibc reads them once).
+
+Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` so that workers hand
+freed memory back to the system at once; with it, every ~10 MB row block
+of the streamed preprocessing is mapped and faulted in afresh, and a
+full-size detector takes 0.49 s instead of 0.30 s.  Blocks under 64 MB now
+come from a heap that keeps up to 256 MB; whole images (340 MB) are still
+mapped and returned when freed.  Workers of an existing cluster should be
+started with the same two variables.
+"""
+
 
 class Cluster:
     """Where an ingest's tasks run; a context manager that closes what it started.
@@ -77,13 +92,16 @@ class Cluster:
     def client(self):
         """The ``distributed.Client``, starting the local cluster on first use."""
         if self._client is None:
+            import dask
             from distributed import Client, LocalCluster
 
-            self._local_cluster = LocalCluster(
-                n_workers=self.workers, threads_per_worker=1, processes=True, silence_logs=logging.ERROR,
-                # No dashboard; the scheduler's small HTTP server takes any free port, not 8787.
-                dashboard_address=None, scheduler_kwargs={"dashboard_address": ":0"},
-            )
+            with dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": value
+                                  for name, value in WORKER_MALLOC_ENVIRONMENT.items()}):
+                self._local_cluster = LocalCluster(
+                    n_workers=self.workers, threads_per_worker=1, processes=True, silence_logs=logging.ERROR,
+                    # No dashboard; the scheduler's small HTTP server takes any free port, not 8787.
+                    dashboard_address=None, scheduler_kwargs={"dashboard_address": ":0"},
+                )
             self._client = Client(self._local_cluster)
         return self._client
 
