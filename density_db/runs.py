@@ -62,7 +62,12 @@ class ActiveRun:
 
     def finish(self, *, status: str, counts: dict[str, Any], message: str | None = None) -> None:
         """Close the run with its final status (completed, failed or interrupted) and counts."""
-        finish_run(self.database, self.id, status=status, counts=counts, message=message)
+        with self.database.engine.begin() as connection:
+            connection.execute(
+                sa.update(Run)
+                .where(Run.id == self.id)
+                .values(status=status, counts=counts, message=message, finished_at=sa.func.now())
+            )
 
     def close(self) -> None:
         """Release the lock (closing the connection releases it on the server)."""
@@ -92,25 +97,14 @@ def begin_run(
     classifier_id: int | None = None,
     regressor_id: int | None = None,
 ) -> ActiveRun:
-    """Close abandoned runs, then insert a ``running`` row and hold its liveness lock."""
+    """Close abandoned runs, then insert a ``running`` row and hold its liveness lock.
+
+    There is no way to start a run without the lock: the next run would take
+    it for abandoned.
+    """
     close_abandoned_runs(database)
-    return ActiveRun(database, start_run(
-        database, kind=kind, name=name, config=config, classifier_id=classifier_id, regressor_id=regressor_id,
-    ))
-
-
-def start_run(
-    database: Database,
-    *,
-    kind: str,
-    name: str | None,
-    config: dict[str, Any],
-    classifier_id: int | None = None,
-    regressor_id: int | None = None,
-) -> int:
-    """Insert a ``run`` row with status ``running`` and return its id (no liveness lock: see :func:`begin_run`)."""
     with database.engine.begin() as connection:
-        return connection.execute(
+        run_id = connection.execute(
             sa.insert(Run)
             .values(
                 kind=kind,
@@ -124,18 +118,7 @@ def start_run(
             )
             .returning(Run.id)
         ).scalar_one()
-
-
-def finish_run(
-    database: Database, run_id: int, *, status: str, counts: dict[str, Any], message: str | None = None
-) -> None:
-    """Close a run with its final status (completed, failed or interrupted) and counts."""
-    with database.engine.begin() as connection:
-        connection.execute(
-            sa.update(Run)
-            .where(Run.id == run_id)
-            .values(status=status, counts=counts, message=message, finished_at=sa.func.now())
-        )
+    return ActiveRun(database, run_id)
 
 
 def close_abandoned_runs(database: Database) -> list[int]:
