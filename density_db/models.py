@@ -145,7 +145,7 @@ class Run(Base):
     __table_args__ = (sa.CheckConstraint(_in("status", RUN_STATUSES), name="status"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[str] = mapped_column(comment="register, ingest or plan")
+    kind: Mapped[str] = mapped_column(comment="register, ingest, flags or plan")
     name: Mapped[str | None]
     status: Mapped[str] = mapped_column(server_default="running")
     classifier_id: Mapped[int | None] = mapped_column(sa.ForeignKey("model.id"))
@@ -183,7 +183,10 @@ class DensityResult(Base):
     log_bright: Mapped[float | None] = mapped_column(sa.REAL, comment="Predicted log10(1 + N_bright)")
     bright_count: Mapped[float | None] = mapped_column(sa.REAL, comment="Predicted stars brighter than 23.5 mag")
     regression_status: Mapped[str] = mapped_column(comment="predicted, bypassed (class 5) or empty (class 0)")
-    flags: Mapped[int] = mapped_column(server_default="0", comment="Bitmask of field flags")
+    flags: Mapped[int] = mapped_column(server_default="0", comment="Bitmask of field flags (flag_names() names them)")
+    flags_run_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("run.id", ondelete="SET NULL"), comment="Run whose rules set the flags (run.config holds them)"
+    )
     read_seconds: Mapped[float | None] = mapped_column(sa.REAL)
     preprocess_seconds: Mapped[float | None] = mapped_column(sa.REAL)
     infer_seconds: Mapped[float | None] = mapped_column(sa.REAL)
@@ -227,6 +230,9 @@ class Campaign(Base):
     name: Mapped[str]
     description: Mapped[str | None]
     rules: Mapped[dict[str, Any]] = mapped_column(comment="The routing rules the plan was made with")
+    selection: Mapped[dict[str, Any]] = mapped_column(
+        server_default=sa.text("'{}'::jsonb"), comment="Bands, region and result run the frames were selected by"
+    )
     run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("run.id", ondelete="SET NULL"))
     created_at: Mapped[datetime.datetime] = mapped_column(server_default=_now)
 
@@ -238,6 +244,7 @@ class CampaignItem(Base):
     __table_args__ = (
         sa.CheckConstraint(_in("status", CAMPAIGN_ITEM_STATUSES), name="status"),
         sa.Index("ix_campaign_item_campaign_id_branch", "campaign_id", "branch"),
+        sa.Index("ix_campaign_item_frame_id", "frame_id"),
     )
 
     campaign_id: Mapped[int] = mapped_column(sa.ForeignKey("campaign.id", ondelete="CASCADE"), primary_key=True)

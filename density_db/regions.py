@@ -1,10 +1,13 @@
-"""Sky regions for region searches: spherical polygons and MOCs.
+"""Sky regions for region searches and plans: cones, spherical polygons and MOCs.
 
 A region does two things for :func:`density_db.queries.region_search`: it
 gives PostgreSQL a conservative cover (depth-29 NESTED ranges, compared with
 the frames' stored footprints through their GiST index), and it decides
 exactly whether a frame's corner quadrilateral overlaps it.
 
+* :class:`ConeRegion`: a circle; a frame overlaps it when a frame corner lies
+  inside it, its centre lies inside the frame, or a frame edge passes within
+  the radius of its centre.
 * :class:`PolygonRegion`: vertices joined by great-circle arcs, convex or not,
   across RA = 0 and around a pole alike; it must fit in a hemisphere and must
   not cross itself.  A frame overlaps it when a frame corner lies inside it, a
@@ -13,6 +16,10 @@ exactly whether a frame's corner quadrilateral overlaps it.
   Aladin).  A frame overlaps it when the frame polygon touches one of its
   cells, decided on the frame's exact HEALPix coverage at the MOC's depth (at
   most :data:`MOC_EXACT_DEPTH`).
+
+:func:`parse_region` reads the command line's ``--region`` and
+:func:`region_from_table` a rules file's ``region = {...}``; every region's
+``spec`` is the JSON-able description stored with what was made from it.
 """
 
 from __future__ import annotations
@@ -58,6 +65,53 @@ class SkyRegion(Protocol):
         """Whether each frame, given by its corners ``(frames, corners)`` in degrees, overlaps the region."""
         ...
 
+    @property
+    def spec(self) -> dict:
+        """The region as JSON-able data (stored as provenance; :func:`region_from_table` reads it back)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ConeRegion:
+    """All sky within ``radius_deg`` of a centre (degrees, ICRS)."""
+
+    ra: float
+    dec: float
+    radius_deg: float
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.ra) and np.isfinite(self.dec) and -90.0 <= self.dec <= 90.0):
+            raise DensityDBError(f"a cone centre needs RA in degrees and Dec in [-90, 90], got ({self.ra}, {self.dec})")
+        if not (np.isfinite(self.radius_deg) and 0.0 < self.radius_deg <= 180.0):
+            raise DensityDBError(f"a cone radius must be in (0, 180] degrees, got {self.radius_deg}")
+
+    @property
+    def spec(self) -> dict:
+        return {"cone": [self.ra, self.dec, self.radius_deg]}
+
+    def cover_ranges(self) -> np.ndarray:
+        """Depth-29 ranges of the HEALPix cells that overlap the cone."""
+        return sky.cone_ranges(self.ra, self.dec, self.radius_deg)
+
+    def overlaps(self, corner_ra: np.ndarray, corner_dec: np.ndarray) -> np.ndarray:
+        """Whether each frame's convex corner polygon (``(frames, corners)`` degrees) overlaps the cone."""
+        corner_ra, corner_dec = np.atleast_2d(corner_ra), np.atleast_2d(corner_dec)
+        centre = sky._unit_vectors(self.ra, self.dec)
+        cos_radius = np.cos(np.radians(self.radius_deg))
+        corners = sky._unit_vectors(corner_ra, corner_dec)  # (frames, k, 3)
+        corner_inside = np.any(corners @ centre >= cos_radius, axis=1)
+        normals = np.cross(corners, np.roll(corners, -1, axis=1))
+        normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
+        inward = np.sign(np.einsum("fkc,fc->fk", normals, corners.sum(axis=1)))
+        centre_inside = np.all((normals @ centre) * inward >= -_EDGE_TOLERANCE, axis=1)
+        # the point of each edge's great circle nearest the centre, if it lies on the edge itself
+        offset = normals @ centre  # sine of the distance from the centre to the great circle
+        nearest = centre - offset[..., None] * normals
+        nearest_norm = np.linalg.norm(nearest, axis=-1)
+        on_edge = _between(corners, nearest, np.roll(corners, -1, axis=1), normals) & (nearest_norm > 0)
+        edge_near = on_edge & (np.sqrt(np.clip(1 - offset**2, 0, 1)) >= cos_radius)
+        return corner_inside | centre_inside | edge_near.any(axis=1)
+
 
 @dataclass(frozen=True)
 class PolygonRegion:
@@ -69,6 +123,10 @@ class PolygonRegion:
 
     vertex_ra: tuple[float, ...]
     vertex_dec: tuple[float, ...]
+
+    @property
+    def spec(self) -> dict:
+        return {"polygon": [value for vertex in zip(self.vertex_ra, self.vertex_dec) for value in vertex]}
 
     @property
     def _vertices(self) -> np.ndarray:
@@ -131,9 +189,14 @@ class PolygonRegion:
 
 @dataclass(frozen=True)
 class MocRegion:
-    """A region given as a MOC."""
+    """A region given as a MOC (``source``: the file it was read from, if any)."""
 
     moc: MOC
+    source: str | None = None
+
+    @property
+    def spec(self) -> dict:
+        return {"moc": self.source}
 
     def cover_ranges(self) -> np.ndarray:
         """The MOC's depth-29 ranges, degraded to the footprint depth (fewer ranges, still a cover)."""
@@ -237,7 +300,67 @@ def read_moc(path: Path) -> MocRegion:
         moc = MOC.from_fits(path)
     except Exception as error:  # mocpy raises assorted astropy, OSError and ValueError subclasses
         raise DensityDBError(f"cannot read {path} as a MOC FITS file: {error}") from None
-    return MocRegion(moc=moc)
+    return MocRegion(moc=moc, source=str(path.resolve()))
+
+
+def parse_region(text: str) -> SkyRegion:
+    """A region from the command line: ``RA,DEC,RADIUS`` (a cone), ``polygon:RA,DEC,RA,DEC,...``
+    (degrees) or the path of a MOC FITS file.
+
+    Raises
+    ------
+    DensityDBError
+        If the text is none of these, or the region is invalid.
+    """
+    text = text.strip()
+    if text.startswith("polygon:"):
+        values = _numbers(text.removeprefix("polygon:"), "polygon:RA,DEC,RA,DEC,...")
+        if len(values) % 2:
+            raise DensityDBError(f"a polygon needs RA,DEC pairs; got an odd number of values ({len(values)})")
+        return polygon_region(values[0::2], values[1::2])
+    if text.lower().endswith((".fits", ".fits.gz", ".fit")) or Path(text).is_file():
+        return read_moc(Path(text))
+    values = _numbers(text, "RA,DEC,RADIUS")
+    if len(values) != 3:
+        raise DensityDBError(f"a cone is RA,DEC,RADIUS in degrees, got {text!r}")
+    return ConeRegion(*values)
+
+
+def region_from_table(table: object, base_dir: Path | None = None) -> SkyRegion:
+    """A region from data: ``{"cone": [ra, dec, radius]}``, ``{"polygon": [ra, dec, ...]}`` or
+    ``{"moc": "file.fits"}`` (relative paths from ``base_dir``): a rules file's ``region``, or a ``spec``.
+
+    Raises
+    ------
+    DensityDBError
+        If the table has not exactly one of these keys, or its value is wrong.
+    """
+    if not isinstance(table, dict) or len(table) != 1 or next(iter(table)) not in ("cone", "polygon", "moc"):
+        raise DensityDBError("a region is a table with one key: cone = [ra, dec, radius], "
+                             "polygon = [ra, dec, ra, dec, ...] or moc = \"file.fits\"")
+    (kind, value), = table.items()
+    if kind == "moc":
+        if not isinstance(value, str):
+            raise DensityDBError(f"region moc must be the path of a MOC FITS file, got {value!r}")
+        path = Path(value)
+        return read_moc(path if path.is_absolute() or base_dir is None else base_dir / path)
+    if not isinstance(value, list) or not all(isinstance(item, int | float) and not isinstance(item, bool)
+                                              for item in value):
+        raise DensityDBError(f"region {kind} must be a list of numbers (degrees), got {value!r}")
+    if kind == "cone":
+        if len(value) != 3:
+            raise DensityDBError(f"region cone is [ra, dec, radius] in degrees, got {value!r}")
+        return ConeRegion(*map(float, value))
+    if len(value) % 2:
+        raise DensityDBError(f"region polygon needs ra, dec pairs; got an odd number of values ({len(value)})")
+    return polygon_region(value[0::2], value[1::2])
+
+
+def _numbers(text: str, expected: str) -> list[float]:
+    try:
+        return [float(value) for value in text.replace(" ", "").split(",") if value]
+    except ValueError:
+        raise DensityDBError(f"expected {expected} in degrees, got {text!r}") from None
 
 
 def _gnomonic(points: np.ndarray, centre: np.ndarray) -> np.ndarray:

@@ -13,9 +13,15 @@ mean bright-star surface density.  It places each frame in the pixel of its
 centre only, an approximation for quick looks; the maps built from footprints
 are exact.
 
+``flag_names(flags)`` names the bits set in a ``flags`` bitmask (see
+:mod:`density_db.planning.flags`), e.g. ``SELECT flag_names(flags) FROM
+field_density``.
+
 The Alembic revisions carry frozen copies of this SQL; a test checks that the
 migrated database defines exactly these.
 """
+
+from density_db.planning.flags import FLAGS
 
 FIELD_DENSITY_COLUMNS = """
     f.id AS frame_id,
@@ -47,7 +53,9 @@ SELECT{FIELD_DENSITY_COLUMNS}
 FROM frame f
 JOIN exposure e ON e.id = f.exposure_pk
 LEFT JOIN LATERAL (
-    SELECT * FROM density_result d
+    SELECT d.id, d.run_id, d.classifier_id, d.regressor_id, d.density_class, d.class_confidence,
+           d.bright_count, d.log_bright, d.regression_status, d.flags
+    FROM density_result d
     WHERE d.frame_id = f.id
     ORDER BY d.run_id DESC, d.id DESC
     LIMIT 1
@@ -135,5 +143,19 @@ BEGIN
     GROUP BY 2, 3
     ORDER BY 3, 2;
 END
+$$
+"""
+
+_FLAG_ROWS = ",\n    ".join(f"({flag.bit}, '{flag.name}')" for flag in FLAGS)
+
+FLAG_NAMES_FUNCTION = f"""
+CREATE FUNCTION flag_names(flags bigint)
+RETURNS text[]
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+SELECT coalesce(array_agg(b.name ORDER BY b.bit), '{{}}')
+FROM (VALUES
+    {_FLAG_ROWS}
+) AS b(bit, name)
+WHERE flags & (CAST(1 AS bigint) << b.bit) <> 0
 $$
 """

@@ -21,9 +21,10 @@ from density_db.errors import SchemaVersionError
 from density_db.models import Base
 
 TABLES = {"exposure", "frame", "model", "run", "density_result", "failure", "campaign", "campaign_item"}
-FUNCTIONS = {"field_density_for_run", "polygon_area_deg2", "density_by_pixel"}
+FUNCTIONS = {"field_density_for_run", "polygon_area_deg2", "density_by_pixel", "flag_names"}
 VIEWS_PY_FUNCTIONS = (
     views.FIELD_DENSITY_FOR_RUN_FUNCTION, views.POLYGON_AREA_FUNCTION, views.DENSITY_BY_PIXEL_FUNCTION,
+    views.FLAG_NAMES_FUNCTION,
 )
 
 
@@ -81,8 +82,10 @@ def test_downgrade_to_base_then_upgrade_again(empty_database: Database) -> None:
     assert function_names(empty_database) == FUNCTIONS
 
 
-def test_downgrade_from_0003_drops_the_per_pixel_functions(empty_database: Database) -> None:
+def test_downgrade_from_0004_drops_flag_names_and_0003_the_per_pixel_functions(empty_database: Database) -> None:
     upgrade(empty_database)
+    downgrade(empty_database, "0003")
+    assert function_names(empty_database) == FUNCTIONS - {"flag_names"}
     downgrade(empty_database, "0002")
     assert function_names(empty_database) == {"field_density_for_run"}
     upgrade(empty_database)
@@ -136,12 +139,12 @@ def test_unknown_revision_says_density_db_is_too_old(empty_database: Database) -
 
 
 def test_cli_upgrade_downgrade_current(run_cli) -> None:
-    assert run_cli("db", "upgrade").output.strip() == "schema revision: 0003"
+    assert run_cli("db", "upgrade").output.strip() == "schema revision: 0004"
     current = run_cli("db", "current")
-    assert current.output.splitlines() == ["database: 0003", "density-db: 0003"]
+    assert current.output.splitlines() == ["database: 0004", "density-db: 0004"]
     refused = run_cli("db", "downgrade", "base", input="n\n")
     assert refused.exit_code == 1 and "can delete data" in refused.output
-    assert run_cli("db", "downgrade", "-1", "--yes").output.strip() == "schema revision: 0002"
+    assert run_cli("db", "downgrade", "-1", "--yes").output.strip() == "schema revision: 0003"
     assert run_cli("db", "downgrade", "base", "--yes").output.strip() == "schema revision: none"
     # any command that needs the schema brings the empty database back to the head
     assert run_cli("query", "sql", "SELECT count(*) AS n FROM exposure").output.splitlines() == ["n", "0"]
