@@ -51,6 +51,7 @@ from density_db.inference.runner import FrameTask, ModelSpec, _predictor, read_p
 from density_db.instrument import load_profile
 from density_db.labels import CLASS_LOWER_EDGES
 from density_db.model_registry import resolve_model
+from density_db.planning.flag_runs import flag_rules_in_force
 from density_db.registration import register_paths
 from density_db.results import ResultRow, write_results
 from density_db.runs import begin_run
@@ -139,7 +140,8 @@ def _write_seconds(database, predictions, models: dict) -> float:
         classifier_id, regressor_id = (resolve_model(database, str(models[stage].path), stage=stage).id
                                        for stage in ("classifier", "regressor"))
         started = time.perf_counter()
-        write_results(database, rows, [], classifier_id=classifier_id, regressor_id=regressor_id, run_id=run.id)
+        write_results(database, rows, [], classifier_id=classifier_id, regressor_id=regressor_id, run_id=run.id,
+                      flag_thresholds=flag_rules_in_force(database).thresholds)
         seconds = (time.perf_counter() - started) / len(rows)
         run.finish(status="completed", counts={})
     return seconds

@@ -17,9 +17,11 @@ import click
 from density_db.cli.context import AppContext, configure_logging
 from density_db.cli.db import db
 from density_db.cli.evaluate import evaluate
+from density_db.cli.flags import flags
 from density_db.cli.ingest import ingest
 from density_db.cli.maps import maps
 from density_db.cli.models import models
+from density_db.cli.plan import plan
 from density_db.cli.query import query
 from density_db.cli.simulate import simulate
 from density_db.cli.train import train
@@ -73,9 +75,11 @@ def main(ctx: click.Context, database_url: str | None, verbose: int, quiet: bool
 
 main.add_command(db)
 main.add_command(evaluate)
+main.add_command(flags)
 main.add_command(ingest)
 main.add_command(maps)
 main.add_command(models)
+main.add_command(plan)
 main.add_command(query)
 main.add_command(simulate)
 main.add_command(train)

@@ -35,6 +35,22 @@ class AppContext:
 
         return open_database(self.settings, ensure_schema=ensure_schema)
 
+    def canonical_band(self, band: str | None) -> str | None:
+        """The instrument profile's spelling of ``band`` (``nuv`` -> ``NUV``); other bands (and ``None``) as given."""
+        from density_db.errors import InputError
+        from density_db.instrument import load_profile
+
+        if band is None:
+            return None
+        try:
+            return load_profile(self.settings.profile).canonical_band(band)
+        except InputError:
+            return band
+
+    def canonical_bands(self, bands: tuple[str, ...]) -> tuple[str, ...]:
+        """:meth:`canonical_band` of each band, without repeats."""
+        return tuple(dict.fromkeys(self.canonical_band(band) for band in bands))
+
 
 def configure_logging(verbosity: int) -> None:
     """Send density-db's log records to stderr at the level the user chose."""

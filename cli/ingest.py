@@ -36,6 +36,8 @@ EXIT_SOME_INPUTS_FAILED = 3
               help="Where workers reduce images and run the models (auto: CUDA where a worker has it).")
 @click.option("--shard-size", type=click.IntRange(min=1), default=None,
               help="Detector images per Dask task [default: 2 on CPU, 64 on GPU].")
+@click.option("--rules", "rules_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Rules file whose [flags] thresholds flag the new results [default: those in force].")
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=None,
               help="Tasks submitted at once [default: twice the worker threads].")
 @click.option("--rerun", is_flag=True, help="Recompute frames that already have a result for these models, replacing it.")
@@ -73,7 +75,7 @@ def _register_only(app: AppContext, paths, from_file, options) -> int:
     from density_db.fits_input import discover_inputs
     from density_db.instrument import load_profile
     from density_db.registration import RegistrationCounts, register_paths
-    from density_db.runs import begin_run
+    from density_db.runs import begin_run, recording_outcome
 
     instrument = load_profile(options["profile"] or app.settings.profile)
     database = app.open_database()
@@ -84,7 +86,7 @@ def _register_only(app: AppContext, paths, from_file, options) -> int:
     with begin_run(database, kind="register", name=options["run_name"], config=config) as run, \
             progress_bar(app, SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()) as bar:
         counts = RegistrationCounts()
-        with _closing_run(run, counts.as_dict):
+        with recording_outcome(run, counts.as_dict):
             register_paths(
                 database, discover_inputs(paths, from_file=from_file), instrument, counts=counts,
                 run_id=run.id, batch_size=options["batch_size"], progress=_registration_reporter(bar),
@@ -107,7 +109,9 @@ def _ingest(app: AppContext, paths, from_file, options) -> int:
     from density_db.inference.runner import ModelSpec
     from density_db.instrument import load_profile
     from density_db.model_registry import resolve_model
-    from density_db.runs import begin_run
+    from density_db.planning.flag_runs import FlagRules, flag_rules_in_force
+    from density_db.planning.rules import load_rules
+    from density_db.runs import begin_run, recording_outcome
 
     instrument = load_profile(options["profile"] or app.settings.profile)
     database = app.open_database()
@@ -115,6 +119,8 @@ def _ingest(app: AppContext, paths, from_file, options) -> int:
                                architecture=options["classifier_architecture"])
     regressor = resolve_model(database, options["regressor"], stage="regressor",
                               architecture=options["regressor_architecture"])
+    flag_rules = (FlagRules.from_rules(load_rules(options["rules_path"])) if options["rules_path"]
+                  else flag_rules_in_force(database))
     with Cluster(scheduler=options["scheduler"], workers=options["workers"], device=options["device"]) as cluster:
         shard_size = options["shard_size"] or (GPU_SHARD_SIZE if cluster.device == "cuda" else DEFAULT_SHARD_SIZE)
         ingest_options = IngestOptions(
@@ -122,6 +128,7 @@ def _ingest(app: AppContext, paths, from_file, options) -> int:
             max_in_flight=options["max_in_flight"] or max(2, 2 * cluster.threads),
             rerun=options["rerun"],
             register_batch=options["batch_size"],
+            flag_rules=flag_rules,
         )
         spec = ModelSpec(
             classifier_path=classifier.path, classifier_sha256=classifier.sha256,
@@ -136,12 +143,13 @@ def _ingest(app: AppContext, paths, from_file, options) -> int:
             "classifier": classifier.name, "regressor": regressor.name, "device": spec.device,
             "scheduler": cluster.address, "workers": cluster.workers,
             "shard_size": shard_size, "max_in_flight": ingest_options.max_in_flight, "rerun": ingest_options.rerun,
+            "flag_rules": flag_rules.provenance,
         }
         with begin_run(database, kind="ingest", name=options["run_name"], config=config,
                        classifier_id=classifier.id, regressor_id=regressor.id) as run, \
                 _ingest_progress(app, cluster) as report:
             counts = IngestCounts()
-            with _closing_run(run, counts.as_dict):
+            with recording_outcome(run, counts.as_dict):
                 run_ingest(
                     database, discover_inputs(paths, from_file=from_file), instrument,
                     cluster=cluster, spec=spec, classifier_id=classifier.id, regressor_id=regressor.id,
@@ -155,23 +163,6 @@ def _ingest(app: AppContext, paths, from_file, options) -> int:
     )
     _point_at_failures(run.id, counts.failures)
     return counts.failures
-
-
-@contextlib.contextmanager
-def _closing_run(run, counts):
-    """Close the run as completed, or as failed or interrupted with the reason when the body raises."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        run.finish(status="interrupted", counts=counts(), message="interrupted by the user")
-        raise
-    except BaseException as error:
-        from density_db.errors import DensityDBError
-
-        reason = str(error) if isinstance(error, DensityDBError) else f"{type(error).__name__}: {error}"
-        run.finish(status="failed", counts=counts(), message=reason[:2000])
-        raise
-    run.finish(status="completed", counts=counts())
 
 
 def _point_at_failures(run_id: int, failures: int) -> None:

@@ -30,21 +30,6 @@ def _parse_region(context: click.Context, parameter: click.Parameter, value: str
         raise click.BadParameter(str(error)) from None
 
 
-def _canonical_bands(app: AppContext, bands: tuple[str, ...]) -> tuple[str, ...]:
-    """The profile's spelling of each band (``nuv`` -> ``NUV``); other instruments' bands as given."""
-    from density_db.errors import InputError
-    from density_db.instrument import load_profile
-
-    profile = load_profile(app.settings.profile)
-    canonical = []
-    for band in bands:
-        try:
-            canonical.append(profile.canonical_band(band))
-        except InputError:
-            canonical.append(band)
-    return tuple(dict.fromkeys(canonical))
-
-
 @maps.command()
 @click.option("--nside", type=click.IntRange(min=1), required=True, help="HEALPix nside of the maps (a power of two).")
 @click.option("--band", "bands", multiple=True, help="Map this band (repeatable; default: every band with results).")
@@ -80,7 +65,7 @@ def build(
     from density_db.maps.build import MapSettings, build_maps
     from density_db.maps.source import Selection
 
-    selection = Selection(bands=_canonical_bands(app, bands) if bands else None, run_id=run_id, region=region)
+    selection = Selection(bands=app.canonical_bands(bands) if bands else None, run_id=run_id, region=region)
     try:
         settings = MapSettings(
             nside=nside, out_dir=out_dir, selection=selection, png=png, moc=moc, chunk_size=chunk_size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -21,3 +22,27 @@ def resolve_output_format(output_format: str | None) -> str:
     if output_format is not None:
         return output_format
     return "table" if sys.stdout.isatty() else "csv"
+
+
+def _parse_region(context: click.Context, parameter: click.Parameter, value: str | None):
+    if value is None:
+        return None
+    from density_db.errors import DensityDBError
+    from density_db.regions import parse_region
+
+    try:
+        return parse_region(value)
+    except DensityDBError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+region_option = click.option(
+    "--region", callback=_parse_region, metavar="REGION",
+    help="Only frames overlapping a sky region: RA,DEC,RADIUS (a cone), polygon:RA,DEC,RA,DEC,... "
+         "or a MOC FITS file (degrees, ICRS).",
+)
+
+rules_option = click.option(
+    "--rules", "rules_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Rules file (TOML) [default: the shipped paper routing; see `density-db plan rules`].",
+)

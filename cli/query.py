@@ -31,19 +31,6 @@ def _emit(result, output_format: str | None) -> None:
     write_result(result, resolve_output_format(output_format))
 
 
-def _canonical_band(app: AppContext, band: str | None) -> str | None:
-    """The profile's spelling of ``band`` (``nuv`` -> ``NUV``), or the value as given for other instruments."""
-    if band is None:
-        return None
-    from density_db.errors import InputError
-    from density_db.instrument import load_profile
-
-    try:
-        return load_profile(app.settings.profile).canonical_band(band)
-    except InputError:
-        return band
-
-
 @query.command()
 @click.argument("statement")
 @click.option("--param", "parameters", multiple=True, metavar="NAME=VALUE",
@@ -72,7 +59,7 @@ def cone(app: AppContext, ra: float, dec: float, radius_deg: float, band: str | 
     """Frames whose centre lies within RADIUS_DEG of (RA, DEC), degrees ICRS, nearest first."""
     from density_db.queries import cone_search
 
-    _emit(cone_search(app.open_database(), ra, dec, radius_deg, band=_canonical_band(app, band)), output_format)
+    _emit(cone_search(app.open_database(), ra, dec, radius_deg, band=app.canonical_band(band)), output_format)
 
 
 @query.command()
@@ -86,7 +73,7 @@ def frames(app: AppContext, position: tuple[float, float], band: str | None, out
     from density_db.queries import frames_at
 
     ra, dec = position
-    _emit(frames_at(app.open_database(), ra, dec, band=_canonical_band(app, band)), output_format)
+    _emit(frames_at(app.open_database(), ra, dec, band=app.canonical_band(band)), output_format)
 
 
 def _parse_polygon(text: str) -> tuple[list[float], list[float]]:
@@ -132,4 +119,4 @@ def region(
             sky_region = read_moc(moc_path)
     except DensityDBError as error:
         raise click.BadParameter(str(error), param_hint="--polygon" if polygon is not None else "--moc") from None
-    _emit(region_search(app.open_database(), sky_region, band=_canonical_band(app, band)), output_format)
+    _emit(region_search(app.open_database(), sky_region, band=app.canonical_band(band)), output_format)

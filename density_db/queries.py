@@ -136,18 +136,14 @@ def frames_at(database: Database, ra: float, dec: float, *, band: str | None = N
 
 
 def region_search(database: Database, region: SkyRegion, *, band: str | None = None) -> QueryResult:
-    """Frames whose footprint overlaps a sky region (a polygon or a MOC), in frame id order.
-
-    Candidates are the frames whose stored footprint ranges overlap the
-    region's cover (``footprint && ...``, GiST index); the region's exact
-    test on the WCS corners decides (see :mod:`density_db.regions`).
+    """Frames whose footprint overlaps a sky region (a cone, a polygon or a MOC), in frame id order.
 
     Parameters
     ----------
     database : Database
         The catalog.
     region : SkyRegion
-        From :func:`density_db.regions.polygon_region` or :func:`density_db.regions.read_moc`.
+        From :mod:`density_db.regions` (``polygon_region``, ``read_moc``, ``parse_region`` ...).
     band : str, optional
         Only frames of this band (canonical spelling).
 
@@ -156,26 +152,38 @@ def region_search(database: Database, region: SkyRegion, *, band: str | None = N
     QueryResult
         The ``field_density`` columns of the overlapping frames.
     """
+    with database.engine.connect() as connection:
+        frame_ids = frame_ids_in_region(connection, region, band=band)
+        return _result(connection.execute(
+            sa.text("SELECT * FROM field_density WHERE frame_id = ANY(CAST(:ids AS bigint[])) ORDER BY frame_id"),
+            {"ids": frame_ids.tolist()},
+        ))
+
+
+def frame_ids_in_region(connection: sa.Connection, region: SkyRegion, *, band: str | None = None) -> np.ndarray:
+    """Ids (sorted) of the frames whose footprint overlaps ``region``.
+
+    Candidates are the frames whose stored footprint ranges overlap the
+    region's cover (``footprint && ...``, GiST index); the region's exact
+    test on the WCS corners decides (see :mod:`density_db.regions`).
+    """
     cover = [Range(int(lower), int(upper), bounds="[)") for lower, upper in region.cover_ranges()]
     query = sa.text("""
-        SELECT fd.*, f.corner_ra, f.corner_dec
+        SELECT f.id, f.corner_ra, f.corner_dec
         FROM frame f
-        JOIN field_density fd ON fd.frame_id = f.id
         WHERE f.footprint && :cover
           AND (CAST(:band AS text) IS NULL OR f.band = CAST(:band AS text))
         ORDER BY f.id
     """).bindparams(sa.bindparam("cover", type_=INT8MULTIRANGE))
-    with database.engine.connect() as connection:
-        candidates = _result(connection.execute(query, {"cover": MultiRange(cover), "band": band}))
-    columns = candidates.columns[:-2]
-    if not candidates.rows:
-        return QueryResult(columns=columns, rows=[])
-    corner_ra = np.array([row[-2] for row in candidates.rows], dtype=float)
-    corner_dec = np.array([row[-1] for row in candidates.rows], dtype=float)
+    candidates = connection.execute(query, {"cover": MultiRange(cover), "band": band}).all()
+    if not candidates:
+        return np.zeros(0, dtype=np.int64)
+    frame_ids = np.array([row[0] for row in candidates], dtype=np.int64)
+    corner_ra = np.array([row[1] for row in candidates], dtype=float)
+    corner_dec = np.array([row[2] for row in candidates], dtype=float)
     overlapping = region.overlaps(corner_ra, corner_dec)
-    logger.info("region search: %d candidate frames, %d overlap", len(candidates.rows), int(overlapping.sum()))
-    rows = [row[:-2] for row, keep in zip(candidates.rows, overlapping, strict=True) if keep]
-    return QueryResult(columns=columns, rows=rows)
+    logger.info("region: %d candidate frames, %d overlap", len(frame_ids), int(overlapping.sum()))
+    return frame_ids[overlapping]
 
 
 def _result(result: sa.CursorResult) -> QueryResult:

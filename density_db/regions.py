@@ -1,6 +1,6 @@
 """Sky regions for region searches and plans: cones, spherical polygons and MOCs.
 
-A region does two things for :func:`density_db.queries.region_search`: it
+A region does two things for :func:`density_db.queries.frame_ids_in_region`: it
 gives PostgreSQL a conservative cover (depth-29 NESTED ranges, compared with
 the frames' stored footprints through their GiST index), and it decides
 exactly whether a frame's corner quadrilateral overlaps it.

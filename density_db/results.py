@@ -9,6 +9,10 @@ batch or two ingests over the same frames never store a result twice.  With
 A batch that loses a deadlock, or whose connection drops (the server
 restarted), is retried with back-off; only when the server stays away does
 the error reach the caller, and the next ingest redoes what was not stored.
+
+The same transaction sets the flags of the new results, and of the other
+results of their exposures (the band-disagreement flag compares them), from
+the flag thresholds in force.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from density_db.database import Database
 from density_db.errors import DatabaseError
 from density_db.failures import record_failures
 from density_db.models import DensityResult, Failure, Frame
+from density_db.planning.flags import FlagThresholds, update_flags
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +75,10 @@ def write_results(
     classifier_id: int,
     regressor_id: int,
     run_id: int,
+    flag_thresholds: FlagThresholds,
     replace: bool = False,
 ) -> int:
-    """Store a batch of answers and failures in one transaction; return how many results were new.
+    """Store a batch of answers and failures in one transaction, with their flags; return how many results were new.
 
     Raises
     ------
@@ -87,6 +93,10 @@ def write_results(
             with database.engine.begin() as connection:
                 written = _insert_results(connection, results, classifier_id, regressor_id, run_id, replace)
                 _record_valid_fractions(connection, results)
+                if results:
+                    update_flags(connection, flag_thresholds, run_id=run_id,
+                                 frame_ids=[row.frame_id for row in results],
+                                 classifier_id=classifier_id, regressor_id=regressor_id)
                 _forget_resolved_failures(connection, results)
                 _record_failures(connection, failures, run_id)
             return written

@@ -14,15 +14,18 @@ as ``interrupted``.  This works across hosts, which a process id would not.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
 
 from density_db import __version__
 from density_db.database import Database
+from density_db.errors import DensityDBError
 from density_db.models import Run
 
 logger = logging.getLogger(__name__)
@@ -144,3 +147,18 @@ def close_abandoned_runs(database: Database) -> list[int]:
     for run_id in abandoned:
         logger.warning("run %d was left running by a process that is gone; marked interrupted", run_id)
     return abandoned
+
+
+@contextlib.contextmanager
+def recording_outcome(run: ActiveRun, counts: Callable[[], dict[str, Any]]) -> Iterator[None]:
+    """Close ``run`` when the body ends: completed, or failed or interrupted with the reason, and ``counts()``."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        run.finish(status="interrupted", counts=counts(), message="interrupted by the user")
+        raise
+    except BaseException as error:
+        reason = str(error) if isinstance(error, DensityDBError) else f"{type(error).__name__}: {error}"
+        run.finish(status="failed", counts=counts(), message=reason[:2000])
+        raise
+    run.finish(status="completed", counts=counts())

@@ -17,6 +17,10 @@ are exact.
 :mod:`density_db.planning.flags`), e.g. ``SELECT flag_names(flags) FROM
 field_density``.
 
+``CAMPAIGN_ITEM_TRIGGERS`` give ``campaign_item`` the behaviour of foreign
+keys on delete (see :class:`density_db.models.CampaignItem`), one statement
+at a time instead of one row at a time.
+
 The Alembic revisions carry frozen copies of this SQL; a test checks that the
 migrated database defines exactly these.
 """
@@ -159,3 +163,42 @@ FROM (VALUES
 WHERE flags & (CAST(1 AS bigint) << b.bit) <> 0
 $$
 """
+
+CAMPAIGN_ITEM_CASCADE_FUNCTIONS = (
+    """
+CREATE FUNCTION campaign_item_forget_campaigns()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM campaign_item i USING deleted d WHERE i.campaign_id = d.id;
+    RETURN NULL;
+END
+$$
+""",
+    """
+CREATE FUNCTION campaign_item_forget_frames()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM campaign_item i USING deleted d WHERE i.frame_id = d.id;
+    RETURN NULL;
+END
+$$
+""",
+    """
+CREATE FUNCTION campaign_item_forget_results()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE campaign_item i SET result_id = NULL FROM deleted d WHERE i.result_id = d.id;
+    RETURN NULL;
+END
+$$
+""",
+)
+
+CAMPAIGN_ITEM_TRIGGERS = tuple(
+    f"CREATE TRIGGER campaign_item_after_{table}_delete AFTER DELETE ON {table} "
+    f"REFERENCING OLD TABLE AS deleted FOR EACH STATEMENT EXECUTE FUNCTION campaign_item_forget_{what}()"
+    for table, what in (("campaign", "campaigns"), ("frame", "frames"), ("density_result", "results"))
+)

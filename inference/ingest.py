@@ -34,6 +34,8 @@ import sqlalchemy as sa
 from density_db.database import Database
 from density_db.instrument import InstrumentProfile
 from density_db.registration import RegisteredFrame, RegistrationCounts, register_batches
+from density_db.planning.flag_runs import FlagRules, flag_rules_in_force
+from density_db.planning.flags import FlagThresholds
 from density_db.results import InferenceFailure, ResultRow, write_results
 from density_db.runs import ActiveRun
 from density_db.inference.cluster import Cluster
@@ -105,6 +107,9 @@ class IngestOptions:
         Result rows per database transaction (also written every 2 s).
     rerun : bool
         Recompute frames that have a result for this model pair and replace it.
+    flag_rules : FlagRules, optional
+        Thresholds of the flags set on the new results; the ones in force
+        (:func:`~density_db.planning.flag_runs.flag_rules_in_force`) when ``None``.
     register_batch : int
         Files' frames registered per transaction.
     """
@@ -114,6 +119,7 @@ class IngestOptions:
     write_batch: int = DEFAULT_WRITE_BATCH
     rerun: bool = False
     register_batch: int = 500
+    flag_rules: FlagRules | None = None
 
 
 def run_ingest(
@@ -156,8 +162,9 @@ def run_ingest(
         Passed on after storing what was computed.
     """
     counts = counts if counts is not None else IngestCounts()
+    flag_rules = options.flag_rules or flag_rules_in_force(database)
     writer = _ResultWriter(database, counts, classifier_id=classifier_id, regressor_id=regressor_id,
-                           run=run, options=options)
+                           run=run, options=options, flag_thresholds=flag_rules.thresholds)
     report = progress or (lambda _counts: None)
     discovery = _Discovery(lambda: _pending_shards(
         database, paths, profile, counts, spec_ids=(classifier_id, regressor_id), run=run, options=options,
@@ -377,8 +384,9 @@ class _ResultWriter:
     """Buffers outcomes and writes them in batches, by size and at least every few seconds."""
 
     def __init__(self, database: Database, counts: IngestCounts, *, classifier_id: int, regressor_id: int,
-                 run: ActiveRun, options: IngestOptions) -> None:
+                 run: ActiveRun, options: IngestOptions, flag_thresholds: FlagThresholds) -> None:
         self.database = database
+        self.flag_thresholds = flag_thresholds
         self.counts = counts
         self.classifier_id = classifier_id
         self.regressor_id = regressor_id
@@ -405,6 +413,7 @@ class _ResultWriter:
         if self.results or self.failures:
             self.run.keep_alive()
             write_results(self.database, self.results, self.failures, classifier_id=self.classifier_id,
-                          regressor_id=self.regressor_id, run_id=self.run.id, replace=self.options.rerun)
+                          regressor_id=self.regressor_id, run_id=self.run.id,
+                          flag_thresholds=self.flag_thresholds, replace=self.options.rerun)
             self.results, self.failures = [], []
         self.last_flush = time.monotonic()

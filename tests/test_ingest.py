@@ -132,27 +132,30 @@ def test_rerun_replaces_the_stored_results(run_cli, database: Database, tmp_path
 @pytest.mark.parametrize(
     ("classifier", "expected"),
     [
-        ("always_empty", (0, "empty", 0.0, 0.0)),
-        ("always_crowded", (5, "bypassed", None, None)),
-        ("always_class_3", (3, "predicted", "number", "number")),
+        ("always_empty", (0, "empty", 0.0, 0.0, {"few_references"})),
+        ("always_crowded", (5, "bypassed", None, None, {"crowded", "extreme"})),
+        ("always_class_3", (3, "predicted", "number", "number", set())),
     ],
 )
-def test_gating_is_stored_per_frame(
+def test_gating_and_flags_are_stored_per_frame(
     run_cli, database: Database, tmp_path: Path, models, scheduler, classifier, expected
 ) -> None:
     write_survey(tmp_path / "survey", 3)
     result = run_cli("-q", "ingest", str(tmp_path / "survey"), *model_options(models, classifier),
                      "--scheduler", scheduler)
     assert result.exit_code == 0, result.output
-    stored = rows(database, "SELECT density_class, regression_status, log_bright, bright_count FROM density_result")
+    stored = rows(database, "SELECT density_class, regression_status, log_bright, bright_count, flag_names(flags), "
+                            "flags_run_id = run_id FROM density_result")
     assert len(stored) == 3
-    for density_class, status, log_bright, bright_count in stored:
+    for density_class, status, log_bright, bright_count, flags, flagged_by_the_ingest in stored:
         assert (density_class, status) == expected[:2]
         if expected[2] == "number":
             assert log_bright is not None and bright_count >= 0
             assert bright_count == pytest.approx(max(10**log_bright - 1, 0), rel=1e-5, abs=1e-6)
         else:
-            assert (log_bright, bright_count) == expected[2:]
+            assert (log_bright, bright_count) == expected[2:4]
+        # an untrained regressor's counts and probabilities vary; the gating's flags do not
+        assert expected[4] <= set(flags) and flagged_by_the_ingest
 
 
 def test_bad_inputs_end_as_failure_rows_while_good_ones_are_stored(

@@ -21,10 +21,11 @@ from density_db.errors import SchemaVersionError
 from density_db.models import Base
 
 TABLES = {"exposure", "frame", "model", "run", "density_result", "failure", "campaign", "campaign_item"}
-FUNCTIONS = {"field_density_for_run", "polygon_area_deg2", "density_by_pixel", "flag_names"}
+CAMPAIGN_ITEM_FUNCTIONS = {"campaign_item_forget_campaigns", "campaign_item_forget_frames", "campaign_item_forget_results"}
+FUNCTIONS = {"field_density_for_run", "polygon_area_deg2", "density_by_pixel", "flag_names", *CAMPAIGN_ITEM_FUNCTIONS}
 VIEWS_PY_FUNCTIONS = (
     views.FIELD_DENSITY_FOR_RUN_FUNCTION, views.POLYGON_AREA_FUNCTION, views.DENSITY_BY_PIXEL_FUNCTION,
-    views.FLAG_NAMES_FUNCTION,
+    views.FLAG_NAMES_FUNCTION, *views.CAMPAIGN_ITEM_CASCADE_FUNCTIONS,
 )
 
 
@@ -85,7 +86,7 @@ def test_downgrade_to_base_then_upgrade_again(empty_database: Database) -> None:
 def test_downgrade_from_0004_drops_flag_names_and_0003_the_per_pixel_functions(empty_database: Database) -> None:
     upgrade(empty_database)
     downgrade(empty_database, "0003")
-    assert function_names(empty_database) == FUNCTIONS - {"flag_names"}
+    assert function_names(empty_database) == FUNCTIONS - {"flag_names", *CAMPAIGN_ITEM_FUNCTIONS}
     downgrade(empty_database, "0002")
     assert function_names(empty_database) == {"field_density_for_run"}
     upgrade(empty_database)

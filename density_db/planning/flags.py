@@ -152,7 +152,7 @@ def update_flags(
     thresholds: FlagThresholds,
     *,
     run_id: int,
-    exposure_ids: Sequence[int] | None = None,
+    frame_ids: Sequence[int] | None = None,
     classifier_id: int | None = None,
     regressor_id: int | None = None,
 ) -> int:
@@ -166,18 +166,19 @@ def update_flags(
         The ``[flags]`` of the rules in force.
     run_id : int
         Recorded in ``flags_run_id``: the run whose configuration holds the thresholds.
-    exposure_ids : sequence of int, optional
-        Only results of frames of these exposures (``exposure.id``); all results when ``None``.
-        The band-disagreement flag compares frames of one exposure, so a scope
-        of whole exposures sets it exactly.
+    frame_ids : sequence of int, optional
+        Only results of the exposures these frames belong to; all results when
+        ``None``.  The band-disagreement flag compares the frames of one
+        exposure, so whole exposures are updated: a frame's neighbours learn
+        of its class too.
     classifier_id, regressor_id : int, optional
         Only results of this model pair.
     """
     scope = ["true"]
     parameters: dict[str, Any] = {**thresholds.as_dict(), "run_id": run_id}
-    if exposure_ids is not None:
-        scope.append("f.exposure_pk = ANY(CAST(:exposure_ids AS bigint[]))")
-        parameters["exposure_ids"] = list(exposure_ids)
+    if frame_ids is not None:
+        scope.append("f.exposure_pk IN (SELECT exposure_pk FROM frame WHERE id = ANY(CAST(:frame_ids AS bigint[])))")
+        parameters["frame_ids"] = list(frame_ids)
     if classifier_id is not None:
         scope.append("d.classifier_id = :classifier_id")
         parameters["classifier_id"] = classifier_id

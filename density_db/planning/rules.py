@@ -28,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from density_db.errors import DensityDBError
+from density_db.errors import ConfigurationError, DensityDBError
 from density_db.planning.flags import FLAGS_BY_NAME, FlagThresholds, flag_mask
 from density_db.regions import SkyRegion, region_from_table
 
@@ -44,7 +44,7 @@ _BOUND_KEYS = {"min": (True, True), "max": (False, True), "above": (True, False)
 """Range keys: (is a lower bound, is inclusive)."""
 
 
-class RulesError(DensityDBError):
+class RulesError(ConfigurationError):
     """A rules file that cannot be used, with where and why."""
 
 
@@ -137,7 +137,7 @@ class Condition:
         return self.region_spec is None or self.region_spec == other.region_spec
 
     def sql(self, parameters: dict[str, Any], prefix: str, region_table: str | None) -> str:
-        """A SQL predicate on a ``field_density`` row ``fd``; bound values go into ``parameters``.
+        """A SQL predicate on a result ``fd`` (``field_density`` columns) and its ``frame f``; values go into ``parameters``.
 
         ``region_table`` names a table of the ``frame_id`` of the frames in
         this condition's region (filled by the caller).
@@ -159,7 +159,7 @@ class Condition:
             terms.append(f"(fd.flags & {flag_mask(self.flags_none)}) = 0")
         if self.bands is not None:
             parameters[f"{prefix}_bands"] = sorted(self.bands)
-            terms.append(f"fd.band = ANY(CAST(:{prefix}_bands AS text[]))")
+            terms.append(f"f.band = ANY(CAST(:{prefix}_bands AS text[]))")
         if self.region is not None:
             terms.append(f"fd.frame_id IN (SELECT frame_id FROM {region_table})")
         return " AND ".join(terms) if terms else "true"
@@ -217,8 +217,17 @@ class Rules:
         return self.branches
 
     def provenance(self) -> dict[str, Any]:
-        """What a run or campaign stores about the rules it used."""
-        return {"source": self.source, "sha256": self.sha256, "rules": self.document}
+        """What a run or campaign stores about the rules it used: where from, the branches in order, the file."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "sha256": self.sha256,
+            "branches": [
+                {"name": branch.name, "description": branch.description, "cost_per_frame": branch.cost_per_frame}
+                for branch in self.branches
+            ],
+            "document": self.document,
+        }
 
 
 def default_rules() -> Rules:
