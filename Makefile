@@ -1,5 +1,5 @@
 # density-db: the two commands that set a fresh machine up.
-#   make demo   create .venv, install, simulate a few full-size detectors, ingest them, query them
+#   make demo   create .venv, install, simulate a few full-size detectors, ingest them, query, map and plan them
 #   make test   create .venv if missing, install with test extras, run the tests
 
 PYTHON ?= python3
@@ -29,12 +29,16 @@ demo: install
 	$(BIN)/density-db query sql --format table \
 	    "SELECT exposure_id, detector, band, round(ra::numeric, 3) AS ra, round(dec::numeric, 3) AS dec, \
 	            density_class, round(class_confidence::numeric, 3) AS confidence, round(bright_count::numeric) AS bright_count, \
-	            regression_status FROM field_density ORDER BY density_class, exposure_id, detector"
+	            regression_status, flag_names(flags) AS flags FROM field_density ORDER BY density_class, exposure_id, detector"
 	$(BIN)/density-db query cone 265.1 -28.35 1.0 --band g --format table
 	$(BIN)/density-db -q maps build --nside 256 --out $(DEMO_DIR)/maps --png --moc > /dev/null
+	@$(BIN)/density-db -q plan delete demo --yes > /dev/null 2>&1 || true
+	$(BIN)/density-db plan create demo
+	$(BIN)/density-db plan show demo --format table
 	@echo
 	@echo "Simulated truth per detector: $(DEMO_DIR)/*/manifest.ecsv"
 	@echo "HEALPix maps (healsparse, healpy FITS, PNG, MOC) of the demo survey: $(DEMO_DIR)/maps/"
+	@echo "The campaign's frames: $(BIN)/density-db plan export demo --format csv   (--format moc --out DIR for Aladin)"
 	@echo "The catalog is in the embedded PostgreSQL server; open it with:"
 	@echo "  $(BIN)/density-db db shell        (or: psql \"\$$($(BIN)/density-db db url)\")"
 

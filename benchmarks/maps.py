@@ -62,7 +62,8 @@ INSERT INTO density_result (
     log_bright, bright_count, regression_status, flags
 )
 SELECT id, %(classifier)s, %(regressor)s, %(run)s, density_class,
-       CAST(array_fill(0.0, ARRAY[6]) AS real[]), 0.9,
+       CAST(ARRAY(SELECT CASE WHEN k = density_class THEN 0.9 ELSE 0.02 END FROM generate_series(0, 5) AS k)
+            AS real[]), 0.9,
        CASE WHEN density_class = 5 THEN NULL ELSE log10(1 + bright) END,
        CASE WHEN density_class = 5 THEN NULL ELSE bright END,
        CASE density_class WHEN 5 THEN 'bypassed' WHEN 0 THEN 'empty' ELSE 'predicted' END,

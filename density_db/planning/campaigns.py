@@ -154,6 +154,8 @@ def _insert_campaign(
         JOIN frame f ON f.id = fd.frame_id
         WHERE {" AND ".join(selected)}
     """), parameters)
+    # fresh statistics, or the planner takes the new items for a handful and joins them row by row
+    connection.execute(sa.text("ANALYZE campaign_item"))
     by_branch = dict(connection.execute(sa.text(
         "SELECT branch, count(*) FROM campaign_item WHERE campaign_id = :campaign_id GROUP BY branch"
     ), parameters).all())
@@ -338,8 +340,11 @@ def diff_campaigns(database: Database, first: str, second: str) -> CampaignDiff:
             WHERE a.branch IS DISTINCT FROM b.branch
             ORDER BY 1
         """), parameters))
-        unchanged = connection.execute(sa.text(f"SELECT count(*) {joined} WHERE a.branch = b.branch"),
-                                       parameters).scalar_one()
+        unchanged = connection.execute(sa.text("""
+            SELECT count(*) FROM campaign_item a
+            JOIN campaign_item b ON b.campaign_id = :b AND b.frame_id = a.frame_id AND b.branch = a.branch
+            WHERE a.campaign_id = :a
+        """), parameters).scalar_one()
     return CampaignDiff(transitions=transitions, changed_frames=changed, unchanged=unchanged)
 
 
