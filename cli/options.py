@@ -43,6 +43,6 @@ region_option = click.option(
 )
 
 rules_option = click.option(
-    "--rules", "rules_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--rules", "rules_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
     help="Rules file (TOML) [default: the shipped paper routing; see `density-db plan rules`].",
 )
