@@ -19,11 +19,11 @@ def _parse_region(context: click.Context, parameter: click.Parameter, value: str
     if value is None:
         return None
     from density_db.errors import DensityDBError
-    from density_db.maps.source import Cone
+    from density_db.regions import ConeRegion
 
     try:
         ra, dec, radius = (float(part) for part in value.split(","))
-        return Cone(ra=ra, dec=dec, radius_deg=radius)
+        return ConeRegion(ra=ra, dec=dec, radius_deg=radius)
     except ValueError:
         raise click.BadParameter(f"expected RA,DEC,RADIUS in degrees, got {value!r}") from None
     except DensityDBError as error:

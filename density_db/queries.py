@@ -99,7 +99,7 @@ def cone_search(
     near = _near_centres_sql(sky.cone_ranges(ra, dec, radius_deg), parameters)
     query = sa.text(f"SELECT * FROM ({near}) AS c WHERE distance_deg <= :radius ORDER BY distance_deg")
     with database.engine.connect() as connection:
-        return _result(connection.execute(query, parameters))
+        return query_result(connection.execute(query, parameters))
 
 
 def frames_at(database: Database, ra: float, dec: float, *, band: str | None = None) -> QueryResult:
@@ -118,10 +118,10 @@ def frames_at(database: Database, ra: float, dec: float, *, band: str | None = N
         largest_radius = connection.execute(sa.text("SELECT max(radius_deg) FROM frame")).scalar()
         if largest_radius is None:
             empty = connection.execute(sa.text("SELECT *, 0.0 AS distance_deg FROM field_density LIMIT 0"))
-            return _result(empty)
+            return query_result(empty)
         parameters: dict[str, Any] = {"ra": ra, "dec": dec, "band": band, "point": int(sky.hpx29(ra, dec))}
         near = _near_centres_sql(sky.cone_ranges(ra, dec, min(largest_radius * 1.0001, 180.0)), parameters)
-        candidates = _result(connection.execute(sa.text(f"""
+        candidates = query_result(connection.execute(sa.text(f"""
             SELECT c.*, f.corner_ra, f.corner_dec
             FROM ({near}) AS c JOIN frame f ON f.id = c.frame_id
             WHERE f.footprint @> CAST(:point AS bigint) AND distance_deg <= f.radius_deg * 1.0001
@@ -154,7 +154,7 @@ def region_search(database: Database, region: SkyRegion, *, band: str | None = N
     """
     with database.engine.connect() as connection:
         frame_ids = frame_ids_in_region(connection, region, band=band)
-        return _result(connection.execute(
+        return query_result(connection.execute(
             sa.text("SELECT * FROM field_density WHERE frame_id = ANY(CAST(:ids AS bigint[])) ORDER BY frame_id"),
             {"ids": frame_ids.tolist()},
         ))
@@ -186,7 +186,8 @@ def frame_ids_in_region(connection: sa.Connection, region: SkyRegion, *, band: s
     return frame_ids[overlapping]
 
 
-def _result(result: sa.CursorResult) -> QueryResult:
+def query_result(result: sa.CursorResult) -> QueryResult:
+    """The rows of an executed statement, fetched, with their column names."""
     return QueryResult(columns=tuple(result.keys()), rows=[tuple(row) for row in result])
 
 

@@ -23,6 +23,7 @@ import psycopg
 
 from density_db.database import Database
 from density_db.errors import DensityDBError
+from density_db.regions import ConeRegion
 
 logger = logging.getLogger(__name__)
 
@@ -61,23 +62,6 @@ _CHUNKS_AHEAD = 2
 
 
 @dataclass(frozen=True)
-class Cone:
-    """A circular region of the sky (degrees, ICRS)."""
-
-    ra: float
-    dec: float
-    radius_deg: float
-
-    def __post_init__(self) -> None:
-        if not (np.isfinite(self.ra) and -90.0 <= self.dec <= 90.0):
-            raise DensityDBError(
-                f"region centre must be RA in degrees and Dec in [-90, 90], got ({self.ra}, {self.dec})"
-            )
-        if not 0.0 < self.radius_deg <= 180.0:
-            raise DensityDBError(f"region radius must be in (0, 180] degrees, got {self.radius_deg}")
-
-
-@dataclass(frozen=True)
 class Selection:
     """Which results go into the maps.
 
@@ -95,7 +79,7 @@ class Selection:
 
     bands: tuple[str, ...] | None = None
     run_id: int | None = None
-    region: Cone | None = None
+    region: ConeRegion | None = None
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from density_db.database import Database
 from density_db.maps.aggregate import STATISTIC_NAMES
 from density_db.maps.build import MapSettings, build_maps
 from density_db.maps.rasterize import degrade, footprint_area_deg2, footprint_pixels
-from density_db.maps.source import Cone, Selection
+from density_db.maps.source import Selection
 from density_db.models import DensityResult, Exposure, Frame, Model, Run
+from density_db.regions import ConeRegion
 from geometry import tangent_to_sky
 
 NSIDE = 64
@@ -323,7 +324,7 @@ def test_run_option_maps_that_runs_results_and_the_default_the_latest(
 
 def test_region_keeps_the_frames_that_may_overlap_it(database: Database, overlapping_catalog, tmp_path: Path) -> None:
     summary = build_maps(database, MapSettings(
-        nside=NSIDE, out_dir=tmp_path, selection=Selection(bands=("g",), region=Cone(0.0, 87.0, 2.0)), formats=("hsp",),
+        nside=NSIDE, out_dir=tmp_path, selection=Selection(bands=("g",), region=ConeRegion(0.0, 87.0, 2.0)), formats=("hsp",),
     ))
     expected = [
         frame for frame in overlapping_catalog if frame["band"] == "g"

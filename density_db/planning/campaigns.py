@@ -25,7 +25,7 @@ from density_db.database import Database
 from density_db.errors import DensityDBError
 from density_db.models import CAMPAIGN_ITEM_STATUSES, Campaign
 from density_db.planning.rules import Rules
-from density_db.queries import QueryResult, frame_ids_in_region
+from density_db.queries import QueryResult, frame_ids_in_region, query_result
 from density_db.regions import SkyRegion
 from density_db.runs import begin_run, recording_outcome
 
@@ -322,12 +322,12 @@ def diff_campaigns(database: Database, first: str, second: str) -> CampaignDiff:
             FROM (SELECT * FROM campaign_item WHERE campaign_id = :a) a
             FULL JOIN (SELECT * FROM campaign_item WHERE campaign_id = :b) b ON b.frame_id = a.frame_id
         """
-        transitions = _result(connection.execute(sa.text(f"""
+        transitions = query_result(connection.execute(sa.text(f"""
             SELECT a.branch AS from_branch, b.branch AS to_branch, count(*) AS frames {joined}
             WHERE a.branch IS DISTINCT FROM b.branch
             GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2
         """), parameters))
-        changed = _result(connection.execute(sa.text(f"""
+        changed = query_result(connection.execute(sa.text(f"""
             SELECT coalesce(a.frame_id, b.frame_id) AS frame_id, e.exposure_id, f.detector, f.band,
                    a.branch AS from_branch, b.branch AS to_branch,
                    ra.density_class AS from_class, rb.density_class AS to_class,
@@ -524,9 +524,4 @@ def delete_campaign(database: Database, name: str) -> int:
 
 def _query(database: Database, statement: str, parameters: dict[str, Any]) -> QueryResult:
     with database.engine.connect() as connection:
-        return _result(connection.execute(sa.text(statement), parameters))
-
-
-def _result(result: sa.CursorResult) -> QueryResult:
-    return QueryResult(columns=tuple(result.keys()), rows=[tuple(row) for row in result])
-
+        return query_result(connection.execute(sa.text(statement), parameters))

@@ -18,14 +18,14 @@ import sqlalchemy as sa
 from density_db import sky
 from density_db.database import Database
 from density_db.planning.campaigns import campaign_id
-from density_db.queries import QueryResult
+from density_db.queries import QueryResult, query_result
 
 
 def campaign_items(database: Database, name: str, *, branch: str | None = None) -> QueryResult:
     """The items of campaign ``name`` (of one ``branch`` if given), in frame id order."""
     with database.engine.connect() as connection:
         identifier = campaign_id(connection, name)
-        result = connection.execute(sa.text("""
+        return query_result(connection.execute(sa.text("""
             SELECT i.frame_id, e.instrument, e.exposure_id, f.detector, f.band, f.ra, f.dec,
                    i.branch, i.status, r.density_class, r.class_confidence, r.bright_count,
                    r.regression_status, r.flags, flag_names(r.flags) AS flag_names,
@@ -36,8 +36,7 @@ def campaign_items(database: Database, name: str, *, branch: str | None = None) 
             LEFT JOIN density_result r ON r.id = i.result_id
             WHERE i.campaign_id = :campaign AND (CAST(:branch AS text) IS NULL OR i.branch = CAST(:branch AS text))
             ORDER BY i.frame_id
-        """), {"campaign": identifier, "branch": branch})
-        return QueryResult(columns=tuple(result.keys()), rows=[tuple(row) for row in result])
+        """), {"campaign": identifier, "branch": branch}))
 
 
 def branch_ranges(database: Database, name: str, *, branch: str | None = None) -> dict[str, np.ndarray]:
