@@ -100,10 +100,13 @@ def exposures(
 @click.option("--shape", default="9232x9216", callback=_parse_shape, show_default=True,
               help="WIDTHxHEIGHT of the simulated images before reduction to 224 x 224.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--galaxies/--no-galaxies", default=None,
+              help="Galaxies on the images or not [default: as the paper's sets, classify stars only, "
+                   "regress with galaxies].")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes simulating in parallel; the dataset does not depend on it.")
 @pass_app
-def dataset(app: AppContext, out, count, task, balance, device, shape, seed, workers) -> None:
+def dataset(app: AppContext, out, count, task, balance, device, shape, seed, galaxies, workers) -> None:
     """Write a training set of preprocessed 2 x 224 x 224 samples with labels (no FITS files)."""
     import numpy as np
 
@@ -114,7 +117,7 @@ def dataset(app: AppContext, out, count, task, balance, device, shape, seed, wor
 
         if not torch.cuda.is_available():
             raise click.ClickException("--device cuda: no CUDA device is available on this machine")
-    specs = plan_samples(count, task=task, seed=seed, balance=balance)
+    specs = plan_samples(count, task=task, seed=seed, balance=balance, galaxies=galaxies)
     with progress_bar(app) as bar:
         bar_task = bar.add_task("simulating samples", total=count) if bar else None
         try:

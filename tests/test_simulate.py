@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -110,6 +112,14 @@ def test_classify_plan_follows_the_paper_mix_or_balances() -> None:
     counts = np.bincount([density_class(spec.star_count) for spec in uniform], minlength=6)
     np.testing.assert_allclose(counts / 3000, 1 / 6, atol=4 * np.sqrt(0.25 / 3000))
     assert not any(spec.galaxies for spec in paper)
+
+
+def test_classify_plan_with_galaxies_draws_the_same_fields() -> None:
+    stars_only = plan_samples(50, task="classify", seed=4)
+    with_galaxies = plan_samples(50, task="classify", seed=4, galaxies=True)
+    assert all(spec.galaxies for spec in with_galaxies)
+    assert [replace(spec, galaxies=False) for spec in with_galaxies] == stars_only
+    assert not any(spec.galaxies for spec in plan_samples(5, task="regress", seed=4, galaxies=False))
 
 
 def test_regress_plan_reaches_beyond_2000_bright_stars_with_galaxies() -> None:

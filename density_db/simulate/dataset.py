@@ -14,7 +14,9 @@ Targets:
 * ``classify``: a density class is drawn from the paper's class mix
   (Table 2, ``balance="paper"``) or uniformly (``"uniform"``), then a star
   count log-uniform within the class (class 5: 10^5 to 2 x 10^5); stars only,
-  as the paper's classification set;
+  as the paper's classification set, unless galaxies are asked for (real
+  images always hold them, and a classifier never shown one takes galaxies
+  for stars);
 * ``regress``: a star count log-uniform from 0 to 3 x 10^4 with galaxies,
   which puts 0 to over 2000 stars brighter than 23.5 mag on the images.
 
@@ -88,8 +90,15 @@ class SampleLabels:
     valid_fraction: float
 
 
-def plan_samples(count: int, *, task: str, seed: int, balance: str = "paper") -> list[SampleSpec]:
-    """Draw the parameters of ``count`` samples for ``task``, deterministically for ``seed``."""
+def plan_samples(
+    count: int, *, task: str, seed: int, balance: str = "paper", galaxies: bool | None = None
+) -> list[SampleSpec]:
+    """Draw the parameters of ``count`` samples for ``task``, deterministically for ``seed``.
+
+    ``galaxies`` puts galaxies on the images or not; ``None`` follows the
+    paper's datasets (classify: stars only; regress: stars and galaxies).
+    The other parameters drawn do not depend on it.
+    """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if balance not in ("paper", "uniform"):
@@ -108,7 +117,7 @@ def plan_samples(count: int, *, task: str, seed: int, balance: str = "paper") ->
             index=index,
             seed=seed,
             star_count=star_count,
-            galaxies=task == "regress",
+            galaxies=task == "regress" if galaxies is None else galaxies,
             band=_BANDS[int(rng.integers(len(_BANDS)))],
             field=field.name,
             ra=float(rng.uniform(*field.ra_range)),
@@ -210,7 +219,8 @@ def write_dataset(
     table = Table(rows=rows) if rows else Table()
     table.write(out / SAMPLES_NAME, format="ascii.ecsv", overwrite=True)
     description = {
-        "task": task, "balance": balance, "samples": len(rows), "shard_size": SHARD_SIZE,
+        "task": task, "balance": balance, "galaxies": any(spec.galaxies for spec in specs),
+        "samples": len(rows), "shard_size": SHARD_SIZE,
         "shards": -(-len(rows) // SHARD_SIZE), "dtype": "float16", "input_size": INPUT_SIZE,
         "image_shape": list(shape), "device": device or "cpu", "preprocessing_version": PREPROCESSING_VERSION,
         "class_lower_edges": list(CLASS_LOWER_EDGES), "bright_magnitude_limit": BRIGHT_MAGNITUDE_LIMIT,
