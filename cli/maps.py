@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from density_db.cli.context import AppContext, pass_app
+from density_db.cli.options import region_option
 from density_db.cli.progress import progress_bar
 
 
@@ -15,29 +16,13 @@ def maps() -> None:
     """Build HEALPix maps (healsparse, healpy FITS, PNG, MOC) from the stored results."""
 
 
-def _parse_region(context: click.Context, parameter: click.Parameter, value: str | None):
-    if value is None:
-        return None
-    from density_db.errors import DensityDBError
-    from density_db.regions import ConeRegion
-
-    try:
-        ra, dec, radius = (float(part) for part in value.split(","))
-        return ConeRegion(ra=ra, dec=dec, radius_deg=radius)
-    except ValueError:
-        raise click.BadParameter(f"expected RA,DEC,RADIUS in degrees, got {value!r}") from None
-    except DensityDBError as error:
-        raise click.BadParameter(str(error)) from None
-
-
 @maps.command()
 @click.option("--nside", type=click.IntRange(min=1), required=True, help="HEALPix nside of the maps (a power of two).")
 @click.option("--band", "bands", multiple=True, help="Map this band (repeatable; default: every band with results).")
 @click.option("--all-bands", is_flag=True, help="Map every band with results (the default), each and all together.")
 @click.option("--run", "run_id", type=click.IntRange(min=1), default=None,
               help="Use this run's results (default: each frame's latest result).")
-@click.option("--region", callback=_parse_region, metavar="RA,DEC,RADIUS",
-              help="Only frames that may overlap this cone (degrees); whole frames are mapped.")
+@region_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Directory for the map files (created if needed).")
 @click.option("--png", is_flag=True, help="Also draw a Mollweide PNG of every map.")

@@ -169,9 +169,9 @@ def build_maps(
     DensityDBError
         If the run does not exist or no frame of the selection has a result.
     """
-    selection = settings.selection
-    if selection.run_id is not None:
-        source.check_run(database, selection.run_id)
+    if settings.selection.run_id is not None:
+        source.check_run(database, settings.selection.run_id)
+    selection = source.resolve_region(database, settings.selection)
     bands = source.bands_with_results(database, selection)
     if selection.bands is not None:
         missing = [band for band in selection.bands if band not in bands]
@@ -281,7 +281,7 @@ def _manifest(summary: BuildSummary, settings: MapSettings) -> dict:
         "rasterised_at_order": settings.order + settings.oversampling_levels,
         "run": summary.run,
         "models": list(summary.models),
-        "region": None if selection.region is None else asdict(selection.region),
+        "region": None if selection.region is None else selection.region.spec,
         "statistics": {statistic.name: {"unit": statistic.unit, "description": statistic.description}
                        for statistic in STATISTICS},
         "bands": [asdict(band) for band in summary.bands],

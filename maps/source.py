@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,14 +23,10 @@ import psycopg
 
 from density_db.database import Database
 from density_db.errors import DensityDBError
-from density_db.regions import ConeRegion
+from density_db.queries import frame_ids_in_region
+from density_db.regions import SkyRegion
 
 logger = logging.getLogger(__name__)
-
-_DISTANCE_SQL = """degrees(2 * asin(least(1.0, sqrt(
-    power(sin(radians(f.dec - %(cone_dec)s) / 2), 2)
-    + cos(radians(f.dec)) * cos(radians(%(cone_dec)s)) * power(sin(radians(f.ra - %(cone_ra)s) / 2), 2)
-))))"""
 
 _COLUMNS_SQL = """
     fd.frame_id,
@@ -73,13 +69,17 @@ class Selection:
         Take this run's results (``field_density_for_run``), or ``None`` for
         each frame's latest result (``field_density``).
     region
-        Only frames whose footprint may overlap this cone (centre within the
-        cone's radius plus the frame's own radius); whole frames are mapped.
+        Only frames whose footprint overlaps this region (a cone, polygon or
+        MOC of :mod:`density_db.regions`); whole frames are mapped.
+    frame_ids
+        The ids of the frames overlapping ``region``, once
+        :func:`resolve_region` has looked them up (the queries here need them).
     """
 
     bands: tuple[str, ...] | None = None
     run_id: int | None = None
-    region: ConeRegion | None = None
+    region: SkyRegion | None = None
+    frame_ids: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,21 @@ class FrameChunk:
         return FrameChunk(**{name: value[rows] for name, value in vars(self).items()})
 
 
+def resolve_region(database: Database, selection: Selection) -> Selection:
+    """The selection with the ids of the frames overlapping its region (unchanged without a region).
+
+    The exact overlap test of :func:`density_db.queries.frame_ids_in_region`
+    (footprint index, then the frame's corner polygon against the region)
+    runs once here, so every later query of the build sees the same frames.
+    """
+    if selection.region is None or selection.frame_ids is not None:
+        return selection
+    with database.engine.connect() as connection:
+        frame_ids = frame_ids_in_region(connection, selection.region)
+    logger.info("region %s: %d frames overlap it", selection.region.spec, frame_ids.size)
+    return replace(selection, frame_ids=frame_ids)
+
+
 def check_run(database: Database, run_id: int) -> None:
     """Raise :class:`DensityDBError` if run ``run_id`` does not exist."""
     with _cursor(database) as cursor:
@@ -128,15 +143,16 @@ def check_run(database: Database, run_id: int) -> None:
 def bands_with_results(database: Database, selection: Selection) -> list[str]:
     """Bands of the selection that have at least one result, sorted (all such bands when none were chosen)."""
     run_filter = "AND r.run_id = %(run_id)s" if selection.run_id is not None else ""
+    region_sql, parameters = _region_filter(selection)
     statement = f"""
         SELECT b.band FROM (SELECT DISTINCT band FROM frame) AS b
         WHERE EXISTS (
             SELECT 1 FROM frame f JOIN density_result r ON r.frame_id = f.id
-            WHERE f.band = b.band {run_filter}
+            WHERE f.band = b.band {run_filter} {region_sql}
         )
         ORDER BY b.band"""
     with _cursor(database) as cursor:
-        found = [row[0] for row in cursor.execute(statement, {"run_id": selection.run_id})]
+        found = [row[0] for row in cursor.execute(statement, {**parameters, "run_id": selection.run_id})]
     if selection.bands is None:
         return found
     return [band for band in selection.bands if band in found]
@@ -277,12 +293,12 @@ def _results_source(selection: Selection) -> str:
 
 
 def _region_filter(selection: Selection) -> tuple[str, dict[str, Any]]:
-    """SQL (``AND ...`` on ``frame f``) keeping frames that may overlap the region, and its parameters."""
-    region = selection.region
-    if region is None:
+    """SQL (``AND ...`` on ``frame f``) keeping the frames that overlap the region, and its parameters."""
+    if selection.region is None:
         return "", {}
-    parameters = {"cone_ra": region.ra, "cone_dec": region.dec, "cone_radius": region.radius_deg}
-    return f"AND {_DISTANCE_SQL} <= %(cone_radius)s + f.radius_deg", parameters
+    if selection.frame_ids is None:
+        raise ValueError("resolve_region(database, selection) must look the region's frames up first")
+    return "AND f.id = ANY(%(region_frame_ids)s)", {"region_frame_ids": selection.frame_ids.tolist()}
 
 
 @contextlib.contextmanager

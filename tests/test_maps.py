@@ -11,6 +11,8 @@ import healpy
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from astropy import units as u
+from astropy.coordinates import Angle, Latitude, Longitude
 from astropy.io import fits
 from healsparse import HealSparseMap
 from mocpy import MOC
@@ -23,7 +25,8 @@ from density_db.maps.build import MapSettings, build_maps
 from density_db.maps.rasterize import degrade, footprint_area_deg2, footprint_pixels
 from density_db.maps.source import Selection
 from density_db.models import DensityResult, Exposure, Frame, Model, Run
-from density_db.regions import ConeRegion
+from density_db.queries import frame_ids_in_region
+from density_db.regions import ConeRegion, polygon_region, read_moc
 from geometry import tangent_to_sky
 
 NSIDE = 64
@@ -322,17 +325,34 @@ def test_run_option_maps_that_runs_results_and_the_default_the_latest(
     assert only_run_two.bands[0].frames_without_result == sum(frame["band"] == "g" for frame in overlapping_catalog) - 1
 
 
-def test_region_keeps_the_frames_that_may_overlap_it(database: Database, overlapping_catalog, tmp_path: Path) -> None:
-    summary = build_maps(database, MapSettings(
-        nside=NSIDE, out_dir=tmp_path, selection=Selection(bands=("g",), region=ConeRegion(0.0, 87.0, 2.0)), formats=("hsp",),
-    ))
-    expected = [
-        frame for frame in overlapping_catalog if frame["band"] == "g"
-        and sky.angular_separation_deg(0.0, 87.0, frame["ra"], frame["dec"])
-        <= 2.0 + sky.circumradius_deg(frame["ra"], frame["dec"], frame["corner_ra"], frame["corner_dec"])
-    ]
-    assert 0 < len(expected) < sum(frame["band"] == "g" for frame in overlapping_catalog)
-    assert summary.bands[0].frames_mapped + summary.bands[0].frames_without_result == len(expected)
+@pytest.mark.parametrize("kind", ["cone", "polygon", "moc"])
+def test_region_maps_exactly_the_frames_that_overlap_it(
+    run_cli, database: Database, overlapping_catalog, tmp_path: Path, kind: str
+) -> None:
+    if kind == "cone":
+        region, argument = ConeRegion(0.0, 87.0, 2.0), "0,87,2"
+    elif kind == "polygon":  # across RA = 0
+        region = polygon_region([359.0, 0.8, 0.8, 359.0], [-1.0, -1.0, 0.5, 0.5])
+        argument = "polygon:359,-1,0.8,-1,0.8,0.5,359,0.5"
+    else:
+        moc = MOC.from_cone(lon=Longitude(0.5 * u.deg), lat=Latitude(0.5 * u.deg), radius=Angle(0.6 * u.deg),
+                            max_depth=10)
+        moc.save(str(tmp_path / "region.fits"), format="fits")
+        region, argument = read_moc(tmp_path / "region.fits"), str(tmp_path / "region.fits")
+    with database.engine.connect() as connection:
+        overlapping = set(frame_ids_in_region(connection, region).tolist())
+    in_region = [frame for frame in overlapping_catalog if frame["id"] in overlapping and frame["band"] == "g"]
+    assert 0 < len(in_region) < sum(frame["band"] == "g" for frame in overlapping_catalog)
+    result = run_cli("maps", "build", "--nside", str(NSIDE), "--band", "g", "--region", argument,
+                     "--out", str(tmp_path / "maps"))
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "maps" / f"maps_nside{NSIDE}.json").read_text())
+    band = manifest["bands"][0]
+    assert band["frames_mapped"] + band["frames_without_result"] == len(in_region)
+    assert manifest["region"] == region.spec
+    reference = reference_maps(in_region, {"g"})["frames"]
+    frames = HealSparseMap.read(str(tmp_path / "maps" / f"g_frames_nside{NSIDE}.hsp"))
+    assert dict(zip(frames.valid_pixels.tolist(), frames[frames.valid_pixels].tolist())) == reference
 
 
 def test_total_covered_area_is_the_sum_of_the_footprint_areas(database: Database, tmp_path: Path) -> None:
