@@ -51,6 +51,14 @@ FIELD_DENSITY_COLUMNS = """
     f.path,
     f.hdu_index"""
 
+PREFERRED_RESULT_ORDER = "d.run_id DESC, d.id DESC"
+"""How a frame's preferred result is chosen among its results ``d``: the latest run, then the latest row.
+
+``field_density`` takes the first result in this order; queries that read the
+preferred results of many frames at once sort by ``(d.frame_id, ...)`` in it
+with ``DISTINCT ON (d.frame_id)`` instead of one lookup per frame.
+"""
+
 FIELD_DENSITY_VIEW = f"""
 CREATE VIEW field_density AS
 SELECT{FIELD_DENSITY_COLUMNS}
@@ -61,7 +69,7 @@ LEFT JOIN LATERAL (
            d.bright_count, d.log_bright, d.regression_status, d.flags
     FROM density_result d
     WHERE d.frame_id = f.id
-    ORDER BY d.run_id DESC, d.id DESC
+    ORDER BY {PREFERRED_RESULT_ORDER}
     LIMIT 1
 ) r ON true
 LEFT JOIN model c ON c.id = r.classifier_id

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -172,57 +172,64 @@ def build_maps(
     if settings.selection.run_id is not None:
         source.check_run(database, settings.selection.run_id)
     selection = source.resolve_region(database, settings.selection)
-    bands = source.bands_with_results(database, selection)
-    if selection.bands is not None:
-        missing = [band for band in selection.bands if band not in bands]
-        if missing:
-            logger.warning("no results for band(s) %s in this selection", ", ".join(missing))
-    if not bands:
-        raise DensityDBError("no frame of the selection has a density result: nothing to map")
+    totals = source.frames_per_band(database, selection)
     run = "latest" if selection.run_id is None else str(selection.run_id)
-    models = tuple(source.model_names(database, selection, bands))
     settings.out_dir.mkdir(parents=True, exist_ok=True)
-    writer = _Writer(settings, run, models)
-    combined = MapAccumulator(order=settings.order, levels=settings.oversampling_levels) if len(bands) > 1 else None
-    totals = {band: source.count_frames(database, selection, band) for band in bands}
+    writer = _Writer(settings, run)
     grand_total, done = sum(totals.values()), 0
     summaries = []
+    all_pairs: set[tuple[int, int]] = set()
+    combined: MapAccumulator | None = None
     stream_seconds = finalize_seconds = 0.0
-    for band in bands:
+    for band, total in totals.items():
         started = time.perf_counter()
         accumulator = MapAccumulator(order=settings.order, levels=settings.oversampling_levels)
         without_corners = 0
+        pairs: set[tuple[int, int]] = set()
         for chunk in source.stream_frames(database, selection, band, chunk_size=settings.chunk_size):
             without_corners += _add_chunk(accumulator, chunk, settings.oversampling_levels)
+            pairs.update(zip(chunk.classifier_id.tolist(), chunk.regressor_id.tolist()))
             done += len(chunk)
             if progress is not None:
                 progress(done, grand_total)
-        without_result = totals[band] - accumulator.frames - without_corners
+        without_result = total - accumulator.frames - without_corners
         done += without_result
         if progress is not None:
             progress(done, grand_total)
         stream_seconds += time.perf_counter() - started
+        if not pairs:
+            logger.warning("no results for band %s in this selection: no maps for it", band)
+            continue
+        all_pairs |= pairs
         started = time.perf_counter()
         statistics = accumulator.statistics()
         finalize_seconds += time.perf_counter() - started
-        frames = accumulator.frames
-        logger.info("band %s: %d frames on %d pixels", band, frames, statistics.pixels.size)
-        summaries.append(_summary(band, frames, without_result, without_corners, statistics, settings))
-        writer.write(band, statistics)
+        logger.info("band %s: %d frames on %d pixels", band, accumulator.frames, statistics.pixels.size)
+        summaries.append(_summary(band, accumulator.frames, without_result, without_corners, statistics, settings))
+        writer.write(band, statistics, source.model_pair_names(database, pairs))
         del statistics  # memory holds at most two accumulators, or one and one band's statistics
-        if combined is not None:
-            started = time.perf_counter()
+        started = time.perf_counter()
+        if combined is None:
+            combined = accumulator  # the first band's sums become the all-bands sums (its maps are written)
+        else:
             combined.merge(accumulator)
-            finalize_seconds += time.perf_counter() - started
+        finalize_seconds += time.perf_counter() - started
         del accumulator
-    if combined is not None:
+    if selection.bands is not None:
+        missing = [band for band in selection.bands if band not in {summary.band for summary in summaries}]
+        if missing:
+            logger.warning("no results for band(s) %s in this selection", ", ".join(missing))
+    if not summaries:
+        raise DensityDBError("no frame of the selection has a density result: nothing to map")
+    models = tuple(source.model_pair_names(database, all_pairs))
+    if len(summaries) > 1:
         started = time.perf_counter()
         statistics = combined.statistics()
         finalize_seconds += time.perf_counter() - started
         without_result = sum(summary.frames_without_result for summary in summaries)
         without_corners = sum(summary.frames_without_corners for summary in summaries)
         summaries.append(_summary(ALL_BANDS, combined.frames, without_result, without_corners, statistics, settings))
-        writer.write(ALL_BANDS, statistics)
+        writer.write(ALL_BANDS, statistics, models)
     summary = BuildSummary(
         nside=settings.nside,
         run=run,
@@ -292,17 +299,16 @@ def _manifest(summary: BuildSummary, settings: MapSettings) -> dict:
 class _Writer:
     """Writes every file of one band's maps and remembers what it wrote."""
 
-    def __init__(self, settings: MapSettings, run: str, models: tuple[str, ...]) -> None:
+    def __init__(self, settings: MapSettings, run: str) -> None:
         self.settings = settings
         self.run = run
-        self.models = models
         self.files: list[Path] = []
         self.seconds = 0.0
 
-    def write(self, band: str, statistics: PixelStatistics) -> None:
+    def write(self, band: str, statistics: PixelStatistics, models: Sequence[str]) -> None:
         started = time.perf_counter()
         settings = self.settings
-        provenance = MapProvenance(band=band, nside=settings.nside, run=self.run, models=self.models)
+        provenance = MapProvenance(band=band, nside=settings.nside, run=self.run, models=tuple(models))
         for statistic in STATISTICS:
             values = statistics.values[statistic.name]
             stem = map_stem(band, statistic.name, settings.nside)

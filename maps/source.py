@@ -1,11 +1,13 @@
 """Frames and their density results, streamed from the catalog in chunks for the maps.
 
-Results come from the documented SQL surface: the ``field_density`` view (each
-frame's latest result) or ``field_density_for_run(run_id)`` (one run's),
-joined with ``frame`` for the WCS corners.  Rows travel as a binary ``COPY``
-with a fixed layout (every column fixed-width and never NULL), which NumPy
-reads without a Python object per value: at millions of frames this is what
-keeps reading cheaper than the rasterisation.
+Results are each frame's preferred one, chosen as the ``field_density`` view
+chooses it (latest run, then latest row), or the results of one run as
+``field_density_for_run(run_id)`` gives them; they are read with one sorted
+``DISTINCT ON`` per band instead of the view's lookup per frame.  Rows travel
+as a binary ``COPY`` with a fixed layout (every column fixed-width and never
+NULL), which NumPy reads without a Python object per value: at millions of
+frames this is what keeps reading cheaper than the rasterisation.  Each row
+carries its model pair, so the maps' provenance comes with the rows.
 """
 
 from __future__ import annotations
@@ -25,19 +27,22 @@ from density_db.database import Database
 from density_db.errors import DensityDBError
 from density_db.queries import frame_ids_in_region
 from density_db.regions import SkyRegion
+from density_db.views import PREFERRED_RESULT_ORDER
 
 logger = logging.getLogger(__name__)
 
 _COLUMNS_SQL = """
-    fd.frame_id,
+    d.frame_id,
     coalesce(f.corner_ra[1], 'NaN'), coalesce(f.corner_ra[2], 'NaN'),
     coalesce(f.corner_ra[3], 'NaN'), coalesce(f.corner_ra[4], 'NaN'),
     coalesce(f.corner_dec[1], 'NaN'), coalesce(f.corner_dec[2], 'NaN'),
     coalesce(f.corner_dec[3], 'NaN'), coalesce(f.corner_dec[4], 'NaN'),
-    CAST(fd.density_class AS smallint),
-    coalesce(CAST(fd.bright_count AS double precision), 'NaN'),
-    coalesce(CAST(fd.valid_fraction AS double precision), 1.0),
-    CAST(fd.flags AS bigint)"""
+    CAST(d.density_class AS smallint),
+    coalesce(CAST(d.bright_count AS double precision), 'NaN'),
+    coalesce(CAST(f.valid_fraction AS double precision), 1.0),
+    CAST(d.flags AS bigint),
+    CAST(d.classifier_id AS bigint),
+    CAST(d.regressor_id AS bigint)"""
 
 _ROW_DTYPE = np.dtype(
     [("field_count", ">i2"), ("frame_id_size", ">i4"), ("frame_id", ">i8")]
@@ -47,9 +52,12 @@ _ROW_DTYPE = np.dtype(
         ("bright_count_size", ">i4"), ("bright_count", ">f8"),
         ("valid_fraction_size", ">i4"), ("valid_fraction", ">f8"),
         ("flags_size", ">i4"), ("flags", ">i8"),
+        ("classifier_id_size", ">i4"), ("classifier_id", ">i8"),
+        ("regressor_id_size", ">i4"), ("regressor_id", ">i8"),
     ]
 )
 """One row of the binary COPY of _COLUMNS_SQL: a field count, then (length, value) per column, big-endian."""
+_FIELDS = 15
 
 _COPY_HEADER_SIZE = 19  # signature (11), flags (4), header extension length (4, always 0 here)
 _COPY_TRAILER = b"\xff\xff"
@@ -100,6 +108,8 @@ class FrameChunk:
         Fraction of valid pixels, 1.0 where inference has not recorded it.
     flags
         The result's flag bits (int64).
+    classifier_id, regressor_id
+        ``model.id`` of the result's models (int64).
     """
 
     frame_id: np.ndarray
@@ -109,6 +119,8 @@ class FrameChunk:
     bright_count: np.ndarray
     valid_fraction: np.ndarray
     flags: np.ndarray
+    classifier_id: np.ndarray
+    regressor_id: np.ndarray
 
     def __len__(self) -> int:
         return int(self.frame_id.size)
@@ -140,42 +152,27 @@ def check_run(database: Database, run_id: int) -> None:
             raise DensityDBError(f"run {run_id} does not exist (density-db query sql \"SELECT * FROM run\" lists runs)")
 
 
-def bands_with_results(database: Database, selection: Selection) -> list[str]:
-    """Bands of the selection that have at least one result, sorted (all such bands when none were chosen)."""
-    run_filter = "AND r.run_id = %(run_id)s" if selection.run_id is not None else ""
+def frames_per_band(database: Database, selection: Selection) -> dict[str, int]:
+    """Frames of each band in the selection's bands and region, with a result or not (bands sorted).
+
+    One pass over ``frame``; which of them have results shows while they stream.
+    """
     region_sql, parameters = _region_filter(selection)
-    statement = f"""
-        SELECT b.band FROM (SELECT DISTINCT band FROM frame) AS b
-        WHERE EXISTS (
-            SELECT 1 FROM frame f JOIN density_result r ON r.frame_id = f.id
-            WHERE f.band = b.band {run_filter} {region_sql}
-        )
-        ORDER BY b.band"""
+    band_sql = "AND f.band = ANY(%(bands)s)" if selection.bands is not None else ""
+    statement = f"SELECT f.band, count(*) FROM frame f WHERE true {band_sql} {region_sql} GROUP BY f.band ORDER BY 1"
+    parameters = {**parameters, "bands": list(selection.bands or ())}
     with _cursor(database) as cursor:
-        found = [row[0] for row in cursor.execute(statement, {**parameters, "run_id": selection.run_id})]
-    if selection.bands is None:
-        return found
-    return [band for band in selection.bands if band in found]
+        return {band: int(count) for band, count in cursor.execute(statement, parameters)}
 
 
-def count_frames(database: Database, selection: Selection, band: str) -> int:
-    """Frames of ``band`` in the selection's region, with a result or not."""
-    region_sql, parameters = _region_filter(selection)
-    statement = f"SELECT count(*) FROM frame f WHERE f.band = %(band)s {region_sql}"
+def model_pair_names(database: Database, pairs: set[tuple[int, int]]) -> list[str]:
+    """``classifier+regressor`` names of (classifier id, regressor id) pairs, sorted."""
+    if not pairs:
+        return []
     with _cursor(database) as cursor:
-        return int(cursor.execute(statement, {**parameters, "band": band}).fetchone()[0])
-
-
-def model_names(database: Database, selection: Selection, bands: list[str]) -> list[str]:
-    """``classifier+regressor`` names of the results the maps of ``bands`` are made from, sorted."""
-    region_sql, parameters = _region_filter(selection)
-    statement = f"""
-        SELECT DISTINCT fd.classifier || '+' || fd.regressor
-        FROM {_results_source(selection)} JOIN frame f ON f.id = fd.frame_id
-        WHERE fd.density_class IS NOT NULL AND f.band = ANY(%(bands)s) {region_sql}
-        ORDER BY 1"""
-    with _cursor(database) as cursor:
-        return [row[0] for row in cursor.execute(statement, {**parameters, "bands": bands, "run_id": selection.run_id})]
+        names = dict(cursor.execute("SELECT id, name FROM model WHERE id = ANY(%(ids)s)",
+                                    {"ids": sorted({model for pair in pairs for model in pair})}))
+    return sorted(f"{names[classifier]}+{names[regressor]}" for classifier, regressor in pairs)
 
 
 def stream_frames(database: Database, selection: Selection, band: str, *, chunk_size: int) -> Iterator[FrameChunk]:
@@ -199,10 +196,12 @@ def stream_frames(database: Database, selection: Selection, band: str, *, chunk_
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     region_sql, parameters = _region_filter(selection)
+    run_sql = "AND d.run_id = %(run_id)s" if selection.run_id is not None else ""
     statement = f"""COPY (
-        SELECT {_COLUMNS_SQL}
-        FROM {_results_source(selection)} JOIN frame f ON f.id = fd.frame_id
-        WHERE fd.density_class IS NOT NULL AND f.band = %(band)s {region_sql}
+        SELECT DISTINCT ON (d.frame_id) {_COLUMNS_SQL}
+        FROM density_result d JOIN frame f ON f.id = d.frame_id
+        WHERE f.band = %(band)s {run_sql} {region_sql}
+        ORDER BY d.frame_id, {PREFERRED_RESULT_ORDER}
     ) TO STDOUT (FORMAT binary)"""
     parameters = {**parameters, "band": band, "run_id": selection.run_id}
     # A thread reads the next chunk while the caller works on this one: PostgreSQL (another
@@ -272,7 +271,7 @@ def _read_copy(
 
 def _parse(buffer: bytes) -> FrameChunk:
     rows = np.frombuffer(buffer, dtype=_ROW_DTYPE)
-    if rows.size and (np.any(rows["field_count"] != 13) or np.any(rows["frame_id_size"] != 8)):
+    if rows.size and (np.any(rows["field_count"] != _FIELDS) or np.any(rows["frame_id_size"] != 8)):
         raise DensityDBError("unexpected COPY row layout from the database")
     corners = np.stack([rows[f"corner_{index}"] for index in range(8)], axis=1).astype(np.float64)
     return FrameChunk(
@@ -283,13 +282,9 @@ def _parse(buffer: bytes) -> FrameChunk:
         bright_count=rows["bright_count"].astype(np.float64),
         valid_fraction=rows["valid_fraction"].astype(np.float64),
         flags=rows["flags"].astype(np.int64),
+        classifier_id=rows["classifier_id"].astype(np.int64),
+        regressor_id=rows["regressor_id"].astype(np.int64),
     )
-
-
-def _results_source(selection: Selection) -> str:
-    if selection.run_id is None:
-        return "field_density AS fd"
-    return "field_density_for_run(%(run_id)s) AS fd"
 
 
 def _region_filter(selection: Selection) -> tuple[str, dict[str, Any]]:

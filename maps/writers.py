@@ -129,7 +129,7 @@ def write_healsparse(
         )
         defined = ~np.isnan(values) if values.dtype.kind == "f" else np.ones(values.size, dtype=bool)
         sparse.update_values_pix(pixels[defined], values[defined].astype(dtype))
-    sparse.write(str(path), clobber=True)
+    sparse.write(str(path), clobber=True, nocompress=statistic.kind not in ("class", "count"))
     return path
 
 

@@ -28,6 +28,7 @@ from density_db.planning.rules import Rules
 from density_db.queries import QueryResult, frame_ids_in_region, query_result
 from density_db.regions import SkyRegion
 from density_db.runs import begin_run, recording_outcome
+from density_db.views import PREFERRED_RESULT_ORDER
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ _RESULT_COLUMNS = "d.frame_id, d.id AS result_id, d.density_class, d.class_confi
 _LATEST_RESULTS = f"""
     SELECT DISTINCT ON (d.frame_id) {_RESULT_COLUMNS}
     FROM density_result d
-    ORDER BY d.frame_id, d.run_id DESC, d.id DESC"""
+    ORDER BY d.frame_id, {PREFERRED_RESULT_ORDER}"""
 """Each frame's preferred result, chosen as ``field_density`` chooses it (latest run, then latest row).
 
 One sort of ``density_result`` instead of the view's per-frame lookup: 0.4 s
