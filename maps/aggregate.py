@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from density_db.maps.rasterize import MAX_SUBPIXEL_LEVELS, Coverage, subpixel_mask_dtype
+from density_db.maps.rasterize import MAX_SUBPIXEL_LEVELS, Coverage, popcount, subpixel_mask_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class MapAccumulator:
         sums = self._sums[slots].reshape(-1, _COLUMNS)
         keep = sums[:, _COUNT:_WEIGHT].sum(axis=1) > 0
         pixels, sums = pixels[keep], sums[keep].astype(np.float64)
-        covered = _popcount(self._covered[slots].reshape(-1)[keep])
+        covered = popcount(self._covered[slots].reshape(-1)[keep])
         counts = np.rint(sums[:, _COUNT:_WEIGHT]).astype(np.int32)
         weights = sums[:, _WEIGHT:_DENSITY_SUM]
         total_weight = weights.sum(axis=1)
@@ -327,15 +327,3 @@ class MapAccumulator:
         block_of_slot = np.zeros(capacity, dtype=np.int64)
         block_of_slot[: self._used] = self._block_of_slot[: self._used]
         self._sums, self._covered, self._block_of_slot = sums, covered, block_of_slot
-
-
-_POPCOUNT_16 = np.array([bin(value).count("1") for value in range(1 << 16)], dtype=np.uint8)
-
-
-def _popcount(masks: np.ndarray) -> np.ndarray:
-    """Bits set in each unsigned integer (up to 64 bits)."""
-    masks = masks.astype(np.uint64)
-    total = np.zeros(masks.shape, dtype=np.int64)
-    for shift in range(0, 64, 16):
-        total += _POPCOUNT_16[(masks >> np.uint64(shift)) & np.uint64(0xFFFF)]
-    return total

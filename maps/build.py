@@ -24,7 +24,7 @@ from density_db.database import Database
 from density_db.errors import DensityDBError
 from density_db.maps import source
 from density_db.maps.aggregate import STATISTICS, FrameValues, MapAccumulator, PixelStatistics
-from density_db.maps.rasterize import MAX_ORDER, MAX_SUBPIXEL_LEVELS, degrade, footprint_area_deg2, footprint_pixels
+from density_db.maps.rasterize import MAX_ORDER, MAX_SUBPIXEL_LEVELS, footprint_area_deg2, footprint_coverage
 from density_db.maps.source import FrameChunk, Selection
 from density_db.maps.writers import (
     ALL_BANDS,
@@ -260,8 +260,8 @@ def _add_chunk(accumulator: MapAccumulator, chunk: FrameChunk, levels: int) -> i
     if unusable:
         logger.warning("%d frames without four finite corners are left out of the maps", unusable)
         chunk = chunk.take(usable)
-    fine = footprint_pixels(chunk.corner_ra, chunk.corner_dec, order=accumulator.order + levels)
-    accumulator.add(degrade(fine, levels=levels), frame_values(chunk))
+    coverage = footprint_coverage(chunk.corner_ra, chunk.corner_dec, order=accumulator.order, levels=levels)
+    accumulator.add(coverage, frame_values(chunk))
     return unusable
 
 

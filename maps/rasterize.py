@@ -4,8 +4,8 @@ A frame's footprint is the convex spherical polygon of its four WCS corners
 (great-circle edges).  :func:`footprint_pixels` returns, for many frames at
 once, the NESTED pixels of a (fine) order whose centres lie inside each
 polygon: the set ``hpgeom.query_polygon(..., inclusive=False)`` returns, frame
-by frame, computed here without a Python loop.  :func:`degrade` turns fine
-pixels into the fraction of each coarser pixel a frame covers.
+by frame.  :func:`footprint_coverage` gathers them into the fraction of each coarser
+pixel a frame covers.
 
 How: HEALPix pixel centres lie on iso-latitude rings at known longitudes.  For
 every (frame, ring) pair the longitudes inside the polygon are worked out
@@ -15,7 +15,9 @@ produced as runs of consecutive ring indices rather than tested one by one.
 Pairs where two edges cut gaps into the middle of the window (possible only
 for frames large against their distance to a pole) fall back to testing each
 candidate pixel centre.  Polygons across RA = 0 and around a pole need no
-special case.
+special case.  The per-frame geometry is vectorised NumPy; the loop over
+rings and pixels is compiled with Numba (a few seconds on first use, then
+cached), since at millions of frames it visits hundreds of millions of pixels.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import healpy
+import numba
 import numpy as np
 
 logger = logging.getLogger(__name__)
@@ -110,29 +112,71 @@ def footprint_pixels(corner_ra: np.ndarray, corner_dec: np.ndarray, *, order: in
     """
     if not 0 <= order <= MAX_ORDER:
         raise ValueError(f"order must be between 0 and {MAX_ORDER}, got {order}")
+    frame_index, pixel, _ = _rasterised(*_checked_corners(corner_ra, corner_dec), order, 0)
+    return FinePixels(frame_index=frame_index, pixel=pixel, order=order)
+
+
+def footprint_coverage(corner_ra: np.ndarray, corner_dec: np.ndarray, *, order: int, levels: int) -> Coverage:
+    """Covered fraction, and covered sub-pixels, of the pixels of ``order`` inside each frame.
+
+    The fine pixels of :func:`footprint_pixels` at ``order + levels``,
+    gathered into their pixels of ``order`` as they are found.
+
+    Parameters
+    ----------
+    corner_ra, corner_dec : numpy.ndarray
+        Shape ``(n, 4)``: each frame's corners in degrees, as for :func:`footprint_pixels`.
+    order : int
+        HEALPix order of the coverage.
+    levels : int
+        Orders between the coverage and the fine pixels (0-3): ``4**levels`` sub-pixels per pixel.
+
+    Returns
+    -------
+    Coverage
+        One row per (frame, pixel) holding at least one fine pixel centre, grouped by frame.
+    """
+    if not 0 <= levels <= MAX_SUBPIXEL_LEVELS:
+        raise ValueError(f"levels must be between 0 and {MAX_SUBPIXEL_LEVELS}, got {levels}")
+    if not 0 <= order + levels <= MAX_ORDER:
+        raise ValueError(f"order + levels must be between 0 and {MAX_ORDER}, got {order + levels}")
+    frame_index, pixel, mask = _rasterised(*_checked_corners(corner_ra, corner_dec), order + levels, levels)
+    subpixels = mask.astype(subpixel_mask_dtype(levels))
+    return Coverage(
+        frame_index=frame_index, pixel=pixel, fraction=popcount(mask) / float(1 << (2 * levels)),
+        subpixels=subpixels, order=order,
+    )
+
+
+def _rasterised(
+    corner_ra: np.ndarray, corner_dec: np.ndarray, order: int, levels: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows (frame, pixel ``levels`` orders above ``order``, sub-pixel mask) of :func:`_rasterise`."""
+    if corner_ra.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
+    frames = _Polygons.from_corners(corner_ra, corner_dec)
+    arguments = (order, levels, frames.normals, frames.centre_z, frames.centre_sin_theta, frames.centre_phi,
+                 frames.cos_radius, frames.edges)
+    # Room for the rows the frames' areas promise, with a margin; a second pass if that was short.
+    fine_pixels = footprint_area_deg2(corner_ra, corner_dec) * (np.pi / 180) ** 2 / (np.pi / (3 << (2 * order)))
+    capacity = int(np.sum(1.1 * fine_pixels / 4**levels + 8 * np.sqrt(fine_pixels) / 2**levels + 16))
+    while True:
+        rows = (np.empty(capacity, dtype=np.int64), np.empty(capacity, dtype=np.int64),
+                np.empty(capacity, dtype=np.uint64))
+        count = _rasterise(*arguments, *rows)
+        if count <= capacity:
+            return tuple(column[:count] for column in rows)
+        capacity = count
+
+
+def _checked_corners(corner_ra: np.ndarray, corner_dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     corner_ra = np.asarray(corner_ra, dtype=np.float64)
     corner_dec = np.asarray(corner_dec, dtype=np.float64)
     if corner_ra.ndim != 2 or corner_ra.shape[1] != 4 or corner_dec.shape != corner_ra.shape:
         raise ValueError(f"corners must be two (n, 4) arrays, got shapes {corner_ra.shape} and {corner_dec.shape}")
     if not (np.all(np.isfinite(corner_ra)) and np.all(np.isfinite(corner_dec))):
         raise ValueError("frame corners must be finite")
-    empty = np.zeros(0, dtype=np.int64)
-    if corner_ra.shape[0] == 0:
-        return FinePixels(frame_index=empty, pixel=empty, order=order)
-    frames = _Polygons.from_corners(corner_ra, corner_dec)
-    pairs = _ring_pairs(frames, nside=1 << order)
-    segments, tested = _segments(frames, pairs)
-    windows = segments[tested, 0]
-    segments[tested] = (1.0, -1.0)
-    frame_index, ring_pixel = _expand_segments(pairs, segments)
-    if tested.size:
-        extra_frames, extra_pixels = _test_candidates(frames, pairs, tested, windows)
-        frame_index = np.concatenate([frame_index, extra_frames])
-        ring_pixel = np.concatenate([ring_pixel, extra_pixels])
-        by_frame = np.argsort(frame_index, kind="stable")
-        frame_index, ring_pixel = frame_index[by_frame], ring_pixel[by_frame]
-    pixel = healpy.ring2nest(1 << order, ring_pixel).astype(np.int64, copy=False)
-    return FinePixels(frame_index=frame_index, pixel=pixel, order=order)
+    return corner_ra, corner_dec
 
 
 def footprint_area_deg2(corner_ra: np.ndarray, corner_dec: np.ndarray) -> np.ndarray:
@@ -160,49 +204,6 @@ def footprint_area_deg2(corner_ra: np.ndarray, corner_dec: np.ndarray) -> np.nda
         dots += np.einsum("nd,nd->n", third, first)
         area += 2.0 * np.arctan2(triple, dots)
     return area * (180.0 / np.pi) ** 2
-
-
-def degrade(fine: FinePixels, *, levels: int) -> Coverage:
-    """Covered fraction, and covered sub-pixels, of the pixels ``levels`` orders coarser than ``fine``.
-
-    Parameters
-    ----------
-    fine : FinePixels
-        Pixel centres inside frames at order ``fine.order`` (each at most once per frame).
-    levels : int
-        Orders to go up (0-3): each coarse pixel has ``4**levels`` fine ones.
-
-    Returns
-    -------
-    Coverage
-        One row per (frame, coarse pixel) holding at least one fine pixel centre.
-    """
-    if not 0 <= levels <= min(MAX_SUBPIXEL_LEVELS, fine.order):
-        raise ValueError(f"levels must be between 0 and {min(MAX_SUBPIXEL_LEVELS, fine.order)}, got {levels}")
-    shift = 2 * levels
-    frame_index, pixel = fine.frame_index, fine.pixel
-    # Sort by (frame, pixel): one int64 key when the frame index fits above the pixel's bits.
-    pixel_bits = 2 * fine.order + 4
-    if pixel.size and int(frame_index[-1]).bit_length() + pixel_bits <= 63:
-        key = np.sort((frame_index << pixel_bits) | pixel)
-        frame_index, pixel = key >> pixel_bits, key & ((1 << pixel_bits) - 1)
-    else:
-        by_frame_and_pixel = np.lexsort((pixel, frame_index))
-        frame_index, pixel = frame_index[by_frame_and_pixel], pixel[by_frame_and_pixel]
-    coarse = pixel >> shift
-    starts = np.flatnonzero(
-        np.concatenate([[True], (coarse[1:] != coarse[:-1]) | (frame_index[1:] != frame_index[:-1])])
-    ) if pixel.size else np.zeros(0, dtype=np.int64)
-    counts = np.diff(np.append(starts, pixel.size))
-    mask_dtype = subpixel_mask_dtype(levels)
-    bits = np.left_shift(mask_dtype.type(1), (pixel & ((1 << shift) - 1)).astype(mask_dtype))
-    return Coverage(
-        frame_index=frame_index[starts],
-        pixel=coarse[starts],
-        fraction=counts / float(1 << shift),
-        subpixels=np.bitwise_or.reduceat(bits, starts) if starts.size else np.zeros(0, dtype=mask_dtype),
-        order=fine.order - levels,
-    )
 
 
 def subpixel_mask_dtype(levels: int) -> np.dtype:
@@ -260,188 +261,230 @@ class _Polygons:
         )
 
 
-@dataclass(frozen=True)
-class _RingPairs:
-    """One row per (frame, ring) pair: the ring's geometry and the frame's window on it."""
-
-    nside: int
-    frame: np.ndarray  # index of the frame
-    z: np.ndarray
-    sin_theta: np.ndarray
-    ring_size: np.ndarray  # pixels on the ring (int64)
-    phase: np.ndarray  # pixel j of the ring is at phi = (j + phase) * step
-    step: np.ndarray  # 2 pi / ring_size
-    first_pixel: np.ndarray  # RING index of pixel j = 0
-    centre_phi: np.ndarray  # the frame's centre longitude (radians)
-    half_window: np.ndarray  # the frame's cap spans centre_phi +- half_window on this ring
+@numba.njit(cache=True)
+def _spread_bits(value: int) -> int:
+    """The bits of ``value`` (< 2**29) moved to the even positions (0, 2, 4, ...): half a NESTED index."""
+    value &= 0x1FFFFFFF
+    value = (value | (value << 16)) & 0x0000FFFF0000FFFF
+    value = (value | (value << 8)) & 0x00FF00FF00FF00FF
+    value = (value | (value << 4)) & 0x0F0F0F0F0F0F0F0F
+    value = (value | (value << 2)) & 0x3333333333333333
+    return (value | (value << 1)) & 0x5555555555555555
 
 
-def _ring_pairs(frames: _Polygons, *, nside: int) -> _RingPairs:
-    """Every ring that may cross each frame's cap, with its HEALPix geometry (Gorski et al. 2005)."""
-    dec = np.arcsin(np.clip(frames.centre_z, -1.0, 1.0))
-    radius = np.arccos(np.clip(frames.cos_radius, -1.0, 1.0))
-    z_top = np.sin(np.minimum(dec + radius, np.pi / 2))
-    z_bottom = np.sin(np.maximum(dec - radius, -np.pi / 2))
-    last_ring = 4 * nside - 1
-    first = np.clip(np.floor(_ring_coordinate(z_top, nside)).astype(np.int64), 1, last_ring)
-    last = np.clip(np.ceil(_ring_coordinate(z_bottom, nside)).astype(np.int64), 1, last_ring)
-    ring_count = last - first + 1
-    frame = np.repeat(np.arange(ring_count.size), ring_count)
-    ring = first[frame] + _ranks(ring_count)
+@numba.njit(cache=True)
+def _ring_to_face_xy(order: int, ring: int, ring_pixel: int) -> tuple[int, int, int]:
+    """Base face and in-face coordinates (x, y) of pixel ``ring_pixel`` (0-based along the ring) of ``ring``.
 
-    north, south = ring < nside, ring > 3 * nside
-    cap = north | south
-    cap_ring = np.where(south, 4 * nside - ring, ring)  # ring number counted from the nearer pole
-    depth = cap_ring.astype(np.float64) ** 2 / (3.0 * nside * nside)  # 1 - |z| on the polar caps
-    equatorial_z = 4.0 / 3.0 - 2.0 * ring / (3.0 * nside)
-    z = np.where(north, 1.0 - depth, np.where(south, depth - 1.0, equatorial_z))
-    sin_theta = np.where(
-        cap, np.sqrt(np.clip(depth * (2.0 - depth), 0.0, 1.0)), np.sqrt(np.clip(1.0 - equatorial_z**2, 0.0, 1.0))
-    )
-    ring_size = np.where(cap, 4 * cap_ring, 4 * nside)
-    # Equatorial rings alternate between pixel centres at phi = j*step and (j + 1/2)*step.
-    phase = np.where(cap | ((ring + nside) % 2 == 0), 0.5, 0.0)
-    south_first = 12 * nside * nside - 2 * cap_ring * (cap_ring + 1)
-    equatorial_first = 2 * nside * (nside - 1) + (ring - nside) * 4 * nside
-    first_pixel = np.where(north, 2 * ring * (ring - 1), np.where(south, south_first, equatorial_first))
-
-    # Half-width in longitude of the frame's cap on this ring: cos(dphi) = (cos r - z zc) / (sin t sin tc).
-    across = sin_theta * frames.centre_sin_theta[frame]
-    along = z * frames.centre_z[frame]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cos_half = (frames.cos_radius[frame] - along) / across
-    # A centre on a pole: the ring is wholly in the cap or wholly out.
-    cos_half = np.where(across > 0, cos_half, np.where(along >= frames.cos_radius[frame], -2.0, 2.0))
-    half_window = np.where(cos_half > 1.0, np.nan, np.arccos(np.clip(cos_half, -1.0, 1.0)))
-    keep = ~np.isnan(half_window)
-    return _RingPairs(
-        nside=nside,
-        frame=frame[keep],
-        z=z[keep],
-        sin_theta=sin_theta[keep],
-        ring_size=ring_size[keep],
-        phase=phase[keep],
-        step=2 * np.pi / ring_size[keep],
-        first_pixel=first_pixel[keep],
-        centre_phi=frames.centre_phi[frame[keep]],
-        half_window=half_window[keep],
-    )
-
-
-def _ring_coordinate(z: np.ndarray, nside: int) -> np.ndarray:
-    """Continuous ring number (1 at the north pole's first ring, 4 nside - 1 at the south's) of height z."""
-    polar_north = nside * np.sqrt(3.0 * np.maximum(1.0 - z, 0.0))
-    polar_south = 4 * nside - nside * np.sqrt(3.0 * np.maximum(1.0 + z, 0.0))
-    return np.where(z > 2 / 3, polar_north, np.where(z < -2 / 3, polar_south, nside * (2.0 - 1.5 * z)))
-
-
-# -- longitudes inside a frame on each ring --------------------------------------------------
-
-
-def _segments(frames: _Polygons, pairs: _RingPairs) -> tuple[np.ndarray, np.ndarray]:
-    """Longitude intervals (relative to the frame centre) inside the frame, two per pair.
-
-    Edge k keeps the longitudes where ``rho cos(u - a) + c >= 0``: an arc
-    centred on ``a`` of half-width ``beta``; its complement is a gap.  Gaps
-    touching an end of the window only shorten it, leaving one interval
-    ``[lower, upper]``; a gap strictly inside the window splits it in two.
-    Pairs with more than one such gap are returned apart, to be tested pixel by
-    pixel.
-
-    Returns
-    -------
-    segments : numpy.ndarray
-        ``(p, 2, 2)``: for each pair, two ``[lower, upper]`` intervals of
-        relative longitude (radians); empty ones have ``lower > upper``.
-    tested : numpy.ndarray
-        Indices of the pairs whose first segment is only a window (the hull of
-        the inside longitudes) in which to test pixel by pixel.
+    As HEALPix's ``ring2xyf`` (Gorski et al. 2005); rings are numbered 1 .. 4 nside - 1.
     """
-    frame = pairs.frame
-    half_window = pairs.half_window[:, None]
-    edges = frames.edges[frame]  # one gather of every per-edge number: (p, 4, 4)
-    threshold = (pairs.z / pairs.sin_theta)[:, None] * edges[:, :, _SLOPE]
-    keeps_nothing = np.any(threshold > 1.0, axis=1)
-    keeps_some = threshold > -1.0
-    beta = np.arccos(np.clip(threshold, -1.0, 1.0))
-
-    # The gap (centre + pi, half-width pi - beta) strictly inside the window splits it.
-    gap_centre = edges[:, :, _GAP_PHI]
-    gap_lower, gap_upper = gap_centre - (np.pi - beta), gap_centre + (np.pi - beta)
-    inner_gap = keeps_some & (gap_lower > -half_window) & (gap_upper < half_window)
-
-    # Otherwise the kept part of the window is one interval, from one of the two copies of the
-    # arc that can reach it (centred in (-pi, pi], and 2 pi nearer zero).
-    centre = edges[:, :, _PHI]
-    lower = np.maximum(centre - beta, -half_window)
-    upper = np.minimum(centre + beta, half_window)
-    other = edges[:, :, _OTHER_PHI]
-    use_other = upper < lower
-    lower = np.where(use_other, np.maximum(other - beta, -half_window), lower)
-    upper = np.where(use_other, np.minimum(other + beta, half_window), upper)
-    whole = ~keeps_some | inner_gap
-    lower = np.where(whole, -half_window, lower).max(axis=1)
-    upper = np.where(whole, half_window, upper).min(axis=1)
-    lower[keeps_nothing], upper[keeps_nothing] = 1.0, -1.0
-
-    inner_gaps = inner_gap.sum(axis=1)
-    split = inner_gaps == 1
-    which = np.argmax(inner_gap, axis=1)[:, None]
-    split_lower = np.take_along_axis(gap_lower, which, axis=1)[:, 0]
-    split_upper = np.take_along_axis(gap_upper, which, axis=1)[:, 0]
-    segments = np.empty((frame.size, 2, 2))
-    segments[:, 0, 0], segments[:, 1, 1] = lower, upper
-    segments[:, 0, 1] = np.where(split, np.minimum(upper, split_lower), upper)
-    segments[:, 1, 0] = np.where(split, np.maximum(lower, split_upper), 1.0)
-    segments[~split, 1, 1] = -1.0
-    tested = np.flatnonzero((inner_gaps > 1) & ~keeps_nothing)
-    return segments, tested
+    nside = 1 << order
+    iphi = ring_pixel + 1
+    if ring < nside:  # north polar cap
+        kshift, ring_length = 0, ring
+        face = (iphi - 1) // ring_length
+    elif ring <= 3 * nside:  # equatorial belt
+        kshift, ring_length = (ring + nside) & 1, nside
+        ire = ring - nside + 1
+        irm = 2 * nside + 2 - ire
+        ifm = (iphi - (ire >> 1) + nside - 1) >> order
+        ifp = (iphi - (irm >> 1) + nside - 1) >> order
+        face = (ifp | 4) if ifp == ifm else (ifp if ifp < ifm else ifm + 8)
+    else:  # south polar cap
+        kshift, ring_length = 0, 4 * nside - ring
+        face = 8 + (iphi - 1) // ring_length
+    irt = ring - (_FACE_RING[face] << order) + 1
+    ipt = 2 * iphi - _FACE_PHI[face] * ring_length - kshift - 1
+    if ipt >= 2 * nside:
+        ipt -= 8 * nside
+    return face, (ipt - irt) >> 1, (-ipt - irt) >> 1
 
 
-def _pixel_range(
-    pairs: _RingPairs, lower: np.ndarray, upper: np.ndarray, rows: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """First ring pixel number and count of the pixel centres in ``[lower, upper]`` (relative longitude)."""
-    step, phase, size = pairs.step[rows], pairs.phase[rows], pairs.ring_size[rows]
-    centre_phi = pairs.centre_phi[rows]
-    first = np.ceil((lower + centre_phi) / step - phase)
-    last = np.floor((upper + centre_phi) / step - phase)
-    count = np.where(np.isfinite(first) & np.isfinite(last), last - first + 1, 0).astype(np.int64)
-    # A whole ring (the window of a frame around a pole) must not count its pixels twice.
-    count = np.clip(count, 0, size)
-    return np.where(np.isfinite(first), first, 0).astype(np.int64), count
+@numba.njit(cache=True)
+def _ring_coordinate(z: float, nside: int) -> float:
+    """Continuous ring number (1 at the north pole's first ring, 4 nside - 1 at the south's) of height z."""
+    if z > 2.0 / 3.0:
+        return nside * np.sqrt(3.0 * max(1.0 - z, 0.0))
+    if z < -2.0 / 3.0:
+        return 4 * nside - nside * np.sqrt(3.0 * max(1.0 + z, 0.0))
+    return nside * (2.0 - 1.5 * z)
 
 
-def _expand_segments(pairs: _RingPairs, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Frame index and RING pixel index of every pixel centre inside the segments."""
-    rows = np.repeat(np.arange(pairs.frame.size), 2)
-    first, count = _pixel_range(pairs, segments[:, :, 0].ravel(), segments[:, :, 1].ravel(), rows)
-    occupied = count > 0
-    rows, first, count = rows[occupied], first[occupied], count[occupied]
-    row = np.repeat(rows, count)
-    j = np.repeat(first, count) + _ranks(count)
-    return pairs.frame[row], pairs.first_pixel[row] + j % pairs.ring_size[row]
+@numba.njit(cache=True)
+def _rasterise(
+    order, levels, normals, centre_z, centre_sin_theta, centre_phi, cos_radius, edges, frame_out, pixel_out, mask_out,
+):
+    """Pixel centres inside each frame, ring by ring, gathered into pixels ``levels`` orders coarser.
+
+    Writes one row per (frame, coarse pixel) with a centre inside: frame,
+    NESTED coarse pixel and the mask of its fine pixels inside (bit ``i``:
+    fine pixel ``coarse * 4**levels + i``), frame by frame, as far as the
+    output arrays reach, and returns how many rows there are (counting on
+    past their end).  For every ring that may cross a
+    frame's bounding cap, the longitudes inside are worked out from the four
+    edge constraints: edge k keeps the longitudes (relative to the frame
+    centre) where ``cos(u - phi_k) >= cot(theta) * slope_k``, an arc of
+    half-width ``beta_k`` around ``phi_k``; its complement is a gap.  Gaps
+    touching an end of the cap's window only shorten it, leaving one interval;
+    a gap strictly inside the window splits it in two.  A ring with more than
+    one such gap (possible only for frames large against their distance to a
+    pole) is tested pixel centre by pixel centre.
+    """
+    nside = 1 << order
+    shift = 2 * levels
+    fine_bits = (1 << shift) - 1
+    capacity = frame_out.size
+    found = 0
+    last_ring = 4 * nside - 1
+    lower_k = np.empty(4)
+    upper_k = np.empty(4)
+    for frame in range(centre_z.size):
+        frame_start = found
+        last_row = -1  # the row that took the last fine pixel (consecutive ones mostly share a coarse pixel)
+        dec = np.arcsin(min(max(centre_z[frame], -1.0), 1.0))
+        radius = np.arccos(min(max(cos_radius[frame], -1.0), 1.0))
+        z_top = np.sin(min(dec + radius, np.pi / 2))
+        z_bottom = np.sin(max(dec - radius, -np.pi / 2))
+        first = min(max(int(np.floor(_ring_coordinate(z_top, nside))), 1), last_ring)
+        last = min(max(int(np.ceil(_ring_coordinate(z_bottom, nside))), 1), last_ring)
+        for ring in range(first, last + 1):
+            north, south = ring < nside, ring > 3 * nside
+            cap_ring = 4 * nside - ring if south else ring
+            if north or south:
+                depth = cap_ring * cap_ring / (3.0 * nside * nside)  # 1 - |z| on the polar caps
+                z = 1.0 - depth if north else depth - 1.0
+                sin_theta = np.sqrt(min(max(depth * (2.0 - depth), 0.0), 1.0))
+                ring_size = 4 * cap_ring
+                phase = 0.5
+            else:
+                z = 4.0 / 3.0 - 2.0 * ring / (3.0 * nside)
+                sin_theta = np.sqrt(min(max(1.0 - z * z, 0.0), 1.0))
+                ring_size = 4 * nside
+                # Equatorial rings alternate between pixel centres at phi = j*step and (j + 1/2)*step.
+                phase = 0.5 if (ring + nside) % 2 == 0 else 0.0
+            step = 2 * np.pi / ring_size
+            # Half-width in longitude of the frame's cap on this ring: cos(dphi) = (cos r - z zc) / (sin t sin tc).
+            across = sin_theta * centre_sin_theta[frame]
+            along = z * centre_z[frame]
+            if across > 0:
+                cos_half = (cos_radius[frame] - along) / across
+            else:  # a centre on a pole: the ring is wholly in the cap or wholly out
+                cos_half = -2.0 if along >= cos_radius[frame] else 2.0
+            if cos_half > 1.0:
+                continue
+            half_window = np.arccos(max(cos_half, -1.0))
+
+            keeps_nothing = False
+            inner_gaps = 0
+            split_lower = split_upper = 0.0
+            for k in range(4):
+                threshold = (z / sin_theta) * edges[frame, k, _SLOPE]
+                if threshold > 1.0:
+                    keeps_nothing = True
+                beta = np.arccos(min(max(threshold, -1.0), 1.0))
+                gap_lower = edges[frame, k, _GAP_PHI] - (np.pi - beta)
+                gap_upper = edges[frame, k, _GAP_PHI] + (np.pi - beta)
+                inner_gap = threshold > -1.0 and gap_lower > -half_window and gap_upper < half_window
+                if inner_gap:
+                    if inner_gaps == 0:
+                        split_lower, split_upper = gap_lower, gap_upper
+                    inner_gaps += 1
+                if threshold <= -1.0 or inner_gap:  # this edge alone keeps the whole window
+                    lower_k[k], upper_k[k] = -half_window, half_window
+                else:
+                    # the kept interval, from one of the two copies of the arc that can reach the window
+                    lower = max(edges[frame, k, _PHI] - beta, -half_window)
+                    upper = min(edges[frame, k, _PHI] + beta, half_window)
+                    if upper < lower:
+                        lower = max(edges[frame, k, _OTHER_PHI] - beta, -half_window)
+                        upper = min(edges[frame, k, _OTHER_PHI] + beta, half_window)
+                    lower_k[k], upper_k[k] = lower, upper
+            if keeps_nothing:
+                continue
+            lower, upper = lower_k.max(), upper_k.min()
+            first_pixel_phi = centre_phi[frame]
+            tested = inner_gaps > 1
+            for segment in range(1 if tested or inner_gaps == 0 else 2):
+                if tested or inner_gaps == 0:
+                    start, stop = lower, upper
+                elif segment == 0:
+                    start, stop = lower, min(upper, split_lower)
+                else:
+                    start, stop = max(lower, split_upper), upper
+                first_j = np.ceil((start + first_pixel_phi) / step - phase)
+                last_j = np.floor((stop + first_pixel_phi) / step - phase)
+                if not (np.isfinite(first_j) and np.isfinite(last_j)):
+                    continue
+                # a whole ring (the window of a frame around a pole) must not count its pixels twice
+                count = min(max(int(last_j - first_j) + 1, 0), ring_size)
+                # Along a ring within a base face, each step east is x + 1, y - 1: the NESTED index
+                # follows by incrementing its interleaved halves, recomputed where the run leaves the face.
+                x = y = -1
+                face_base = x_bits = y_bits = 0
+                for offset in range(count):
+                    j = int(first_j) + offset
+                    j = j - ring_size if j >= ring_size else (j + ring_size if j < 0 else j)
+                    if tested:
+                        phi = (j + phase) * step
+                        point_x, point_y = sin_theta * np.cos(phi), sin_theta * np.sin(phi)
+                        inside = True
+                        for k in range(4):
+                            if (normals[frame, k, 0] * point_x + normals[frame, k, 1] * point_y
+                                    + normals[frame, k, 2] * z) < 0.0:
+                                inside = False
+                        if not inside:
+                            continue
+                    if found >= capacity:  # out of room: count (an upper bound of the rows) for the second pass
+                        found += 1
+                        continue
+                    x, y = x + 1, y - 1
+                    if tested or offset == 0 or j == 0 or x >= nside or y < 0:
+                        face, x, y = _ring_to_face_xy(order, ring, j)
+                        face_base = face << (2 * order)
+                        x_bits, y_bits = _spread_bits(x), _spread_bits(y) << 1
+                    else:
+                        x_bits = ((x_bits | _ODD_BITS) + 1) & _EVEN_BITS
+                        y_bits = ((y_bits & _ODD_BITS) - 1) & _ODD_BITS
+                    fine = face_base + x_bits + y_bits
+                    coarse, bit = fine >> shift, np.uint64(1) << np.uint64(fine & fine_bits)
+                    if shift:
+                        row = last_row
+                        if row < 0 or pixel_out[row] != coarse:
+                            row = frame_start
+                            while row < found and pixel_out[row] != coarse:
+                                row += 1
+                        if row < found:
+                            mask_out[row] |= bit
+                            last_row = row
+                            continue
+                    frame_out[found] = frame
+                    pixel_out[found] = coarse
+                    mask_out[found] = bit
+                    last_row = found
+                    found += 1
+    return found
 
 
-def _test_candidates(
-    frames: _Polygons, pairs: _RingPairs, tested: np.ndarray, windows: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel centres in the ``windows`` (``(t, 2)`` relative longitudes) of pairs ``tested`` inside every edge."""
-    first, count = _pixel_range(pairs, windows[:, 0], windows[:, 1], tested)
-    row = np.repeat(tested, count)
-    j = (np.repeat(first, count) + _ranks(count)) % pairs.ring_size[row]
-    phi = (j + pairs.phase[row]) * pairs.step[row]
-    sin_theta = pairs.sin_theta[row]
-    points = np.stack([sin_theta * np.cos(phi), sin_theta * np.sin(phi), pairs.z[row]], axis=-1)
-    inside = np.all(np.einsum("pkd,pd->pk", frames.normals[pairs.frame[row]], points) >= 0.0, axis=1)
-    return pairs.frame[row][inside], pairs.first_pixel[row][inside] + j[inside]
+_EVEN_BITS = 0x5555555555555555
+_ODD_BITS = 0x2AAAAAAAAAAAAAAA  # the odd bits below the sign bit (indices use at most 58 bits)
+
+_POPCOUNT_16 = np.array([bin(value).count("1") for value in range(1 << 16)], dtype=np.uint8)
 
 
-def _ranks(counts: np.ndarray) -> np.ndarray:
-    """0, 1, ..., c - 1 for each count c, concatenated."""
-    total = int(counts.sum())
-    starts = np.cumsum(counts) - counts
-    return np.arange(total, dtype=np.int64) - np.repeat(starts, counts)
+def popcount(masks: np.ndarray) -> np.ndarray:
+    """Bits set in each unsigned integer (up to 64 bits)."""
+    masks = masks.astype(np.uint64)
+    total = np.zeros(masks.shape, dtype=np.int64)
+    for shift in range(0, 64, 16):
+        total += _POPCOUNT_16[(masks >> np.uint64(shift)) & np.uint64(0xFFFF)]
+    return total
+
+
+_FACE_RING = np.array([2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4], dtype=np.int64)
+"""Ring of each base face's southernmost corner, in units of nside (HEALPix ``jrll``)."""
+
+_FACE_PHI = np.array([1, 3, 5, 7, 0, 2, 4, 6, 1, 3, 5, 7], dtype=np.int64)
+"""Longitude of each base face's centre, in units of pi/4 (HEALPix ``jpll``)."""
 
 
 def _wrap(angle: np.ndarray) -> np.ndarray:

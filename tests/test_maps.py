@@ -22,7 +22,7 @@ from density_db import sky
 from density_db.database import Database
 from density_db.maps.aggregate import STATISTIC_NAMES
 from density_db.maps.build import MapSettings, build_maps
-from density_db.maps.rasterize import degrade, footprint_area_deg2, footprint_pixels
+from density_db.maps.rasterize import footprint_area_deg2, footprint_coverage, footprint_pixels
 from density_db.maps.source import Selection
 from density_db.models import DensityResult, Exposure, Frame, Model, Run
 from density_db.queries import frame_ids_in_region
@@ -85,12 +85,14 @@ def test_footprint_pixels_equal_healpy_query_polygon_across_ra_zero_and_the_pole
 def test_covered_fractions_are_healpy_sub_pixel_counts() -> None:
     rng = np.random.default_rng(7)
     corner_ra, corner_dec = random_corners(rng, 60)
-    coverage = degrade(footprint_pixels(corner_ra, corner_dec, order=9), levels=3)
+    coverage = footprint_coverage(corner_ra, corner_dec, order=6, levels=3)
     assert coverage.order == 6
+    assert np.all(np.diff(coverage.frame_index) >= 0)
     for index in range(corner_ra.shape[0]):
         reference = healpy_fine_pixels(corner_ra[index], corner_dec[index], 2**9)
         pixels, counts = np.unique(reference >> 6, return_counts=True)
-        rows = coverage.frame_index == index
+        rows = np.flatnonzero(coverage.frame_index == index)
+        rows = rows[np.argsort(coverage.pixel[rows])]
         assert_array_equal(coverage.pixel[rows], pixels)
         assert_allclose(coverage.fraction[rows], counts / 64)
         subpixels = [int(mask) for mask in coverage.subpixels[rows]]
