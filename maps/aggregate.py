@@ -7,7 +7,7 @@ maximum, the flagged coverage) and, at the fine resolution, which sub-pixels
 at least one frame covers.  Memory is held per coverage block (as healsparse
 does): a block of 64 pixels costs nothing until a frame touches it, so a
 regional catalog makes small accumulators and an all-sky one at nside 1024
-takes about 0.9 GB (68 bytes per pixel, and a bit per sub-pixel).
+takes about 1.3 GB (100 bytes per pixel, and a bit per sub-pixel).
 Accumulators of several bands merge into the all-bands one.
 """
 
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from density_db.maps.rasterize import MAX_SUBPIXEL_LEVELS, Coverage, popcount, subpixel_mask_dtype
+from density_db.planning.flags import FLAGS
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,9 @@ class Statistic:
     unit: str
     description: str
     kind: str
-    """``class`` (0-5), ``count`` (frames), ``fraction`` (0-1), ``density`` (stars/deg^2) or ``histogram``."""
+    """``class`` (0-5), ``count`` (frames), ``fraction`` (0-1) or ``density`` (stars/deg^2)."""
+    fields: tuple[str, ...] = ()
+    """For a map of several values per pixel (a healsparse record map, a FITS column each): their names."""
 
 
 STATISTICS = (
@@ -51,7 +54,7 @@ STATISTICS = (
     ),
     Statistic(
         "class_histogram", "frames", "frames of each density class covering the pixel (fields class_0 ... class_5)",
-        "histogram",
+        "count", tuple(f"class_{index}" for index in range(DENSITY_CLASSES)),
     ),
     Statistic(
         "bright_density_mean", "stars/deg2",
@@ -71,6 +74,11 @@ STATISTICS = (
         "share of the pixel's summed covered fraction that comes from flagged frames (flags != 0)",
         "fraction",
     ),
+    Statistic(
+        "flag_fractions", "",
+        "share of the pixel's summed covered fraction that comes from frames with each flag (a field per flag)",
+        "fraction", tuple(flag.name for flag in FLAGS),
+    ),
 )
 """Every statistic, in the order they are written."""
 
@@ -84,8 +92,9 @@ _DENSITY_MIN = _DENSITY_SUM + 1
 _DENSITY_MAX = _DENSITY_MIN + 1
 _COUNTED_WEIGHT = _DENSITY_MAX + 1  # summed covered fraction of the frames with a count
 _FLAGGED_WEIGHT = _COUNTED_WEIGHT + 1
-_COLUMNS = _FLAGGED_WEIGHT + 1
-_SUMMED = np.r_[_COUNT:_DENSITY_MIN, _COUNTED_WEIGHT, _FLAGGED_WEIGHT]
+_FLAG_WEIGHT = _FLAGGED_WEIGHT + 1  # summed covered fraction of the frames with flag bit b at _FLAG_WEIGHT + b
+_COLUMNS = _FLAG_WEIGHT + len(FLAGS)
+_SUMMED = np.r_[_COUNT:_DENSITY_MIN, _COUNTED_WEIGHT:_COLUMNS]
 _EMPTY_ROW = np.zeros(_COLUMNS, dtype=np.float32)
 _EMPTY_ROW[_DENSITY_MIN], _EMPTY_ROW[_DENSITY_MAX] = np.inf, -np.inf
 
@@ -106,13 +115,13 @@ class FrameValues:
         0-5 per frame.
     bright_density
         Bright stars per square degree of valid area; NaN for a frame without a count.
-    flagged
-        True for a frame with any flag set.
+    flags
+        The flag bits of each frame's result (int64).
     """
 
     density_class: np.ndarray
     bright_density: np.ndarray
-    flagged: np.ndarray
+    flags: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -198,9 +207,12 @@ class MapAccumulator:
         weight = coverage.fraction.astype(np.float32)
         density = values.bright_density[frame].astype(np.float32)
         counted = np.isfinite(density)
-        flagged = values.flagged[frame]
+        flags = values.flags[frame]
+        flagged = flags != 0
         base = row * _COLUMNS
         counted_base = base[counted]
+        # (row, flag bit) of each flag set: flagged rows are few, so each bit is found on those only
+        flag_rows, flag_bits = np.nonzero((flags[flagged, None] >> np.arange(len(FLAGS))) & 1)
         sums = self._sums.reshape(-1)
         np.add.at(
             sums,
@@ -210,6 +222,7 @@ class MapAccumulator:
                 counted_base + _DENSITY_SUM,
                 counted_base + _COUNTED_WEIGHT,
                 base[flagged] + _FLAGGED_WEIGHT,
+                base[flagged][flag_rows] + _FLAG_WEIGHT + flag_bits,
             ]),
             np.concatenate([
                 np.ones(row.size, dtype=np.float32),
@@ -217,6 +230,7 @@ class MapAccumulator:
                 weight[counted] * density[counted],
                 weight[counted],
                 weight[flagged],
+                weight[flagged][flag_rows],
             ]),
         )
         np.minimum.at(sums, counted_base + _DENSITY_MIN, density[counted])
@@ -293,6 +307,7 @@ class MapAccumulator:
             "frames": counts.sum(axis=1),
             "covered_fraction": covered / self._subpixels,
             "flagged_fraction": sums[:, _FLAGGED_WEIGHT] / total_weight,
+            "flag_fractions": sums[:, _FLAG_WEIGHT:_COLUMNS] / total_weight[:, None],
         }
         for name, value in values.items():
             if value.dtype == np.float64:

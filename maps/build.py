@@ -246,11 +246,11 @@ def build_maps(
 
 
 def frame_values(chunk: FrameChunk) -> FrameValues:
-    """Class, bright-star surface density (stars/deg^2 of valid area) and flagged state of each frame."""
+    """Class, bright-star surface density (stars/deg^2 of valid area) and flags of each frame."""
     valid_area = footprint_area_deg2(chunk.corner_ra, chunk.corner_dec) * chunk.valid_fraction
     with np.errstate(divide="ignore", invalid="ignore"):
         density = np.where(valid_area > 0, chunk.bright_count / valid_area, np.nan)
-    return FrameValues(density_class=chunk.density_class, bright_density=density, flagged=chunk.flags != 0)
+    return FrameValues(density_class=chunk.density_class, bright_density=density, flags=chunk.flags)
 
 
 def _add_chunk(accumulator: MapAccumulator, chunk: FrameChunk, levels: int) -> int:

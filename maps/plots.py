@@ -29,7 +29,7 @@ DPI = 120
 def plot_map(
     path: Path, statistic: Statistic, pixels: np.ndarray, values: np.ndarray, provenance: MapProvenance
 ) -> Path:
-    """Draw one statistic (the class histogram: one panel per class) and save it as PNG.
+    """Draw one statistic (one of several fields: a panel per field) and save it as PNG.
 
     Parameters
     ----------
@@ -38,7 +38,7 @@ def plot_map(
     statistic : Statistic
         What is drawn (title, unit, colour scale).
     pixels, values : numpy.ndarray
-        Covered NESTED pixels and their values (``(m, 6)`` for the histogram).
+        Covered NESTED pixels and their values (``(m, k)`` for ``k`` fields).
     provenance : MapProvenance
         Band, nside and run, for the title.
     """
@@ -47,8 +47,8 @@ def plot_map(
 
     nside = provenance.nside
     panels = (
-        [(f"class {index}", values[:, index]) for index in range(DENSITY_CLASSES)]
-        if statistic.kind == "histogram" else [("", values)]
+        [(name, values[:, index]) for index, name in enumerate(statistic.fields)]
+        if statistic.fields else [("", values)]
     )
     zoom = _zoom_window(nside, pixels)
     columns = 2 if zoom is not None else 1

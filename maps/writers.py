@@ -4,7 +4,8 @@ Every file records where it came from: statistic, band, nside, run and models
 (FITS header keys ``STATNAME``, ``BAND``, ``NSIDE``, ``RUN``, ``MODELS``,
 ``BUNIT``; the same keys in a healsparse map's metadata).  healpy FITS maps
 are full-sky, NESTED, ``COORDSYS = 'C'``, float32 with ``UNSEEN`` where no
-frame covers the pixel; the class histogram has one column per class.
+frame covers the pixel; a statistic of several fields (the class histogram,
+the per-flag fractions) has one column per field.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import healpy
 import numpy as np
 
-from density_db.maps.aggregate import DENSITY_CLASSES, Statistic
+from density_db.maps.aggregate import Statistic
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +83,9 @@ def write_healpix_fits(
 ) -> Path:
     """Write a healpy-readable FITS map (``healpy.read_map(path, nest=True)``; all columns with ``field=None``)."""
     nside = provenance.nside
-    if statistic.kind == "histogram":
-        columns = [full_sky(nside, pixels, values[:, index]) for index in range(DENSITY_CLASSES)]
-        names = [f"CLASS_{index}" for index in range(DENSITY_CLASSES)]
+    if statistic.fields:
+        columns = [full_sky(nside, pixels, values[:, index]) for index in range(len(statistic.fields))]
+        names = [name.upper() for name in statistic.fields]
     else:
         columns = [full_sky(nside, pixels, values)]
         names = [statistic.name.upper()]
@@ -101,30 +102,32 @@ def write_healsparse(
     """Write a healsparse map (``healsparse.HealSparseMap.read(path)``).
 
     Floats are float32 with ``UNSEEN`` as sentinel; classes int16 and frame
-    counts int32 with -1 (a covered pixel may count 0 bypassed frames); the
-    class histogram is a record map with int32 fields ``class_0`` ...
-    ``class_5`` (primary ``class_0``, sentinel -1).  Pixels no frame covers
-    hold the sentinel, like ``UNSEEN`` in the FITS maps.  Integer maps are
-    compressed losslessly (RICE, fast); float and record maps are written
+    counts int32 with -1 (a covered pixel may count 0 bypassed frames).  A
+    statistic of several fields is a record map with a field each (the class
+    histogram: int32 ``class_0`` ... ``class_5``; the flag fractions: float32
+    fields named after the flags), the first field primary.  Pixels no frame
+    covers hold the sentinel, like ``UNSEEN`` in the FITS maps.  Integer maps
+    are compressed losslessly (RICE, fast); float and record maps are written
     uncompressed: deflating near-full-sky float maps took seconds per map
     (about 2.5 s at nside 1024) for a tenth of their size.
     """
     metadata = {key: value for key, value, _ in provenance.header(statistic)}
-    if statistic.kind == "histogram":
-        dtype = np.dtype([(f"class_{index}", np.int32) for index in range(DENSITY_CLASSES)])
-        records = np.zeros(pixels.size, dtype=dtype)
-        for index in range(DENSITY_CLASSES):
-            records[f"class_{index}"] = values[:, index]
-        sparse = _sparse_map(pixels, records, provenance.nside, sentinel=-1, primary="class_0", metadata=metadata)
+    dtype, sentinel = {
+        "class": (np.int16, -1),
+        "count": (np.int32, -1),
+    }.get(statistic.kind, (np.float32, healpy.UNSEEN))
+    if statistic.fields:
+        records = np.zeros(pixels.size, dtype=np.dtype([(name, dtype) for name in statistic.fields]))
+        for index, name in enumerate(statistic.fields):
+            records[name] = values[:, index]
+        sparse = _sparse_map(pixels, records, provenance.nside, sentinel=sentinel, primary=statistic.fields[0],
+                             metadata=metadata)
     else:
-        dtype, sentinel = {
-            "class": (np.int16, -1),
-            "count": (np.int32, -1),
-        }.get(statistic.kind, (np.float32, healpy.UNSEEN))
         defined = ~np.isnan(values) if values.dtype.kind == "f" else slice(None)
         sparse = _sparse_map(pixels[defined], values[defined].astype(dtype), provenance.nside, sentinel=sentinel,
                              metadata=metadata)
-    sparse.write(str(path), clobber=True, nocompress=statistic.kind not in ("class", "count"))
+    compress = statistic.kind in ("class", "count") and not statistic.fields
+    sparse.write(str(path), clobber=True, nocompress=not compress)
     return path
 
 

@@ -20,17 +20,19 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from density_db import sky
 from density_db.database import Database
-from density_db.maps.aggregate import STATISTIC_NAMES
+from density_db.maps.aggregate import STATISTIC_NAMES, STATISTICS
 from density_db.maps.build import MapSettings, build_maps
 from density_db.maps.rasterize import footprint_area_deg2, footprint_coverage, footprint_pixels
 from density_db.maps.source import Selection
 from density_db.models import DensityResult, Exposure, Frame, Model, Run
+from density_db.planning.flags import FLAGS
 from density_db.queries import frame_ids_in_region
 from density_db.regions import ConeRegion, polygon_region, read_moc
 from geometry import tangent_to_sky
 
 NSIDE = 64
 FINE_NSIDE = 4 * NSIDE
+STATISTICS_BY_NAME = {statistic.name: statistic for statistic in STATISTICS}
 
 
 # -- frames ---------------------------------------------------------------------------------
@@ -186,7 +188,7 @@ def overlapping_catalog(database: Database) -> list[dict]:
         dec = rng.uniform(86.0, 88.5) if near_pole else rng.uniform(-1.5, 1.5)
         density_class = int(rng.integers(0, 6))
         bright = None if density_class == 5 else (0.0 if density_class == 0 else float(rng.uniform(1, 2000)))
-        flags = int(rng.random() < 0.3)
+        flags = int(rng.random() < 0.3) * ((index * 37) % 255 + 1)  # several flag bits, some frames
         frames.append(make_frame(
             ra, dec, rng.uniform(0.3, 1.2), "g" if index % 3 else "r", [(1, density_class, bright, flags)],
             angle_deg=rng.uniform(0, 90), valid_fraction=None if index % 4 else rng.uniform(0.5, 1.0),
@@ -198,7 +200,7 @@ def overlapping_catalog(database: Database) -> list[dict]:
 
 def reference_maps(frames: list[dict], bands: set[str], run: int | None = None) -> dict:
     """Every statistic by brute force: healpy query_polygon per frame, Python loops per pixel."""
-    per_pixel = defaultdict(list)  # pixel -> [(class, fraction, density or None, flagged)]
+    per_pixel = defaultdict(list)  # pixel -> [(class, fraction, density or None, flags)]
     fine_union = defaultdict(set)
     for frame in frames:
         if frame["band"] not in bands or not frame["results"]:
@@ -213,7 +215,7 @@ def reference_maps(frames: list[dict], bands: set[str], run: int | None = None) 
         density = None if bright_count is None else bright_count / (area * valid)
         pixels, counts = np.unique(fine >> 4, return_counts=True)
         for pixel, count in zip(pixels.tolist(), counts.tolist()):
-            per_pixel[pixel].append((density_class, count / 16, density, flags != 0))
+            per_pixel[pixel].append((density_class, count / 16, density, flags))
         for pixel in fine.tolist():
             fine_union[pixel >> 4].add(pixel)
     maps: dict[str, dict[int, object]] = {name: {} for name in STATISTIC_NAMES}
@@ -231,7 +233,10 @@ def reference_maps(frames: list[dict], bands: set[str], run: int | None = None) 
             maps["bright_density_max"][pixel] = max(d for _, d in counted)
         maps["bypassed_frames"][pixel] = sum(c == 5 for c, _, _, _ in entries)
         maps["bypassed_fraction"][pixel] = weights[5] / total
-        maps["flagged_fraction"][pixel] = sum(w for _, w, _, flagged in entries if flagged) / total
+        maps["flagged_fraction"][pixel] = sum(w for _, w, _, flags in entries if flags) / total
+        maps["flag_fractions"][pixel] = [
+            sum(w for _, w, _, flags in entries if flags >> bit & 1) / total for bit in range(len(FLAGS))
+        ]
         maps["covered_fraction"][pixel] = len(fine_union[pixel]) / 16
     return maps
 
@@ -258,13 +263,15 @@ def test_maps_read_back_equal_the_brute_force_reference(
             stem = out / f"{band}_{name}_nside{NSIDE}"
             hsp = HealSparseMap.read(str(stem) + ".hsp")
             assert hsp.nside_sparse == NSIDE
-            if name == "class_histogram":
+            fields = STATISTICS_BY_NAME[name].fields
+            if fields:
                 fits_columns = healpy.read_map(str(stem) + ".fits", nest=True, field=None)
-                for column in range(6):
+                for column, field in enumerate(fields):
                     expected = expected_full_sky(reference[name], column)
-                    assert_allclose(fits_columns[column], expected, err_msg=f"{band} {name} {column}")
-                    values = hsp.get_values_pix(np.arange(12 * NSIDE**2))[f"class_{column}"]
-                    assert_array_equal(values[expected != healpy.UNSEEN], expected[expected != healpy.UNSEEN])
+                    assert_allclose(fits_columns[column], expected, rtol=1e-5, err_msg=f"{band} {name} {field}")
+                    values = hsp.get_values_pix(np.arange(12 * NSIDE**2))[field]
+                    assert_allclose(values[expected != healpy.UNSEEN], expected[expected != healpy.UNSEEN],
+                                    rtol=1e-5)
                     assert set(hsp.valid_pixels) == set(reference[name])
                 continue
             expected = expected_full_sky(reference[name])
@@ -280,6 +287,8 @@ def test_maps_read_back_equal_the_brute_force_reference(
             assert moc == MOC.from_healpix_cells(np.array(pixels, dtype=np.uint64),
                                                  np.full(len(pixels), 6, dtype=np.uint8), max_depth=6)
     assert crowded and flagged
+    bits_seen = [any(fractions[bit] > 0 for fractions in reference["flag_fractions"].values()) for bit in range(8)]
+    assert sum(bits_seen) >= 4, "the catalog must exercise several flags"
 
 
 def test_fits_headers_record_statistic_band_nside_run_and_models(run_cli, overlapping_catalog, tmp_path: Path) -> None:
