@@ -27,12 +27,14 @@ def maps() -> None:
               help="Directory for the map files (created if needed).")
 @click.option("--png", is_flag=True, help="Also draw a Mollweide PNG of every map.")
 @click.option("--moc", is_flag=True, help="Also write MOCs of pixels with class >= 4 frames and with flagged frames.")
+@click.option("--compress", is_flag=True,
+              help="Compress the healsparse integer and float maps losslessly (smaller files, slower to write).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Frames read from the database and rasterised at a time.")
 @pass_app
 def build(
     app: AppContext, nside: int, bands: tuple[str, ...], all_bands: bool, run_id: int | None, region,
-    out_dir: Path, png: bool, moc: bool, chunk_size: int,
+    out_dir: Path, png: bool, moc: bool, compress: bool, chunk_size: int,
 ) -> None:
     """Aggregate frame results into HEALPix maps, per band and for all bands together.
 
@@ -53,7 +55,8 @@ def build(
     selection = Selection(bands=app.canonical_bands(bands) if bands else None, run_id=run_id, region=region)
     try:
         settings = MapSettings(
-            nside=nside, out_dir=out_dir, selection=selection, png=png, moc=moc, chunk_size=chunk_size,
+            nside=nside, out_dir=out_dir, selection=selection, png=png, moc=moc, compress=compress,
+            chunk_size=chunk_size,
         )
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--nside") from None

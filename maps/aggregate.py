@@ -8,18 +8,22 @@ at least one frame covers.  Memory is held per coverage block (as healsparse
 does): a block of 64 pixels costs nothing until a frame touches it, so a
 regional catalog makes small accumulators and an all-sky one at nside 1024
 takes about 1.3 GB (100 bytes per pixel, and a bit per sub-pixel).
-Accumulators of several bands merge into the all-bands one.
+Accumulators of several bands merge into the all-bands one.  Adding and
+merging run as compiled loops (Numba) over the rows; the statistics are
+worked out one at a time when a writer asks for them, so that memory holds
+one map's values, not all of them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
-from density_db.maps.rasterize import MAX_SUBPIXEL_LEVELS, Coverage, popcount, subpixel_mask_dtype
+from density_db.maps.rasterize import MAX_SUBPIXEL_LEVELS, Coverage, subpixel_mask_dtype
 from density_db.planning.flags import FLAGS
 
 logger = logging.getLogger(__name__)
@@ -93,16 +97,14 @@ _DENSITY_MAX = _DENSITY_MIN + 1
 _COUNTED_WEIGHT = _DENSITY_MAX + 1  # summed covered fraction of the frames with a count
 _FLAGGED_WEIGHT = _COUNTED_WEIGHT + 1
 _FLAG_WEIGHT = _FLAGGED_WEIGHT + 1  # summed covered fraction of the frames with flag bit b at _FLAG_WEIGHT + b
-_COLUMNS = _FLAG_WEIGHT + len(FLAGS)
-_SUMMED = np.r_[_COUNT:_DENSITY_MIN, _COUNTED_WEIGHT:_COLUMNS]
-_EMPTY_ROW = np.zeros(_COLUMNS, dtype=np.float32)
-_EMPTY_ROW[_DENSITY_MIN], _EMPTY_ROW[_DENSITY_MAX] = np.inf, -np.inf
+_FLAG_BITS = len(FLAGS)
+_COLUMNS = _FLAG_WEIGHT + _FLAG_BITS
 
 _PREALLOCATE_BYTES = 2 << 30
 """Accumulators whose whole sky fits in this (up to nside 1024) reserve it at once instead of growing."""
 
 _BATCH_PIXELS = 1 << 20
-"""Pixels merged or turned into statistics at a time (bounds the temporary copies)."""
+"""Pixels turned into a statistic at a time (bounds the temporary copies)."""
 
 
 @dataclass(frozen=True)
@@ -124,9 +126,14 @@ class FrameValues:
     flags: np.ndarray
 
 
-@dataclass(frozen=True)
-class PixelStatistics:
+class PixelStatistics(Mapping):
     """The statistics of one map (a band or all bands) on the pixels that frames cover.
+
+    A mapping from statistic name to its values on :attr:`pixels`, each worked
+    out from the accumulator when asked for (and not kept): ``(m,)`` arrays,
+    ``(m, k)`` for a statistic of ``k`` fields; float statistics are float32,
+    NaN where undefined (e.g. bright-star density where every frame is
+    class 5).  Valid while the accumulator it came from is not changed.
 
     Attributes
     ----------
@@ -134,15 +141,24 @@ class PixelStatistics:
         HEALPix order of the maps (NESTED).
     pixels
         Covered pixels, ascending (int64).
-    values
-        Statistic name -> values on ``pixels``: ``(m,)`` arrays, ``(m, 6)``
-        for ``class_histogram``; float statistics are float32, NaN where
-        undefined (e.g. bright-star density where every frame is class 5).
     """
 
-    order: int
-    pixels: np.ndarray
-    values: Mapping[str, np.ndarray]
+    def __init__(self, accumulator: MapAccumulator, rows: np.ndarray, pixels: np.ndarray) -> None:
+        self.order = accumulator.order
+        self.pixels = pixels
+        self._accumulator = accumulator
+        self._rows = rows
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in STATISTIC_NAMES:
+            raise KeyError(name)
+        return self._accumulator._statistic(name, self._rows)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(STATISTIC_NAMES)
+
+    def __len__(self) -> int:
+        return len(STATISTIC_NAMES)
 
 
 class MapAccumulator:
@@ -168,7 +184,7 @@ class MapAccumulator:
         self._subpixels = 1 << (2 * levels)
         self._slot_of_block = np.full(12 << (2 * coverage_order), -1, dtype=np.int64)
         self._block_of_slot = np.zeros(0, dtype=np.int64)
-        self._used = 0
+        self._used = np.zeros(1, dtype=np.int64)  # an array, so that the compiled loops can allocate slots
         self._sums = np.zeros((0, self._block_size, _COLUMNS), dtype=np.float32)
         self._mask_dtype = subpixel_mask_dtype(levels)
         self._covered = np.zeros((0, self._block_size), dtype=self._mask_dtype)
@@ -198,136 +214,45 @@ class MapAccumulator:
         if coverage.order != self.order or coverage.subpixels.dtype != self._mask_dtype:
             raise ValueError(f"expected coverage of order {self.order} with {self._subpixels} sub-pixels")
         self.frames += int(values.density_class.size)
-        if coverage.pixel.size == 0:
-            return
-        slots = self._slots(coverage.pixel >> self._block_shift)
-        row = slots * self._block_size + (coverage.pixel & (self._block_size - 1))
-        frame = coverage.frame_index
-        density_class = values.density_class[frame].astype(np.int64)
-        weight = coverage.fraction.astype(np.float32)
-        density = values.bright_density[frame].astype(np.float32)
-        counted = np.isfinite(density)
-        flags = values.flags[frame]
-        flagged = flags != 0
-        base = row * _COLUMNS
-        counted_base = base[counted]
-        # (row, flag bit) of each flag set: flagged rows are few, so each bit is found on those only
-        flag_rows, flag_bits = np.nonzero((flags[flagged, None] >> np.arange(len(FLAGS))) & 1)
-        sums = self._sums.reshape(-1)
-        np.add.at(
-            sums,
-            np.concatenate([
-                base + _COUNT + density_class,
-                base + _WEIGHT + density_class,
-                counted_base + _DENSITY_SUM,
-                counted_base + _COUNTED_WEIGHT,
-                base[flagged] + _FLAGGED_WEIGHT,
-                base[flagged][flag_rows] + _FLAG_WEIGHT + flag_bits,
-            ]),
-            np.concatenate([
-                np.ones(row.size, dtype=np.float32),
-                weight,
-                weight[counted] * density[counted],
-                weight[counted],
-                weight[flagged],
-                weight[flagged][flag_rows],
-            ]),
+        arguments = (
+            coverage.frame_index, coverage.pixel, coverage.fraction.astype(np.float32),
+            coverage.subpixels, values.density_class.astype(np.int64),
+            values.bright_density.astype(np.float32), values.flags.astype(np.int64),
         )
-        np.minimum.at(sums, counted_base + _DENSITY_MIN, density[counted])
-        np.maximum.at(sums, counted_base + _DENSITY_MAX, density[counted])
-        np.bitwise_or.at(self._covered.reshape(-1), row, coverage.subpixels)
+        start = 0
+        while (start := _add_rows(*arguments, start, *self._layout())) < coverage.pixel.size:
+            self._grow(self._used[0] + 1)
 
     def merge(self, other: MapAccumulator) -> None:
         """Add another accumulator's frames (e.g. one band's into the all-bands maps)."""
         if (other.order, other.levels) != (self.order, self.levels):
             raise ValueError("accumulators of different orders cannot be merged")
         self.frames += other.frames
-        batch = max(1, _BATCH_PIXELS // self._block_size)
-        for start in range(0, other._used, batch):
-            theirs = np.arange(start, min(start + batch, other._used))
-            ours = self._slots(other._block_of_slot[theirs])
-            incoming = other._sums[theirs]
-            mine = self._sums[ours]
-            mine[:, :, _SUMMED] += incoming[:, :, _SUMMED]
-            np.minimum(mine[:, :, _DENSITY_MIN], incoming[:, :, _DENSITY_MIN], out=mine[:, :, _DENSITY_MIN])
-            np.maximum(mine[:, :, _DENSITY_MAX], incoming[:, :, _DENSITY_MAX], out=mine[:, :, _DENSITY_MAX])
-            self._sums[ours] = mine
-            self._covered[ours] |= other._covered[theirs]
+        start = 0
+        while (start := _merge_slots(other._block_of_slot[: other._used[0]], other._sums, other._covered,
+                                     start, *self._layout())) < other._used[0]:
+            self._grow(self._used[0] + 1)
 
     def statistics(self) -> PixelStatistics:
-        """Every statistic of :data:`STATISTICS` on the pixels that frames cover."""
+        """The statistics of :data:`STATISTICS` on the pixels that frames cover (each worked out when read)."""
+        used = self._used[0]
         # Slots in block order give the pixels in ascending order.
-        slots = np.argsort(self._block_of_slot[: self._used], kind="stable")
-        batch = max(1, _BATCH_PIXELS // self._block_size)
-        batches = [slots[start:start + batch] for start in range(0, slots.size, batch)]
-        kept = [int(np.count_nonzero(self._frames(part))) for part in batches]
-        ends = np.cumsum(kept)
-        pixels = np.empty(int(ends[-1]) if kept else 0, dtype=np.int64)
-        values: dict[str, np.ndarray] = {}
-        for part, stop, count in zip(batches, ends.tolist(), kept):
-            part_pixels, part_values = self._statistics(part)
-            pixels[stop - count:stop] = part_pixels
-            for name, value in part_values.items():
-                if name not in values:
-                    values[name] = np.empty((pixels.size, *value.shape[1:]), dtype=value.dtype)
-                values[name][stop - count:stop] = value
-        if not values:
-            _, values = self._statistics(np.zeros(0, dtype=np.int64))
-        return PixelStatistics(order=self.order, pixels=pixels, values=values)
+        slots = np.argsort(self._block_of_slot[:used], kind="stable")
+        rows = _covered_rows(slots, self._sums)
+        pixels = (self._block_of_slot[rows // self._block_size] << self._block_shift) + rows % self._block_size
+        return PixelStatistics(self, rows, pixels)
 
-    def _frames(self, slots: np.ndarray) -> np.ndarray:
-        """Frames covering each pixel of some slots."""
-        return self._sums[slots][:, :, _COUNT:_WEIGHT].sum(axis=2).reshape(-1)
+    def _layout(self) -> tuple:
+        return self._block_shift, self._slot_of_block, self._block_of_slot, self._used, self._sums, self._covered
 
-    def _statistics(self, slots: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The covered pixels of some slots and their statistics."""
-        pixels = ((self._block_of_slot[slots, None] << self._block_shift) + np.arange(self._block_size)).reshape(-1)
-        sums = self._sums[slots].reshape(-1, _COLUMNS)
-        keep = sums[:, _COUNT:_WEIGHT].sum(axis=1) > 0
-        pixels, sums = pixels[keep], sums[keep].astype(np.float64)
-        covered = popcount(self._covered[slots].reshape(-1)[keep])
-        counts = np.rint(sums[:, _COUNT:_WEIGHT]).astype(np.int32)
-        weights = sums[:, _WEIGHT:_DENSITY_SUM]
-        total_weight = weights.sum(axis=1)
-        counted_weight = sums[:, _COUNTED_WEIGHT]
-        has_density = counted_weight > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            density_mean = np.where(has_density, sums[:, _DENSITY_SUM] / counted_weight, np.nan)
-        # argmax over the reversed classes: ties go to the higher (more crowded) class.
-        mode = DENSITY_CLASSES - 1 - np.argmax(weights[:, ::-1], axis=1)
-        values = {
-            "class_max": np.max(np.where(counts > 0, np.arange(DENSITY_CLASSES), -1), axis=1).astype(np.int16),
-            "class_mode": mode.astype(np.int16),
-            "class_histogram": counts,
-            "bright_density_mean": density_mean,
-            "bright_density_min": np.where(has_density, sums[:, _DENSITY_MIN], np.nan),
-            "bright_density_max": np.where(has_density, sums[:, _DENSITY_MAX], np.nan),
-            "bypassed_frames": counts[:, BYPASSED_CLASS].copy(),
-            "bypassed_fraction": weights[:, BYPASSED_CLASS] / total_weight,
-            "frames": counts.sum(axis=1),
-            "covered_fraction": covered / self._subpixels,
-            "flagged_fraction": sums[:, _FLAGGED_WEIGHT] / total_weight,
-            "flag_fractions": sums[:, _FLAG_WEIGHT:_COLUMNS] / total_weight[:, None],
-        }
-        for name, value in values.items():
-            if value.dtype == np.float64:
-                values[name] = value.astype(np.float32)  # what the files hold; halves the memory
-        return pixels, values
-
-    def _slots(self, blocks: np.ndarray) -> np.ndarray:
-        """Slots of coverage ``blocks`` (any order, repeats allowed), allocating the new ones."""
-        slots = self._slot_of_block[blocks]
-        missing = slots < 0
-        if np.any(missing):
-            new_blocks = np.unique(blocks[missing])
-            self._grow(self._used + new_blocks.size)
-            new_slots = np.arange(self._used, self._used + new_blocks.size)
-            self._slot_of_block[new_blocks] = new_slots
-            self._block_of_slot[new_slots] = new_blocks
-            self._sums[new_slots] = _EMPTY_ROW
-            self._used += new_blocks.size
-            slots = self._slot_of_block[blocks]
-        return slots
+    def _statistic(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """One statistic on the accumulator ``rows`` (slot * block size + pixel in block)."""
+        statistic = STATISTICS[STATISTIC_NAMES.index(name)]
+        dtype = {"class": np.int16, "count": np.int32}.get(statistic.kind, np.float32)
+        values = np.empty((rows.size, len(statistic.fields) or 1), dtype=dtype)
+        _statistic_values(STATISTIC_NAMES.index(name), self._sums.reshape(-1, _COLUMNS),
+                          self._covered.reshape(-1), rows, self._subpixels, values)
+        return values if statistic.fields else values[:, 0]
 
     def _grow(self, needed: int) -> None:
         capacity = self._sums.shape[0]
@@ -335,10 +260,161 @@ class MapAccumulator:
             return
         capacity = min(max(needed, capacity + capacity // 2 + 8), self._slot_of_block.size)
         logger.debug("map accumulator grows to %d blocks", capacity)
+        used = self._used[0]
         sums = np.zeros((capacity, self._block_size, _COLUMNS), dtype=np.float32)
-        sums[: self._used] = self._sums[: self._used]
+        sums[:used] = self._sums[:used]
         covered = np.zeros((capacity, self._block_size), dtype=self._mask_dtype)
-        covered[: self._used] = self._covered[: self._used]
+        covered[:used] = self._covered[:used]
         block_of_slot = np.zeros(capacity, dtype=np.int64)
-        block_of_slot[: self._used] = self._block_of_slot[: self._used]
+        block_of_slot[:used] = self._block_of_slot[:used]
         self._sums, self._covered, self._block_of_slot = sums, covered, block_of_slot
+
+
+# -- compiled loops ----------------------------------------------------------------------------
+
+
+@numba.njit(cache=True)
+def _slot(block, slot_of_block, block_of_slot, used, sums) -> int:
+    """The slot of a coverage block, allocated (its sums set empty) if new; -1 when no slot is left."""
+    slot = slot_of_block[block]
+    if slot >= 0:
+        return slot
+    slot = used[0]
+    if slot >= sums.shape[0]:
+        return -1
+    slot_of_block[block] = slot
+    block_of_slot[slot] = block
+    for pixel in range(sums.shape[1]):
+        sums[slot, pixel, _DENSITY_MIN] = np.inf
+        sums[slot, pixel, _DENSITY_MAX] = -np.inf
+    used[0] = slot + 1
+    return slot
+
+
+@numba.njit(cache=True)
+def _add_rows(
+    frame, pixel, fraction, subpixels, density_class, bright_density, flags, start,
+    shift, slot_of_block, block_of_slot, used, sums, covered,
+) -> int:
+    """Add coverage rows from ``start`` on; returns the row it stopped at (all rows, or one needing a new slot)."""
+    block_size = sums.shape[1]
+    for row in range(start, pixel.size):
+        slot = _slot(pixel[row] >> shift, slot_of_block, block_of_slot, used, sums)
+        if slot < 0:
+            return row
+        cell = sums[slot, pixel[row] & (block_size - 1)]
+        f, weight = frame[row], fraction[row]
+        cell[_COUNT + density_class[f]] += 1.0
+        cell[_WEIGHT + density_class[f]] += weight
+        density = bright_density[f]
+        if np.isfinite(density):
+            cell[_DENSITY_SUM] += weight * density
+            cell[_DENSITY_MIN] = min(cell[_DENSITY_MIN], density)
+            cell[_DENSITY_MAX] = max(cell[_DENSITY_MAX], density)
+            cell[_COUNTED_WEIGHT] += weight
+        if flags[f] != 0:
+            cell[_FLAGGED_WEIGHT] += weight
+            for bit in range(_FLAG_BITS):
+                if (flags[f] >> bit) & 1:
+                    cell[_FLAG_WEIGHT + bit] += weight
+        covered[slot, pixel[row] & (block_size - 1)] |= subpixels[row]
+    return pixel.size
+
+
+@numba.njit(cache=True)
+def _merge_slots(
+    their_blocks, their_sums, their_covered, start, shift, slot_of_block, block_of_slot, used, sums, covered,
+) -> int:
+    """Add another accumulator's slots from ``start`` on; returns the slot it stopped at (as :func:`_add_rows`)."""
+    for theirs in range(start, their_blocks.size):
+        slot = _slot(their_blocks[theirs], slot_of_block, block_of_slot, used, sums)
+        if slot < 0:
+            return theirs
+        for pixel in range(sums.shape[1]):
+            mine, incoming = sums[slot, pixel], their_sums[theirs, pixel]
+            for column in range(sums.shape[2]):
+                if column == _DENSITY_MIN:
+                    mine[column] = min(mine[column], incoming[column])
+                elif column == _DENSITY_MAX:
+                    mine[column] = max(mine[column], incoming[column])
+                else:
+                    mine[column] += incoming[column]
+            covered[slot, pixel] |= their_covered[theirs, pixel]
+    return their_blocks.size
+
+
+@numba.njit(cache=True)
+def _covered_rows(slots, sums):
+    """Rows (slot * block size + pixel) of the pixels some frame covers, slot by slot in the order given."""
+    block_size = sums.shape[1]
+    rows = np.empty(slots.size * block_size, dtype=np.int64)
+    found = 0
+    for slot in slots:
+        for pixel in range(block_size):
+            frames = 0.0
+            for density_class in range(DENSITY_CLASSES):
+                frames += sums[slot, pixel, _COUNT + density_class]
+            if frames > 0:
+                rows[found] = slot * block_size + pixel
+                found += 1
+    return rows[:found]
+
+
+(_CLASS_MAX, _CLASS_MODE, _CLASS_HISTOGRAM, _DENSITY_MEAN, _DENSITY_LOWEST, _DENSITY_HIGHEST, _BYPASSED_FRAMES,
+ _BYPASSED_FRACTION, _FRAMES, _COVERED_FRACTION, _FLAGGED_FRACTION, _FLAG_FRACTIONS) = range(len(STATISTICS))
+assert STATISTIC_NAMES[_FLAG_FRACTIONS] == "flag_fractions" and STATISTIC_NAMES[_CLASS_MAX] == "class_max"
+
+
+@numba.njit(cache=True)
+def _statistic_values(statistic, sums, covered, rows, subpixels, values):
+    """Fill ``values`` (``(len(rows), fields)``) with one statistic (its index in :data:`STATISTICS`).
+
+    ``sums`` are the accumulator's per-pixel columns, flattened to ``(pixels,
+    _COLUMNS)``, ``covered`` its sub-pixel masks; undefined floats are NaN.
+    """
+    for out, row in enumerate(rows):
+        cell = sums[row]
+        frames = 0.0
+        total_weight = 0.0
+        for density_class in range(DENSITY_CLASSES):
+            frames += cell[_COUNT + density_class]
+            total_weight += np.float64(cell[_WEIGHT + density_class])
+        counted_weight = np.float64(cell[_COUNTED_WEIGHT])
+        if statistic == _CLASS_MAX:
+            highest = -1
+            for density_class in range(DENSITY_CLASSES):
+                if cell[_COUNT + density_class] > 0:
+                    highest = density_class
+            values[out, 0] = highest
+        elif statistic == _CLASS_MODE:
+            mode = DENSITY_CLASSES - 1  # ties go to the higher (more crowded) class
+            for density_class in range(DENSITY_CLASSES - 2, -1, -1):
+                if cell[_WEIGHT + density_class] > cell[_WEIGHT + mode]:
+                    mode = density_class
+            values[out, 0] = mode
+        elif statistic == _CLASS_HISTOGRAM:
+            for density_class in range(DENSITY_CLASSES):
+                values[out, density_class] = np.rint(cell[_COUNT + density_class])
+        elif statistic == _DENSITY_MEAN:
+            values[out, 0] = cell[_DENSITY_SUM] / counted_weight if counted_weight > 0 else np.nan
+        elif statistic == _DENSITY_LOWEST:
+            values[out, 0] = cell[_DENSITY_MIN] if counted_weight > 0 else np.nan
+        elif statistic == _DENSITY_HIGHEST:
+            values[out, 0] = cell[_DENSITY_MAX] if counted_weight > 0 else np.nan
+        elif statistic == _BYPASSED_FRAMES:
+            values[out, 0] = np.rint(cell[_COUNT + BYPASSED_CLASS])
+        elif statistic == _BYPASSED_FRACTION:
+            values[out, 0] = cell[_WEIGHT + BYPASSED_CLASS] / total_weight
+        elif statistic == _FRAMES:
+            values[out, 0] = np.rint(frames)
+        elif statistic == _COVERED_FRACTION:
+            mask, bits = covered[row], 0
+            while mask:
+                mask &= mask - 1
+                bits += 1
+            values[out, 0] = bits / subpixels
+        elif statistic == _FLAGGED_FRACTION:
+            values[out, 0] = cell[_FLAGGED_WEIGHT] / total_weight
+        else:
+            for bit in range(_FLAG_BITS):
+                values[out, bit] = cell[_FLAG_WEIGHT + bit] / total_weight

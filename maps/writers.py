@@ -97,7 +97,8 @@ def write_healpix_fits(
 
 
 def write_healsparse(
-    path: Path, statistic: Statistic, pixels: np.ndarray, values: np.ndarray, provenance: MapProvenance
+    path: Path, statistic: Statistic, pixels: np.ndarray, values: np.ndarray, provenance: MapProvenance,
+    *, compress: bool = False,
 ) -> Path:
     """Write a healsparse map (``healsparse.HealSparseMap.read(path)``).
 
@@ -106,10 +107,12 @@ def write_healsparse(
     statistic of several fields is a record map with a field each (the class
     histogram: int32 ``class_0`` ... ``class_5``; the flag fractions: float32
     fields named after the flags), the first field primary.  Pixels no frame
-    covers hold the sentinel, like ``UNSEEN`` in the FITS maps.  Integer maps
-    are compressed losslessly (RICE, fast); float and record maps are written
-    uncompressed: deflating near-full-sky float maps took seconds per map
-    (about 2.5 s at nside 1024) for a tenth of their size.
+    covers hold the sentinel, like ``UNSEEN`` in the FITS maps.
+
+    ``compress`` compresses integer maps (RICE) and float maps (GZIP)
+    losslessly, as healsparse does by default; record maps never are.  It is
+    off by default: at nside 1024 near-full-sky maps took about 1 s (integers)
+    and 2.5 s (floats) each to compress.
     """
     metadata = {key: value for key, value, _ in provenance.header(statistic)}
     dtype, sentinel = {
@@ -117,44 +120,47 @@ def write_healsparse(
         "count": (np.int32, -1),
     }.get(statistic.kind, (np.float32, healpy.UNSEEN))
     if statistic.fields:
-        records = np.zeros(pixels.size, dtype=np.dtype([(name, dtype) for name in statistic.fields]))
-        for index, name in enumerate(statistic.fields):
-            records[name] = values[:, index]
-        sparse = _sparse_map(pixels, records, provenance.nside, sentinel=sentinel, primary=statistic.fields[0],
-                             metadata=metadata)
+        fields = [values[:, index] for index in range(len(statistic.fields))]
+        record = np.dtype([(name, dtype) for name in statistic.fields])
+        sparse = _sparse_map(pixels, fields, record, provenance.nside, sentinel, metadata)
     else:
         defined = ~np.isnan(values) if values.dtype.kind == "f" else slice(None)
-        sparse = _sparse_map(pixels[defined], values[defined].astype(dtype), provenance.nside, sentinel=sentinel,
-                             metadata=metadata)
-    compress = statistic.kind in ("class", "count") and not statistic.fields
+        sparse = _sparse_map(pixels[defined], [values[defined]], np.dtype(dtype), provenance.nside, sentinel,
+                             metadata)
     sparse.write(str(path), clobber=True, nocompress=not compress)
     return path
 
 
-def _sparse_map(pixels: np.ndarray, values: np.ndarray, nside: int, *, sentinel, metadata: dict, primary=None):
-    """A healsparse map holding ``values`` at the ascending, distinct NESTED ``pixels``, built in one assignment.
+def _sparse_map(pixels: np.ndarray, fields: list[np.ndarray], dtype: np.dtype, nside: int, sentinel, metadata: dict):
+    """A healsparse map holding ``fields`` (one array, or one per field of a record ``dtype``) at the ascending,
+    distinct NESTED ``pixels``, laid out directly.
 
     The layout is healsparse's own (one block of ``nfine_per_cov`` pixels per
-    covered coverage pixel, after a first block of sentinels), laid out
-    directly: ``update_values_pix`` checks and reorders what is already
-    sorted, at a second per near-full-sky map.
+    covered coverage pixel, after a first block of sentinels): filled by one
+    assignment per field, where ``update_values_pix`` checks and reorders
+    what is already sorted, at a second per near-full-sky map.
     """
     from healsparse import HealSparseMap
     from healsparse.healSparseCoverage import HealSparseCoverage
 
     nside_coverage = min(HEALSPARSE_COVERAGE_NSIDE, nside)
     shift = 2 * (int(nside).bit_length() - int(nside_coverage).bit_length())
-    coverage_pixels = np.unique(pixels >> shift)
+    coverage_of_pixel = pixels >> shift
+    starts = np.flatnonzero(np.diff(coverage_of_pixel, prepend=-1)) if pixels.size else np.zeros(0, dtype=np.int64)
+    coverage_pixels = coverage_of_pixel[starts]  # the sorted pixels' distinct coverage pixels, without a sort
     coverage = HealSparseCoverage.make_from_pixels(nside_coverage, nside, coverage_pixels)
-    blocks = np.empty((coverage_pixels.size + 1) << shift, dtype=values.dtype)
-    if values.dtype.names:
+    positions = pixels + coverage[coverage_of_pixel]
+    size = (coverage_pixels.size + 1) << shift
+    if dtype.names:
+        primary = dtype.names[0]
+        blocks = np.zeros(size, dtype=dtype)
         blocks[primary] = sentinel
-        for name in values.dtype.names:
-            if name != primary:
-                blocks[name] = 0
+        for name, values in zip(dtype.names, fields, strict=True):
+            blocks[name][positions] = values
     else:
-        blocks.fill(sentinel)
-    blocks[pixels + coverage[pixels >> shift]] = values
+        primary = None
+        blocks = np.full(size, sentinel, dtype=dtype)
+        blocks[positions] = fields[0]
     return HealSparseMap(cov_map=coverage, sparse_map=blocks, nside_sparse=nside, primary=primary,
                          sentinel=sentinel, metadata=metadata)
 

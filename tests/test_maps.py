@@ -291,6 +291,22 @@ def test_maps_read_back_equal_the_brute_force_reference(
     assert sum(bits_seen) >= 4, "the catalog must exercise several flags"
 
 
+def test_accumulators_that_grow_give_the_maps_of_preallocated_ones(
+    database: Database, overlapping_catalog: list[dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fine maps (nside > 1024) cannot reserve the whole sky: their blocks are allocated as frames arrive.
+    settings = {"nside": NSIDE, "formats": ("hsp",), "chunk_size": 5}
+    build_maps(database, MapSettings(out_dir=tmp_path / "reserved", **settings))
+    monkeypatch.setattr("density_db.maps.aggregate._PREALLOCATE_BYTES", 0)
+    build_maps(database, MapSettings(out_dir=tmp_path / "grown", **settings))
+    for name in STATISTIC_NAMES:
+        for band in ("g", "r", "all"):
+            reserved = HealSparseMap.read(str(tmp_path / "reserved" / f"{band}_{name}_nside{NSIDE}.hsp"))
+            grown = HealSparseMap.read(str(tmp_path / "grown" / f"{band}_{name}_nside{NSIDE}.hsp"))
+            assert_array_equal(grown.valid_pixels, reserved.valid_pixels)
+            assert_array_equal(grown[grown.valid_pixels], reserved[reserved.valid_pixels], err_msg=f"{band} {name}")
+
+
 def test_fits_headers_record_statistic_band_nside_run_and_models(run_cli, overlapping_catalog, tmp_path: Path) -> None:
     result = run_cli("maps", "build", "--nside", str(NSIDE), "--band", "G", "--run", "1", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
