@@ -109,9 +109,10 @@ def is_ready(libpq_url: str, frame_count: int) -> bool:
     return frames == results == frame_count
 
 
-def build_in_child(sqlalchemy_url: str, nside: int, formats: str, out_dir: Path) -> dict:
+def build_in_child(sqlalchemy_url: str, nside: int, formats: str, compress: bool, out_dir: Path) -> dict:
     """Run the map building in a child process; return its figures and peak RSS."""
-    command = [sys.executable, __file__, "--child", sqlalchemy_url, str(nside), formats, str(out_dir)]
+    command = [sys.executable, __file__, "--child", sqlalchemy_url, str(nside), formats, str(int(compress)),
+               str(out_dir)]
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     output = child.stdout.read()
@@ -123,19 +124,21 @@ def build_in_child(sqlalchemy_url: str, nside: int, formats: str, out_dir: Path)
     return {**figures, "child_wall_s": wall_s, "peak_rss_gib": usage.ru_maxrss * 1024 / 2**30}
 
 
-def child_main(sqlalchemy_url: str, nside: int, formats: str, out_dir: Path) -> None:
+def child_main(sqlalchemy_url: str, nside: int, formats: str, compress: bool, out_dir: Path) -> None:
     """The child: build every band's maps and the all-bands maps, print figures as one JSON line."""
     from density_db.database import connect, sqlalchemy_url as to_url
     from density_db.maps.build import MapSettings, build_maps
 
     database = connect(to_url(sqlalchemy_url))
     started = time.perf_counter()
-    summary = build_maps(database, MapSettings(nside=nside, out_dir=out_dir, formats=tuple(formats.split(","))))
+    summary = build_maps(database, MapSettings(nside=nside, out_dir=out_dir, formats=tuple(formats.split(",")),
+                                               compress=compress))
     total_s = time.perf_counter() - started
     print(json.dumps({
         "frames_mapped": summary.frames_mapped,
         "bands": [asdict(band) for band in summary.bands],
         "files": len(summary.files),
+        "output_gib": sum(path.stat().st_size for path in summary.files) / 2**30,
         "stream_s": summary.stream_seconds,
         "finalize_s": summary.finalize_seconds,
         "write_s": summary.write_seconds,
@@ -149,6 +152,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=REFERENCE_FRAMES, help="frames to load (default 2,000,000)")
     parser.add_argument("--nside", type=int, default=1024, help="nside of the maps (default 1024)")
     parser.add_argument("--formats", default="hsp", help="map formats to write: hsp, fits or hsp,fits (default hsp)")
+    parser.add_argument("--compress", action="store_true", help="compress the healsparse maps (maps build --compress)")
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help=f"DENSITY_DB_HOME (default {DEFAULT_HOME})")
     parser.add_argument("--keep", action="store_true", help="reuse database bench_maps_N if it holds N frames")
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "maps.json", help="where to write the figures")
@@ -178,7 +182,7 @@ def main(arguments: argparse.Namespace) -> None:
     machine = describe_machine(database_software(libpq_url))
     with tempfile.TemporaryDirectory(prefix="density-db-maps-") as out_dir:
         figures = build_in_child(server.url(status, database=name, driver="psycopg"), arguments.nside,
-                                 arguments.formats, Path(out_dir))
+                                 arguments.formats, arguments.compress, Path(out_dir))
     if not was_running:
         server.stop()
     frames = figures["frames_mapped"]
@@ -192,7 +196,8 @@ def main(arguments: argparse.Namespace) -> None:
     print(f"  statistics and merging the bands: {figures['finalize_s']:.1f} s; writing {figures['files']} files: "
           f"{figures['write_s']:.1f} s; build_maps in all: {figures['total_s']:.1f} s "
           f"(child process {figures['child_wall_s']:.1f} s)")
-    print(f"  peak RSS of the map building: {figures['peak_rss_gib']:.2f} GiB (goal <= {GOAL_PEAK_RSS_GIB:g} GB)")
+    print(f"  peak RSS of the map building: {figures['peak_rss_gib']:.2f} GiB (goal <= {GOAL_PEAK_RSS_GIB:g} GB); "
+          f"files written: {figures['output_gib']:.2f} GiB")
     if frames != REFERENCE_FRAMES:
         print(f"  at this rate {REFERENCE_FRAMES:,} frames would stream, rasterise and accumulate in "
               f"{projected_s:.0f} s (goal <= {GOAL_SECONDS_AT_2_MILLION:g} s for the aggregation); statistics, merging "
@@ -201,6 +206,7 @@ def main(arguments: argparse.Namespace) -> None:
         "frames": arguments.frames,
         "nside": arguments.nside,
         "formats": arguments.formats,
+        "compress": arguments.compress,
         "seed": arguments.seed,
         "load": None if load is None else asdict(load),
         "results_insert_s": results_s,
@@ -212,7 +218,7 @@ def main(arguments: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "--child":
-        child_main(sys.argv[2], int(sys.argv[3]), sys.argv[4], Path(sys.argv[5]))
+    if len(sys.argv) == 7 and sys.argv[1] == "--child":
+        child_main(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1", Path(sys.argv[6]))
     else:
         main(parse_arguments())
