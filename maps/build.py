@@ -10,6 +10,7 @@ at most two accumulators whatever the number of bands.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -181,44 +182,49 @@ def build_maps(
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     writer = _Writer(settings, run)
     grand_total, done = sum(totals.values()), 0
+
+    def advance(frames: int) -> None:
+        nonlocal done
+        done += frames
+        if progress is not None:
+            progress(done, grand_total)
+
     summaries = []
     all_pairs: set[tuple[int, int]] = set()
     combined: MapAccumulator | None = None
     stream_seconds = finalize_seconds = 0.0
-    for band, total in totals.items():
-        started = time.perf_counter()
-        accumulator = MapAccumulator(order=settings.order, levels=settings.oversampling_levels)
-        without_corners = 0
-        pairs: set[tuple[int, int]] = set()
-        for chunk in source.stream_frames(database, selection, band, chunk_size=settings.chunk_size):
-            without_corners += _add_chunk(accumulator, chunk, settings.oversampling_levels)
-            pairs.update(zip(chunk.classifier_id.tolist(), chunk.regressor_id.tolist()))
-            done += len(chunk)
-            if progress is not None:
-                progress(done, grand_total)
-        without_result = total - accumulator.frames - without_corners
-        done += without_result
-        if progress is not None:
-            progress(done, grand_total)
-        stream_seconds += time.perf_counter() - started
-        if not pairs:
-            logger.warning("no results for band %s in this selection: no maps for it", band)
-            continue
-        all_pairs |= pairs
-        started = time.perf_counter()
-        statistics = accumulator.statistics()
-        finalize_seconds += time.perf_counter() - started
-        logger.info("band %s: %d frames on %d pixels", band, accumulator.frames, statistics.pixels.size)
-        summaries.append(_summary(band, accumulator.frames, without_result, without_corners, statistics, settings))
-        writer.write(band, statistics, source.model_pair_names(database, pairs))
-        del statistics  # memory holds at most two accumulators, or one and one band's statistics
-        started = time.perf_counter()
-        if combined is None:
-            combined = accumulator  # the first band's sums become the all-bands sums (its maps are written)
-        else:
-            combined.merge(accumulator)
-        finalize_seconds += time.perf_counter() - started
-        del accumulator
+    bands = list(totals)
+    with contextlib.ExitStack() as streams:
+        # The next band's stream starts before this band's maps are written: PostgreSQL sorts its
+        # rows meanwhile.
+        stream = streams.enter_context(_stream(database, selection, bands[0], settings)) if bands else None
+        for position, (band, total) in enumerate(totals.items()):
+            started = time.perf_counter()
+            accumulator, without_corners, pairs = _accumulate(stream, settings, advance)
+            stream.close()
+            if position + 1 < len(bands):
+                stream = streams.enter_context(_stream(database, selection, bands[position + 1], settings))
+            without_result = total - accumulator.frames - without_corners
+            advance(without_result)
+            stream_seconds += time.perf_counter() - started
+            if not pairs:
+                logger.warning("no results for band %s in this selection: no maps for it", band)
+                continue
+            all_pairs |= pairs
+            started = time.perf_counter()
+            statistics = accumulator.statistics()
+            finalize_seconds += time.perf_counter() - started
+            logger.info("band %s: %d frames on %d pixels", band, accumulator.frames, statistics.pixels.size)
+            summaries.append(_summary(band, accumulator.frames, without_result, without_corners, statistics, settings))
+            writer.write(band, statistics, source.model_pair_names(database, pairs))
+            del statistics  # memory holds at most two accumulators, or one and one band's statistics
+            started = time.perf_counter()
+            if combined is None:
+                combined = accumulator  # the first band's sums become the all-bands sums (its maps are written)
+            else:
+                combined.merge(accumulator)
+            finalize_seconds += time.perf_counter() - started
+            del accumulator
     if selection.bands is not None:
         missing = [band for band in selection.bands if band not in {summary.band for summary in summaries}]
         if missing:
@@ -247,6 +253,24 @@ def build_maps(
     manifest = settings.out_dir / f"maps_nside{settings.nside}.json"
     manifest.write_text(json.dumps(_manifest(summary, settings), indent=2) + "\n")
     return replace(summary, files=(*summary.files, manifest))
+
+
+def _accumulate(
+    stream: source.FrameStream, settings: MapSettings, advance: Callable[[int], None]
+) -> tuple[MapAccumulator, int, set[tuple[int, int]]]:
+    """One band's sums from its stream; also the frames without usable corners and the model pairs seen."""
+    accumulator = MapAccumulator(order=settings.order, levels=settings.oversampling_levels)
+    without_corners = 0
+    pairs: set[tuple[int, int]] = set()
+    for chunk in stream:
+        without_corners += _add_chunk(accumulator, chunk, settings.oversampling_levels)
+        pairs.update(zip(chunk.classifier_id.tolist(), chunk.regressor_id.tolist()))
+        advance(len(chunk))
+    return accumulator, without_corners, pairs
+
+
+def _stream(database: Database, selection: Selection, band: str, settings: MapSettings) -> source.FrameStream:
+    return source.FrameStream(database, selection, band, chunk_size=settings.chunk_size)
 
 
 def frame_values(chunk: FrameChunk) -> FrameValues:

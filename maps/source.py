@@ -175,8 +175,13 @@ def model_pair_names(database: Database, pairs: set[tuple[int, int]]) -> list[st
     return sorted(f"{names[classifier]}+{names[regressor]}" for classifier, regressor in pairs)
 
 
-def stream_frames(database: Database, selection: Selection, band: str, *, chunk_size: int) -> Iterator[FrameChunk]:
-    """Frames of ``band`` with a result in the selection, ``chunk_size`` at a time (the last chunk shorter).
+class FrameStream:
+    """Frames of one band with a result in the selection, ``chunk_size`` at a time (the last chunk shorter).
+
+    The ``COPY`` starts when the stream is made, on a thread that reads up
+    to ``_CHUNKS_AHEAD`` chunks ahead: PostgreSQL (another process) sorts and
+    sends rows while the caller still works on the previous band or chunk.
+    Iterate once; :meth:`close` (or leaving a ``with`` block) ends the query.
 
     Parameters
     ----------
@@ -188,39 +193,44 @@ def stream_frames(database: Database, selection: Selection, band: str, *, chunk_
         Canonical band name.
     chunk_size : int
         Frames per chunk (> 0): memory grows with it, per-chunk overheads shrink.
-
-    Yields
-    ------
-    FrameChunk
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    region_sql, parameters = _region_filter(selection)
-    run_sql = "AND d.run_id = %(run_id)s" if selection.run_id is not None else ""
-    statement = f"""COPY (
-        SELECT DISTINCT ON (d.frame_id) {_COLUMNS_SQL}
-        FROM density_result d JOIN frame f ON f.id = d.frame_id
-        WHERE f.band = %(band)s {run_sql} {region_sql}
-        ORDER BY d.frame_id, {PREFERRED_RESULT_ORDER}
-    ) TO STDOUT (FORMAT binary)"""
-    parameters = {**parameters, "band": band, "run_id": selection.run_id}
-    # A thread reads the next chunk while the caller works on this one: PostgreSQL (another
-    # process) computes rows meanwhile instead of waiting for the caller to ask.
-    chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=_CHUNKS_AHEAD)
-    stop = threading.Event()
-    reader = threading.Thread(
-        target=_read_copy, args=(database, statement, parameters, chunk_size, chunks, stop), daemon=True,
-        name="density-db-maps-copy",
-    )
-    reader.start()
-    try:
-        while (item := chunks.get()) is not None:
+
+    def __init__(self, database: Database, selection: Selection, band: str, *, chunk_size: int) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        region_sql, parameters = _region_filter(selection)
+        run_sql = "AND d.run_id = %(run_id)s" if selection.run_id is not None else ""
+        statement = f"""COPY (
+            SELECT DISTINCT ON (d.frame_id) {_COLUMNS_SQL}
+            FROM density_result d JOIN frame f ON f.id = d.frame_id
+            WHERE f.band = %(band)s {run_sql} {region_sql}
+            ORDER BY d.frame_id, {PREFERRED_RESULT_ORDER}
+        ) TO STDOUT (FORMAT binary)"""
+        parameters = {**parameters, "band": band, "run_id": selection.run_id}
+        self._chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=_CHUNKS_AHEAD)
+        self._stop = threading.Event()
+        self._reader = threading.Thread(
+            target=_read_copy, args=(database, statement, parameters, chunk_size, self._chunks, self._stop),
+            daemon=True, name="density-db-maps-copy",
+        )
+        self._reader.start()
+
+    def __iter__(self) -> Iterator[FrameChunk]:
+        while (item := self._chunks.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
             yield _parse(item)
-    finally:
-        stop.set()
-        reader.join()
+
+    def close(self) -> None:
+        """Stop reading (if not done) and wait for the reading thread."""
+        self._stop.set()
+        self._reader.join()
+
+    def __enter__(self) -> FrameStream:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 def _read_copy(
