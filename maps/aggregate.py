@@ -129,11 +129,14 @@ class FrameValues:
 class PixelStatistics(Mapping):
     """The statistics of one map (a band or all bands) on the pixels that frames cover.
 
-    A mapping from statistic name to its values on :attr:`pixels`, each worked
-    out from the accumulator when asked for (and not kept): ``(m,)`` arrays,
-    ``(m, k)`` for a statistic of ``k`` fields; float statistics are float32,
-    NaN where undefined (e.g. bright-star density where every frame is
-    class 5).  Valid while the accumulator it came from is not changed.
+    A mapping from statistic name to its values on :attr:`pixels`, worked out
+    from the accumulator when asked for and handed over, not kept (asking
+    again works them out again): ``(m,)`` arrays, ``(m, k)`` for a statistic
+    of ``k`` fields; float statistics are float32, NaN where undefined (e.g.
+    bright-star density where every frame is class 5).  The one-value
+    statistics that read the sums come out of one pass over the pixels, and
+    wait here until asked for.  Valid while the accumulator it came from is not
+    changed.
 
     Attributes
     ----------
@@ -148,11 +151,16 @@ class PixelStatistics(Mapping):
         self.pixels = pixels
         self._accumulator = accumulator
         self._rows = rows
+        self._waiting: dict[str, np.ndarray] = {}
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in STATISTIC_NAMES:
             raise KeyError(name)
-        return self._accumulator._statistic(name, self._rows)
+        if name not in _CELL_STATISTICS:
+            return self._accumulator._statistic(name, self._rows)
+        if name not in self._waiting:
+            self._waiting = self._accumulator._cell_statistics(self._rows)
+        return self._waiting.pop(name)
 
     def __iter__(self) -> Iterator[str]:
         return iter(STATISTIC_NAMES)
@@ -245,8 +253,17 @@ class MapAccumulator:
     def _layout(self) -> tuple:
         return self._block_shift, self._slot_of_block, self._block_of_slot, self._used, self._sums, self._covered
 
+    def _cell_statistics(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The statistics of :data:`_CELL_STATISTICS` on the accumulator ``rows``, in one pass."""
+        values = {
+            name: np.empty(rows.size, dtype={"class": np.int16, "count": np.int32}.get(kind, np.float32))
+            for name, kind in _CELL_STATISTICS.items()
+        }
+        _cell_statistic_values(self._sums.reshape(-1, _COLUMNS), rows, *values.values())
+        return values
+
     def _statistic(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """One statistic on the accumulator ``rows`` (slot * block size + pixel in block)."""
+        """A statistic not in :data:`_CELL_STATISTICS` on the accumulator ``rows`` (slot * block size + pixel)."""
         statistic = STATISTICS[STATISTIC_NAMES.index(name)]
         dtype = {"class": np.int16, "count": np.int32}.get(statistic.kind, np.float32)
         values = np.empty((rows.size, len(statistic.fields) or 1), dtype=dtype)
@@ -360,61 +377,72 @@ def _covered_rows(slots, sums):
     return rows[:found]
 
 
-(_CLASS_MAX, _CLASS_MODE, _CLASS_HISTOGRAM, _DENSITY_MEAN, _DENSITY_LOWEST, _DENSITY_HIGHEST, _BYPASSED_FRAMES,
- _BYPASSED_FRACTION, _FRAMES, _COVERED_FRACTION, _FLAGGED_FRACTION, _FLAG_FRACTIONS) = range(len(STATISTICS))
-assert STATISTIC_NAMES[_FLAG_FRACTIONS] == "flag_fractions" and STATISTIC_NAMES[_CLASS_MAX] == "class_max"
+_CELL_STATISTICS = {
+    statistic.name: statistic.kind for statistic in STATISTICS
+    if statistic.name in ("class_max", "class_mode", "bright_density_mean", "bright_density_min",
+                          "bright_density_max", "bypassed_frames", "bypassed_fraction", "frames", "flagged_fraction")
+}
+"""One-value statistics made from the sums, in the order :func:`_cell_statistic_values` fills them."""
+
+_CLASS_HISTOGRAM, _COVERED_FRACTION, _FLAG_FRACTIONS = (
+    STATISTIC_NAMES.index(name) for name in ("class_histogram", "covered_fraction", "flag_fractions")
+)
+
+
+@numba.njit(cache=True)
+def _cell_statistic_values(
+    sums, rows, class_max, class_mode, density_mean, density_min, density_max, bypassed_frames, bypassed_fraction,
+    frames, flagged_fraction,
+):
+    """Every statistic of :data:`_CELL_STATISTICS` of the pixels at ``rows`` of the sums (``(pixels, _COLUMNS)``).
+
+    One pass: each pixel's sums are read once for all of them.  Undefined floats are NaN.
+    """
+    for out, row in enumerate(rows):
+        cell = sums[row]
+        covering = 0.0
+        total_weight = 0.0
+        highest = -1
+        mode = DENSITY_CLASSES - 1  # ties go to the higher (more crowded) class
+        for density_class in range(DENSITY_CLASSES - 1, -1, -1):
+            covering += cell[_COUNT + density_class]
+            total_weight += np.float64(cell[_WEIGHT + density_class])
+            if highest < 0 and cell[_COUNT + density_class] > 0:
+                highest = density_class
+            if cell[_WEIGHT + density_class] > cell[_WEIGHT + mode]:
+                mode = density_class
+        counted_weight = np.float64(cell[_COUNTED_WEIGHT])
+        class_max[out] = highest
+        class_mode[out] = mode
+        density_mean[out] = cell[_DENSITY_SUM] / counted_weight if counted_weight > 0 else np.nan
+        density_min[out] = cell[_DENSITY_MIN] if counted_weight > 0 else np.nan
+        density_max[out] = cell[_DENSITY_MAX] if counted_weight > 0 else np.nan
+        bypassed_frames[out] = np.rint(cell[_COUNT + BYPASSED_CLASS])
+        bypassed_fraction[out] = cell[_WEIGHT + BYPASSED_CLASS] / total_weight
+        frames[out] = np.rint(covering)
+        flagged_fraction[out] = cell[_FLAGGED_WEIGHT] / total_weight
 
 
 @numba.njit(cache=True)
 def _statistic_values(statistic, sums, covered, rows, subpixels, values):
-    """Fill ``values`` (``(len(rows), fields)``) with one statistic (its index in :data:`STATISTICS`).
-
-    ``sums`` are the accumulator's per-pixel columns, flattened to ``(pixels,
-    _COLUMNS)``, ``covered`` its sub-pixel masks; undefined floats are NaN.
+    """Fill ``values`` (``(len(rows), fields)``) with the class histogram, covered fraction or flag fractions
+    (the statistic's index in :data:`STATISTICS`) of the pixels at ``rows`` of the sums and sub-pixel masks.
     """
     for out, row in enumerate(rows):
-        cell = sums[row]
-        frames = 0.0
-        total_weight = 0.0
-        for density_class in range(DENSITY_CLASSES):
-            frames += cell[_COUNT + density_class]
-            total_weight += np.float64(cell[_WEIGHT + density_class])
-        counted_weight = np.float64(cell[_COUNTED_WEIGHT])
-        if statistic == _CLASS_MAX:
-            highest = -1
-            for density_class in range(DENSITY_CLASSES):
-                if cell[_COUNT + density_class] > 0:
-                    highest = density_class
-            values[out, 0] = highest
-        elif statistic == _CLASS_MODE:
-            mode = DENSITY_CLASSES - 1  # ties go to the higher (more crowded) class
-            for density_class in range(DENSITY_CLASSES - 2, -1, -1):
-                if cell[_WEIGHT + density_class] > cell[_WEIGHT + mode]:
-                    mode = density_class
-            values[out, 0] = mode
-        elif statistic == _CLASS_HISTOGRAM:
-            for density_class in range(DENSITY_CLASSES):
-                values[out, density_class] = np.rint(cell[_COUNT + density_class])
-        elif statistic == _DENSITY_MEAN:
-            values[out, 0] = cell[_DENSITY_SUM] / counted_weight if counted_weight > 0 else np.nan
-        elif statistic == _DENSITY_LOWEST:
-            values[out, 0] = cell[_DENSITY_MIN] if counted_weight > 0 else np.nan
-        elif statistic == _DENSITY_HIGHEST:
-            values[out, 0] = cell[_DENSITY_MAX] if counted_weight > 0 else np.nan
-        elif statistic == _BYPASSED_FRAMES:
-            values[out, 0] = np.rint(cell[_COUNT + BYPASSED_CLASS])
-        elif statistic == _BYPASSED_FRACTION:
-            values[out, 0] = cell[_WEIGHT + BYPASSED_CLASS] / total_weight
-        elif statistic == _FRAMES:
-            values[out, 0] = np.rint(frames)
-        elif statistic == _COVERED_FRACTION:
+        if statistic == _COVERED_FRACTION:
             mask, bits = covered[row], 0
             while mask:
                 mask &= mask - 1
                 bits += 1
             values[out, 0] = bits / subpixels
-        elif statistic == _FLAGGED_FRACTION:
-            values[out, 0] = cell[_FLAGGED_WEIGHT] / total_weight
+            continue
+        cell = sums[row]
+        if statistic == _CLASS_HISTOGRAM:
+            for density_class in range(DENSITY_CLASSES):
+                values[out, density_class] = np.rint(cell[_COUNT + density_class])
         else:
+            total_weight = 0.0
+            for density_class in range(DENSITY_CLASSES):
+                total_weight += np.float64(cell[_WEIGHT + density_class])
             for bit in range(_FLAG_BITS):
                 values[out, bit] = cell[_FLAG_WEIGHT + bit] / total_weight
