@@ -17,6 +17,7 @@ one map's values, not all of them.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -152,15 +153,17 @@ class PixelStatistics(Mapping):
         self._accumulator = accumulator
         self._rows = rows
         self._waiting: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()  # writers ask from several threads
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in STATISTIC_NAMES:
             raise KeyError(name)
         if name not in _CELL_STATISTICS:
             return self._accumulator._statistic(name, self._rows)
-        if name not in self._waiting:
-            self._waiting = self._accumulator._cell_statistics(self._rows)
-        return self._waiting.pop(name)
+        with self._lock:
+            if name not in self._waiting:
+                self._waiting = self._accumulator._cell_statistics(self._rows)
+            return self._waiting.pop(name)
 
     def __iter__(self) -> Iterator[str]:
         return iter(STATISTIC_NAMES)
@@ -389,7 +392,7 @@ _CLASS_HISTOGRAM, _COVERED_FRACTION, _FLAG_FRACTIONS = (
 )
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _cell_statistic_values(
     sums, rows, class_max, class_mode, density_mean, density_min, density_max, bypassed_frames, bypassed_fraction,
     frames, flagged_fraction,
@@ -423,7 +426,7 @@ def _cell_statistic_values(
         flagged_fraction[out] = cell[_FLAGGED_WEIGHT] / total_weight
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _statistic_values(statistic, sums, covered, rows, subpixels, values):
     """Fill ``values`` (``(len(rows), fields)``) with the class histogram, covered fraction or flag fractions
     (the statistic's index in :data:`STATISTICS`) of the pixels at ``rows`` of the sums and sub-pixel masks.

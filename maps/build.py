@@ -13,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,7 +27,7 @@ import numpy as np
 from density_db.database import Database
 from density_db.errors import DensityDBError
 from density_db.maps import source
-from density_db.maps.aggregate import STATISTICS, FrameValues, MapAccumulator, PixelStatistics
+from density_db.maps.aggregate import STATISTICS, FrameValues, MapAccumulator, PixelStatistics, Statistic
 from density_db.maps.rasterize import MAX_ORDER, MAX_SUBPIXEL_LEVELS, footprint_area_deg2, footprint_coverage
 from density_db.maps.source import FrameChunk, Selection
 from density_db.maps.writers import (
@@ -41,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OVERSAMPLING_LEVELS = 2
 """Footprints are rasterised 2 orders below the output: 16 sub-pixels (4 x the nside) per output pixel."""
+
+WRITER_THREADS = min(4, os.cpu_count() or 1)
+"""Map files made at the same time (a statistic's values, then its files)."""
 
 DEFAULT_CHUNK_SIZE = 10_000
 """Frames read and rasterised at a time (about 50 MB of temporary arrays; larger chunks run slower)."""
@@ -136,8 +142,9 @@ class BuildSummary:
     stream_seconds: float
     """Reading frames from the catalog, rasterising and accumulating them (grows with the frames)."""
     finalize_seconds: float
-    """Turning sums into statistics and merging bands (grows with the pixels covered)."""
+    """Finding the covered pixels and merging the bands' sums (grows with the pixels covered)."""
     write_seconds: float
+    """Working each map's values out of the sums and writing the files, side by side on threads."""
 
     @property
     def frames_mapped(self) -> int:
@@ -247,8 +254,8 @@ def build_maps(
         bands=tuple(summaries),
         files=tuple(writer.files),
         stream_seconds=stream_seconds,
-        finalize_seconds=finalize_seconds + writer.statistics_seconds,
-        write_seconds=writer.seconds - writer.statistics_seconds,
+        finalize_seconds=finalize_seconds,
+        write_seconds=writer.seconds,
     )
     manifest = settings.out_dir / f"maps_nside{settings.nside}.json"
     manifest.write_text(json.dumps(_manifest(summary, settings), indent=2) + "\n")
@@ -325,38 +332,32 @@ def _manifest(summary: BuildSummary, settings: MapSettings) -> dict:
 
 
 class _Writer:
-    """Writes every file of one band's maps and remembers what it wrote."""
+    """Writes every file of one band's maps, a few at a time on threads, and remembers what it wrote.
+
+    The statistics' compiled loops and NumPy's copies and file writes release
+    the GIL, so files are made side by side; the PNGs are drawn one at a time
+    (matplotlib figures are not shared between threads, but the library's
+    state is).
+    """
 
     def __init__(self, settings: MapSettings, run: str) -> None:
         self.settings = settings
         self.run = run
         self.files: list[Path] = []
         self.seconds = 0.0
-        self.statistics_seconds = 0.0
-        """Of ``seconds``, the time spent working statistics out of the sums (they are made as they are written)."""
 
     def write(self, band: str, statistics: PixelStatistics, models: Sequence[str]) -> None:
         started = time.perf_counter()
         settings = self.settings
         provenance = MapProvenance(band=band, nside=settings.nside, run=self.run, models=tuple(models))
-        for statistic in STATISTICS:
-            computed = time.perf_counter()
-            values = statistics[statistic.name]
-            self.statistics_seconds += time.perf_counter() - computed
-            stem = map_stem(band, statistic.name, settings.nside)
-            pixels = statistics.pixels
-            if "hsp" in settings.formats:
-                path = settings.out_dir / f"{stem}.hsp"
-                self.files.append(
-                    write_healsparse(path, statistic, pixels, values, provenance, compress=settings.compress)
-                )
-            if "fits" in settings.formats:
-                path = settings.out_dir / f"{stem}.fits"
-                self.files.append(write_healpix_fits(path, statistic, pixels, values, provenance))
-            if settings.png:
-                from density_db.maps.plots import plot_map
-
-                self.files.append(plot_map(settings.out_dir / f"{stem}.png", statistic, pixels, values, provenance))
+        with ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="density-db-maps-writer") as pool:
+            # the two record maps (the largest) first and last: the threads finish together without
+            # holding both at once
+            order = sorted(STATISTICS, key=lambda statistic: -len(statistic.fields))
+            order.append(order.pop(1))
+            written = dict(zip(order, pool.map(lambda item: self._write(item, statistics, provenance), order)))
+        for statistic in STATISTICS:  # the files listed in the order of the statistics
+            self.files.extend(written[statistic])
         if settings.moc:
             crowded = statistics.pixels[statistics["class_max"] >= CROWDED_CLASS]
             flagged = statistics.pixels[statistics["flagged_fraction"] > 0]
@@ -367,3 +368,25 @@ class _Writer:
                 path = settings.out_dir / f"{moc_stem(band, what, settings.nside)}.fits"
                 self.files.append(write_moc(path, pixels, provenance, description))
         self.seconds += time.perf_counter() - started
+
+    def _write(self, statistic: Statistic, statistics: PixelStatistics, provenance: MapProvenance) -> list[Path]:
+        """Every file of one statistic: its values are worked out here, then written in each format."""
+        settings = self.settings
+        values = statistics[statistic.name]
+        pixels = statistics.pixels
+        stem = settings.out_dir / map_stem(provenance.band, statistic.name, settings.nside)
+        files = []
+        if "hsp" in settings.formats:
+            files.append(write_healsparse(stem.with_suffix(".hsp"), statistic, pixels, values, provenance,
+                                          compress=settings.compress))
+        if "fits" in settings.formats:
+            files.append(write_healpix_fits(stem.with_suffix(".fits"), statistic, pixels, values, provenance))
+        if settings.png:
+            from density_db.maps.plots import plot_map
+
+            with _PLOTTING:
+                files.append(plot_map(stem.with_suffix(".png"), statistic, pixels, values, provenance))
+        return files
+
+
+_PLOTTING = threading.Lock()
