@@ -4,8 +4,9 @@ One band at a time: its frames stream from the catalog in chunks, each chunk's
 footprints are rasterised at ``oversampling_levels`` orders below the output
 (pixel centres in the corner polygon) and degraded into covered fractions,
 and the sums go into the band's accumulator.  When the band is done its maps
-are written and its accumulator merged into the all-bands one, so memory holds
-at most two accumulators whatever the number of bands.
+are written (two at a time, on threads) while PostgreSQL already sorts the
+next band's rows, and its accumulator is merged into the all-bands one, so
+memory holds at most two accumulators whatever the number of bands.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -45,8 +46,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_OVERSAMPLING_LEVELS = 2
 """Footprints are rasterised 2 orders below the output: 16 sub-pixels (4 x the nside) per output pixel."""
 
-WRITER_THREADS = min(4, os.cpu_count() or 1)
-"""Map files made at the same time (a statistic's values, then its files)."""
+WRITER_THREADS = min(2, os.cpu_count() or 1)
+"""Maps made at the same time (a statistic's values, then its files): two keep the memory of a band's
+largest maps bounded while both cores work."""
 
 DEFAULT_CHUNK_SIZE = 10_000
 """Frames read and rasterised at a time (about 50 MB of temporary arrays; larger chunks run slower)."""
