@@ -293,7 +293,7 @@ class MapAccumulator:
 # -- compiled loops ----------------------------------------------------------------------------
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _slot(block, slot_of_block, block_of_slot, used, sums) -> int:
     """The slot of a coverage block, allocated (its sums set empty) if new; -1 when no slot is left."""
     slot = slot_of_block[block]
@@ -311,7 +311,7 @@ def _slot(block, slot_of_block, block_of_slot, used, sums) -> int:
     return slot
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _add_rows(
     frame, pixel, fraction, subpixels, density_class, bright_density, flags, start,
     shift, slot_of_block, block_of_slot, used, sums, covered,
@@ -341,7 +341,7 @@ def _add_rows(
     return pixel.size
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _merge_slots(
     their_blocks, their_sums, their_covered, start, shift, slot_of_block, block_of_slot, used, sums, covered,
 ) -> int:
@@ -363,7 +363,7 @@ def _merge_slots(
     return their_blocks.size
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _covered_rows(slots, sums):
     """Rows (slot * block size + pixel) of the pixels some frame covers, slot by slot in the order given."""
     block_size = sums.shape[1]

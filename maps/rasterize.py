@@ -261,7 +261,7 @@ class _Polygons:
         )
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _spread_bits(value: int) -> int:
     """The bits of ``value`` (< 2**29) moved to the even positions (0, 2, 4, ...): half a NESTED index."""
     value &= 0x1FFFFFFF
@@ -272,7 +272,7 @@ def _spread_bits(value: int) -> int:
     return (value | (value << 1)) & 0x5555555555555555
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _ring_to_face_xy(order: int, ring: int, ring_pixel: int) -> tuple[int, int, int]:
     """Base face and in-face coordinates (x, y) of pixel ``ring_pixel`` (0-based along the ring) of ``ring``.
 
@@ -300,7 +300,7 @@ def _ring_to_face_xy(order: int, ring: int, ring_pixel: int) -> tuple[int, int, 
     return face, (ipt - irt) >> 1, (-ipt - irt) >> 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _ring_coordinate(z: float, nside: int) -> float:
     """Continuous ring number (1 at the north pole's first ring, 4 nside - 1 at the south's) of height z."""
     if z > 2.0 / 3.0:
@@ -310,7 +310,7 @@ def _ring_coordinate(z: float, nside: int) -> float:
     return nside * (2.0 - 1.5 * z)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _rasterise(
     order, levels, normals, centre_z, centre_sin_theta, centre_phi, cos_radius, edges, frame_out, pixel_out, mask_out,
 ):
