@@ -267,14 +267,32 @@ def build_maps(
 def _accumulate(
     stream: source.FrameStream, settings: MapSettings, advance: Callable[[int], None]
 ) -> tuple[MapAccumulator, int, set[tuple[int, int]]]:
-    """One band's sums from its stream; also the frames without usable corners and the model pairs seen."""
+    """One band's sums from its stream; also the frames without usable corners and the model pairs seen.
+
+    A two-stage pipeline: a thread rasterises the next chunk while this one's
+    coverage is added (both compiled loops run without the GIL).
+    """
     accumulator = MapAccumulator(order=settings.order, levels=settings.oversampling_levels)
     without_corners = 0
     pairs: set[tuple[int, int]] = set()
-    for chunk in stream:
-        without_corners += _add_chunk(accumulator, chunk, settings.oversampling_levels)
-        pairs.update(zip(chunk.classifier_id.tolist(), chunk.regressor_id.tolist()))
-        advance(len(chunk))
+    pending = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="density-db-maps-rasterise") as rasteriser:
+        for chunk in stream:
+            usable = np.all(np.isfinite(chunk.corner_ra), axis=1) & np.all(np.isfinite(chunk.corner_dec), axis=1)
+            if not np.all(usable):
+                logger.warning("%d frames without four finite corners are left out of the maps",
+                               usable.size - np.count_nonzero(usable))
+                without_corners += int(usable.size - np.count_nonzero(usable))
+                chunk = chunk.take(usable)
+            coverage = rasteriser.submit(footprint_coverage, chunk.corner_ra, chunk.corner_dec,
+                                         order=settings.order, levels=settings.oversampling_levels)
+            if pending is not None:
+                accumulator.add(pending[1].result(), frame_values(pending[0]))
+            pending = (chunk, coverage)
+            pairs.update(zip(chunk.classifier_id.tolist(), chunk.regressor_id.tolist()))
+            advance(int(usable.size))
+        if pending is not None:
+            accumulator.add(pending[1].result(), frame_values(pending[0]))
     return accumulator, without_corners, pairs
 
 
@@ -288,18 +306,6 @@ def frame_values(chunk: FrameChunk) -> FrameValues:
     with np.errstate(divide="ignore", invalid="ignore"):
         density = np.where(valid_area > 0, chunk.bright_count / valid_area, np.nan)
     return FrameValues(density_class=chunk.density_class, bright_density=density, flags=chunk.flags)
-
-
-def _add_chunk(accumulator: MapAccumulator, chunk: FrameChunk, levels: int) -> int:
-    """Rasterise and add one chunk; return how many of its frames had no usable corners."""
-    usable = np.all(np.isfinite(chunk.corner_ra), axis=1) & np.all(np.isfinite(chunk.corner_dec), axis=1)
-    unusable = int(usable.size - np.count_nonzero(usable))
-    if unusable:
-        logger.warning("%d frames without four finite corners are left out of the maps", unusable)
-        chunk = chunk.take(usable)
-    coverage = footprint_coverage(chunk.corner_ra, chunk.corner_dec, order=accumulator.order, levels=levels)
-    accumulator.add(coverage, frame_values(chunk))
-    return unusable
 
 
 def _summary(

@@ -382,6 +382,22 @@ def test_region_maps_exactly_the_frames_that_overlap_it(
     assert dict(zip(frames.valid_pixels.tolist(), frames[frames.valid_pixels].tolist())) == reference
 
 
+def test_frames_without_corners_are_counted_and_left_out(
+    database: Database, overlapping_catalog: list[dict], tmp_path: Path
+) -> None:
+    cornerless = overlapping_catalog[1]["id"]  # a g frame with results
+    with database.engine.begin() as connection:
+        connection.execute(sa.text("UPDATE frame SET corner_ra[3] = 'NaN' WHERE id = :id"),
+                           {"id": cornerless})
+    summary = build_maps(database, MapSettings(
+        nside=NSIDE, out_dir=tmp_path, selection=Selection(bands=("g",)), formats=("hsp",), chunk_size=4,
+    ))
+    assert summary.bands[0].frames_without_corners == 1
+    reference = reference_maps([frame for frame in overlapping_catalog if frame["id"] != cornerless], {"g"})
+    frames = HealSparseMap.read(str(tmp_path / f"g_frames_nside{NSIDE}.hsp"))
+    assert dict(zip(frames.valid_pixels.tolist(), frames[frames.valid_pixels].tolist())) == reference["frames"]
+
+
 def test_total_covered_area_is_the_sum_of_the_footprint_areas(database: Database, tmp_path: Path) -> None:
     frames = []
     for dec in (-40.0, -20.0, 0.0, 20.0, 40.0, 60.0):
