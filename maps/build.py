@@ -359,10 +359,9 @@ class _Writer:
         settings = self.settings
         provenance = MapProvenance(band=band, nside=settings.nside, run=self.run, models=tuple(models))
         with ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="density-db-maps-writer") as pool:
-            # the two record maps (the largest) first and last: the threads finish together without
-            # holding both at once
-            order = sorted(STATISTICS, key=lambda statistic: -len(statistic.fields))
-            order.append(order.pop(1))
+            # the one-value maps (made together in one pass) first, then the record maps (the largest),
+            # one at a time, so that memory never holds two of these at once
+            order = sorted(STATISTICS, key=lambda statistic: len(statistic.fields))
             written = dict(zip(order, pool.map(lambda item: self._write(item, statistics, provenance), order)))
         for statistic in STATISTICS:  # the files listed in the order of the statistics
             self.files.extend(written[statistic])
@@ -379,9 +378,13 @@ class _Writer:
 
     def _write(self, statistic: Statistic, statistics: PixelStatistics, provenance: MapProvenance) -> list[Path]:
         """Every file of one statistic: its values are worked out here, then written in each format."""
+        with _RECORD_MAP if statistic.fields else contextlib.nullcontext():
+            return self._write_files(statistic, statistics.pixels, statistics[statistic.name], provenance)
+
+    def _write_files(
+        self, statistic: Statistic, pixels: np.ndarray, values: np.ndarray, provenance: MapProvenance
+    ) -> list[Path]:
         settings = self.settings
-        values = statistics[statistic.name]
-        pixels = statistics.pixels
         stem = settings.out_dir / map_stem(provenance.band, statistic.name, settings.nside)
         files = []
         if "hsp" in settings.formats:
@@ -398,3 +401,5 @@ class _Writer:
 
 
 _PLOTTING = threading.Lock()
+_RECORD_MAP = threading.Lock()
+"""Held while a record map (a value per class or flag per pixel, the largest maps) is made and written."""
