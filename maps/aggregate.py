@@ -10,8 +10,8 @@ regional catalog makes small accumulators and an all-sky one at nside 1024
 takes about 1.3 GB (100 bytes per pixel, and a bit per sub-pixel).
 Accumulators of several bands merge into the all-bands one.  Adding and
 merging run as compiled loops (Numba) over the rows; the statistics are
-worked out one at a time when a writer asks for them, so that memory holds
-one map's values, not all of them.
+worked out when a writer asks for them (the one-value ones together, in one
+pass), so that memory never holds every map of a band at once.
 """
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ class Statistic:
     """``class`` (0-5), ``count`` (frames), ``fraction`` (0-1) or ``density`` (stars/deg^2)."""
     fields: tuple[str, ...] = ()
     """For a map of several values per pixel (a healsparse record map, a FITS column each): their names."""
+
+    @property
+    def dtype(self) -> np.dtype:
+        """What the values are made and stored as: int16 classes, int32 frame counts, float32 otherwise."""
+        return np.dtype({"class": np.int16, "count": np.int32}.get(self.kind, np.float32))
 
 
 STATISTICS = (
@@ -104,10 +109,6 @@ _COLUMNS = _FLAG_WEIGHT + _FLAG_BITS
 _PREALLOCATE_BYTES = 2 << 30
 """Accumulators whose whole sky fits in this (up to nside 1024) reserve it at once instead of growing."""
 
-_BATCH_PIXELS = 1 << 20
-"""Pixels turned into a statistic at a time (bounds the temporary copies)."""
-
-
 @dataclass(frozen=True)
 class FrameValues:
     """What each frame of a chunk contributes to the maps.
@@ -158,7 +159,7 @@ class PixelStatistics(Mapping):
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in STATISTIC_NAMES:
             raise KeyError(name)
-        if name not in _CELL_STATISTICS:
+        if name not in _CELL_STATISTIC_NAMES:
             return self._accumulator._statistic(name, self._rows)
         with self._lock:
             if name not in self._waiting:
@@ -258,18 +259,14 @@ class MapAccumulator:
 
     def _cell_statistics(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The statistics of :data:`_CELL_STATISTICS` on the accumulator ``rows``, in one pass."""
-        values = {
-            name: np.empty(rows.size, dtype={"class": np.int16, "count": np.int32}.get(kind, np.float32))
-            for name, kind in _CELL_STATISTICS.items()
-        }
+        values = {statistic.name: np.empty(rows.size, dtype=statistic.dtype) for statistic in _CELL_STATISTICS}
         _cell_statistic_values(self._sums.reshape(-1, _COLUMNS), rows, *values.values())
         return values
 
     def _statistic(self, name: str, rows: np.ndarray) -> np.ndarray:
         """A statistic not in :data:`_CELL_STATISTICS` on the accumulator ``rows`` (slot * block size + pixel)."""
         statistic = STATISTICS[STATISTIC_NAMES.index(name)]
-        dtype = {"class": np.int16, "count": np.int32}.get(statistic.kind, np.float32)
-        values = np.empty((rows.size, len(statistic.fields) or 1), dtype=dtype)
+        values = np.empty((rows.size, len(statistic.fields) or 1), dtype=statistic.dtype)
         _statistic_values(STATISTIC_NAMES.index(name), self._sums.reshape(-1, _COLUMNS),
                           self._covered.reshape(-1), rows, self._subpixels, values)
         return values if statistic.fields else values[:, 0]
@@ -380,12 +377,13 @@ def _covered_rows(slots, sums):
     return rows[:found]
 
 
-_CELL_STATISTICS = {
-    statistic.name: statistic.kind for statistic in STATISTICS
+_CELL_STATISTICS = tuple(
+    statistic for statistic in STATISTICS
     if statistic.name in ("class_max", "class_mode", "bright_density_mean", "bright_density_min",
                           "bright_density_max", "bypassed_frames", "bypassed_fraction", "frames", "flagged_fraction")
-}
+)
 """One-value statistics made from the sums, in the order :func:`_cell_statistic_values` fills them."""
+_CELL_STATISTIC_NAMES = frozenset(statistic.name for statistic in _CELL_STATISTICS)
 
 _CLASS_HISTOGRAM, _COVERED_FRACTION, _FLAG_FRACTIONS = (
     STATISTIC_NAMES.index(name) for name in ("class_histogram", "covered_fraction", "flag_fractions")

@@ -279,10 +279,10 @@ def _accumulate(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="density-db-maps-rasterise") as rasteriser:
         for chunk in stream:
             usable = np.all(np.isfinite(chunk.corner_ra), axis=1) & np.all(np.isfinite(chunk.corner_dec), axis=1)
-            if not np.all(usable):
-                logger.warning("%d frames without four finite corners are left out of the maps",
-                               usable.size - np.count_nonzero(usable))
-                without_corners += int(usable.size - np.count_nonzero(usable))
+            unusable = int(usable.size - np.count_nonzero(usable))
+            if unusable:
+                logger.warning("%d frames without four finite corners are left out of the maps", unusable)
+                without_corners += unusable
                 chunk = chunk.take(usable)
             coverage = rasteriser.submit(footprint_coverage, chunk.corner_ra, chunk.corner_dec,
                                          order=settings.order, levels=settings.oversampling_levels)
@@ -384,6 +384,7 @@ class _Writer:
     def _write_files(
         self, statistic: Statistic, pixels: np.ndarray, values: np.ndarray, provenance: MapProvenance
     ) -> list[Path]:
+        """The files of one statistic's values, in each format asked for."""
         settings = self.settings
         stem = settings.out_dir / map_stem(provenance.band, statistic.name, settings.nside)
         files = []

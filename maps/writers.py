@@ -117,19 +117,17 @@ def write_healsparse(
     from healsparse import HealSparseMap
 
     metadata = {key: value for key, value, _ in provenance.header(statistic)}
-    dtype, sentinel = {
-        "class": (np.int16, -1),
-        "count": (np.int32, -1),
-    }.get(statistic.kind, (np.float32, healpy.UNSEEN))
+    dtype = statistic.dtype
+    sentinel = healpy.UNSEEN if dtype.kind == "f" else -1
     if statistic.fields:
         # big-endian, as FITS stores it: the fields are swapped while they are laid out, not copied again
-        record = np.dtype([(name, np.dtype(dtype).newbyteorder(">")) for name in statistic.fields])
+        record = np.dtype([(name, dtype.newbyteorder(">")) for name in statistic.fields])
         fields = [values[:, index] for index in range(len(statistic.fields))]
         coverage, blocks = _sparse_layout(pixels, fields, record, provenance.nside, sentinel)
         _write_record_map(path, coverage, blocks, provenance.nside, sentinel, metadata)
         return path
     defined = ~np.isnan(values) if values.dtype.kind == "f" else slice(None)
-    coverage, blocks = _sparse_layout(pixels[defined], [values[defined]], np.dtype(dtype), provenance.nside, sentinel)
+    coverage, blocks = _sparse_layout(pixels[defined], [values[defined]], dtype, provenance.nside, sentinel)
     sparse = HealSparseMap(cov_map=coverage, sparse_map=blocks, nside_sparse=provenance.nside, sentinel=sentinel,
                            metadata=metadata)
     sparse.write(str(path), clobber=True, nocompress=not compress)

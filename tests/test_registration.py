@@ -139,7 +139,6 @@ def test_interrupted_registration_is_marked_and_a_rerun_finishes(
 ) -> None:
     import os
     import signal
-    import subprocess
     import sys
     import time
 
