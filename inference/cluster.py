@@ -73,6 +73,7 @@ class Cluster:
         self.address = scheduler or os.environ.get(SCHEDULER_ENVIRONMENT_VARIABLE) or None
         self._local_cluster = None
         self._client = None
+        self._environment: dict[str, str] = {}  # os.environ before the local cluster started
         if self.address:
             self.device = device
             self._client = self._connect(self.address)
@@ -95,6 +96,7 @@ class Cluster:
             import dask
             from distributed import Client, LocalCluster
 
+            self._environment = dict(os.environ)
             with dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": value
                                   for name, value in WORKER_MALLOC_ENVIRONMENT.items()}):
                 self._local_cluster = LocalCluster(
@@ -131,6 +133,11 @@ class Cluster:
         if self._local_cluster is not None:
             self._local_cluster.close()
             self._local_cluster = None
+            # Dask's nannies write the workers' pre-spawn environment (allocator settings,
+            # OMP_NUM_THREADS=1) into this process's os.environ, where every later subprocess
+            # would inherit it: put back what was there.
+            os.environ.clear()
+            os.environ.update(self._environment)
 
     def __enter__(self) -> Cluster:
         return self

@@ -334,3 +334,16 @@ def test_a_cuda_worker_answers_like_a_cpu_worker(tmp_path: Path, models) -> None
         # bfloat16 autocast on CUDA: probabilities agree to about 1e-2
         np.testing.assert_allclose(gpu.probabilities, cpu.probabilities, atol=2e-2)
         assert gpu.valid_fraction == cpu.valid_fraction
+
+
+def test_a_local_cluster_leaves_the_environment_of_this_process_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Dask's nannies write the workers' allocator settings into os.environ; later subprocesses
+    # (a FITS renderer, another ingest) must not inherit them.
+    from density_db.inference.cluster import WORKER_MALLOC_ENVIRONMENT, Cluster
+
+    for name in (*WORKER_MALLOC_ENVIRONMENT, "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    before = dict(os.environ)
+    with Cluster(scheduler=None, workers=1, device="cpu") as cluster:
+        assert cluster.client.ncores()
+    assert dict(os.environ) == before
