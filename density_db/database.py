@@ -163,26 +163,20 @@ def check_schema(database: Database, *, create_if_empty: bool) -> None:
 
     An empty database is brought to the head when ``create_if_empty``; one at
     an older revision raises, telling the user to run ``density-db db upgrade``.
+    Anything short of the head is looked at again under the schema lock, so that
+    a process starting while another creates the schema waits for it and then
+    finds the finished schema, not a half-seen one.
     """
     head = head_revision(database)
-    current = current_revision(database)
-    if current == head:
+    if current_revision(database) == head:
         return
-    if current is None:
-        with database.engine.connect() as connection:
-            foreign = _OUR_TABLES & set(sa.inspect(connection).get_table_names())
-        if foreign:
-            raise SchemaVersionError(
-                f"the database at {database.display_url} has tables named like density-db's "
-                f"({', '.join(sorted(foreign))}) but no schema revision; use an empty database"
-            )
-        if not create_if_empty:
-            raise SchemaVersionError(
-                f"the database at {database.display_url} has no density-db schema; run `density-db db upgrade`"
-            )
-        logger.info("creating the density-db schema in %s", database.display_url)
-        upgrade(database)
-        return
+    with _schema_lock(database):
+        current = current_revision(database)
+        if current == head:
+            return
+        if current is None:
+            _create_schema(database, create_if_empty=create_if_empty)
+            return
     from alembic.script import ScriptDirectory
 
     scripts = ScriptDirectory.from_config(alembic_config(database))
@@ -196,6 +190,25 @@ def check_schema(database: Database, *, create_if_empty: bool) -> None:
         f"the database schema is at revision {current}, which this density-db does not know: "
         "it was written by a newer density-db; upgrade density-db"
     )
+
+
+def _create_schema(database: Database, *, create_if_empty: bool) -> None:
+    """Bring a database with no revision to the head; the caller holds the schema lock."""
+    from alembic import command
+
+    with database.engine.connect() as connection:
+        foreign = _OUR_TABLES & set(sa.inspect(connection).get_table_names())
+    if foreign:
+        raise SchemaVersionError(
+            f"the database at {database.display_url} has tables named like density-db's "
+            f"({', '.join(sorted(foreign))}) but no schema revision; use an empty database"
+        )
+    if not create_if_empty:
+        raise SchemaVersionError(
+            f"the database at {database.display_url} has no density-db schema; run `density-db db upgrade`"
+        )
+    logger.info("creating the density-db schema in %s", database.display_url)
+    command.upgrade(alembic_config(database), "head")
 
 
 @contextlib.contextmanager

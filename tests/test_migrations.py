@@ -124,6 +124,26 @@ def test_first_use_creates_the_schema_in_an_empty_database(database_url: str, tm
     opened.engine.dispose()
 
 
+def test_first_use_that_sees_no_schema_while_another_process_creates_it_finds_it_finished(
+    empty_database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first look finds no revision; by the time anything else is looked at, another
+    # process has created the schema (as when several commands start on a fresh server).
+    looks = []
+
+    def revision_after_a_concurrent_creation(database: Database) -> str | None:
+        looks.append(database)
+        if len(looks) == 1:
+            upgrade(database)
+            return None
+        return current_revision(database)
+
+    monkeypatch.setattr(database_module, "current_revision", revision_after_a_concurrent_creation)
+    check_schema(empty_database, create_if_empty=True)
+    assert current_revision(empty_database) == head_revision(empty_database)
+    assert table_names(empty_database) == TABLES
+
+
 def test_older_revision_asks_for_db_upgrade(empty_database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     upgrade(empty_database)
     monkeypatch.setattr(database_module, "head_revision", lambda database: "9999")
