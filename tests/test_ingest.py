@@ -75,11 +75,20 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def scheduler() -> str:
-    """A two-worker LocalCluster shared by the module's tests, given to ingest as --scheduler."""
+    """A two-worker LocalCluster shared by the module's tests, given to ingest as --scheduler.
+
+    Its nannies write the workers' environment (OMP_NUM_THREADS=1, allocator settings) into
+    os.environ; it is put back afterwards so that later tests' subprocesses do not inherit it.
+    """
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        yield cluster.scheduler_address
+    environment = dict(os.environ)
+    try:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+            yield cluster.scheduler_address
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
 
 
 def model_options(models: dict[str, Path], classifier: str = "classifier") -> list[str]:
