@@ -130,8 +130,9 @@ def test_concurrent_registrations_of_the_same_inputs_store_each_frame_once(
 
 
 @pytest.mark.xfail(
-    reason="after the whole suite, in a fresh clone, the interrupted process has not exited 60 s after SIGINT "
-           "(three runs of three); alone or after part of the suite it passes: cause not found yet",
+    reason="in full-suite runs from a fresh clone, the interrupted process has sometimes not exited 60 s after "
+           "SIGINT (four runs of four before a fix to Dask's environment leak, none since); alone it passes. "
+           "A hang is reported with the process's Python stacks in the warnings summary",
     raises=subprocess.TimeoutExpired, strict=False,
 )
 def test_interrupted_registration_is_marked_and_a_rerun_finishes(
@@ -141,24 +142,28 @@ def test_interrupted_registration_is_marked_and_a_rerun_finishes(
     import signal
     import sys
     import time
+    import warnings
 
     paths = simulate(tmp_path, 2, seed=6)
     command = [str(Path(sys.executable).with_name("density-db")), "--db", database_url, "-q",
                "ingest", "--metadata-only", "--batch-size", "1", "--from-file", "-"]
-    environment = {**os.environ, "DENSITY_DB_HOME": str(embedded_home)}
-    process = subprocess.Popen(command, env=environment, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    process.stdin.write("".join(f"{path}\n" for path in paths[:18]))
-    process.stdin.flush()  # the list stays open: ingest waits for more paths
-    deadline = time.monotonic() + 60
-    while rows(database, "SELECT count(*) FROM frame") != [(18,)] and time.monotonic() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()  # let the database be dropped
-        process.wait()
-        raise
+    environment = {**os.environ, "DENSITY_DB_HOME": str(embedded_home), "PYTHONFAULTHANDLER": "1"}
+    with open(tmp_path / "stderr.txt", "w+") as stderr:  # a file, not a pipe that could fill up unread
+        process = subprocess.Popen(command, env=environment, stdin=subprocess.PIPE, stderr=stderr, text=True)
+        process.stdin.write("".join(f"{path}\n" for path in paths[:18]))
+        process.stdin.flush()  # the list stays open: ingest waits for more paths
+        deadline = time.monotonic() + 60
+        while rows(database, "SELECT count(*) FROM frame") != [(18,)] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack to stderr
+            process.wait()
+            stderr.seek(0)
+            warnings.warn(f"the interrupted ingest hung; its stderr:\n{stderr.read()[-6000:]}", stacklevel=1)
+            raise
     assert process.returncode == 130
     assert rows(database, "SELECT status, message FROM run") == [("interrupted", "interrupted by the user")]
     listing = tmp_path / "all.txt"
