@@ -7,7 +7,7 @@ frames (the sky of ``spatial_queries.py``: N/18 CSST exposures uniform within
 flagged), made in the server by one ``INSERT ... SELECT``.  Then the maps of
 every band and of all bands together are built at nside 1024 by
 :func:`density_db.maps.build.build_maps` in a child process, so that its peak
-resident memory (``ru_maxrss``) is the map building's alone.
+resident memory (Linux's VmHWM) is the map building's alone.
 
 Figures: frames mapped per second while streaming from PostgreSQL,
 rasterising the footprints at nside 4096 and accumulating (the part that
@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -49,6 +47,7 @@ from support import (
     database_software,
     describe_machine,
     fresh_database,
+    peak_rss_mib,
     write_json,
 )
 
@@ -116,12 +115,12 @@ def build_in_child(sqlalchemy_url: str, nside: int, formats: str, compress: bool
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     output = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
+    status = child.wait()
     wall_s = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"map building failed (exit status {os.waitstatus_to_exitcode(status)})")
+    if status != 0:
+        raise RuntimeError(f"map building failed (exit status {status})")
     figures = json.loads(output.strip().splitlines()[-1])
-    return {**figures, "child_wall_s": wall_s, "peak_rss_gib": usage.ru_maxrss * 1024 / 2**30}
+    return {**figures, "child_wall_s": wall_s}
 
 
 def child_main(sqlalchemy_url: str, nside: int, formats: str, compress: bool, out_dir: Path) -> None:
@@ -143,7 +142,7 @@ def child_main(sqlalchemy_url: str, nside: int, formats: str, compress: bool, ou
         "finalize_s": summary.finalize_seconds,
         "write_s": summary.write_seconds,
         "total_s": total_s,
-        "self_peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30,
+        "peak_rss_gib": peak_rss_mib() / 1024,
     }))
 
 

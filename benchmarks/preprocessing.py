@@ -25,7 +25,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one core: no BLAS thread p
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np

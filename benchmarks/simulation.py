@@ -57,7 +57,6 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_variable] = "1"
 
 import argparse
-import resource
 import statistics
 import tempfile
 import time
@@ -86,7 +85,7 @@ from density_db.simulate.dataset import (
 from density_db.simulate.exposures import DetectorJob, _write_image, plan_pointings
 from density_db.simulate.fields import NAMED_FIELDS, Field
 from density_db.simulate.render import render_detector
-from support import RESULTS_DIR, Machine, describe_machine, write_json
+from support import RESULTS_DIR, Machine, describe_machine, peak_rss_mib, write_json
 
 DETECTOR = 13
 """The central slot, as dataset mode uses; only the WCS depends on it."""
@@ -140,21 +139,6 @@ class Stopwatch:
     @property
     def cpu_over_wall(self) -> float:
         return self.cpu_s / self.wall_s if self.wall_s else float("nan")
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB.
-
-    Linux's VmHWM, the high-water mark of the process's own memory map: ``ru_maxrss`` of a spawned
-    child also counts the parent's pages it held between fork and exec (torch's several hundred MB).
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; elsewhere an estimate
 
 
 def warm_up() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -113,3 +114,19 @@ def median_seconds(action: Callable[[], object], repeats: int, *, warm_up: bool 
         action()
         timings.append(time.perf_counter() - started)
     return statistics.median(timings)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB.
+
+    Linux's VmHWM, the high-water mark of the process's own memory map.  ``ru_maxrss`` is not:
+    a process started by ``subprocess`` inherits its parent's peak at the time of the exec, so a
+    child of a large parent (torch, a test runner) reports the parent's memory as its own.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; elsewhere an estimate
