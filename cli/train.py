@@ -30,13 +30,16 @@ from density_db.cli.progress import progress_bar
               help="Data loader worker processes.")
 @click.option("--pretrained", "pretrained_weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Local torchvision ImageNet weights file for a ResNet backbone (nothing is downloaded).")
+@click.option("--backbone-from", "backbone_checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="CKPT", help="Start every layer but the head from this density-db checkpoint of the same "
+                                   "architecture (e.g. the trained classifier, for the regressor).")
 @click.option("--resume", is_flag=True, help="Continue the run saved in OUT.state.pt.")
 @click.option("--tune", "tune_trials", type=click.IntRange(min=1), default=None, metavar="N",
               help="Tune the learning rates (and the regressor's layer multipliers) with N Optuna trials "
                    "instead of one run (--lr is then searched, not used); the best trial goes to --out.")
 @pass_app
 def train(app: AppContext, stage, data_dir, architecture, out_path, epochs, batch_size, learning_rate, device,
-          seed, workers, pretrained_weights, resume, tune_trials) -> None:
+          seed, workers, pretrained_weights, backbone_checkpoint, resume, tune_trials) -> None:
     """Train STAGE (classifier or regressor) on a simulated dataset; the best model goes to --out."""
     from density_db.inference.training import TrainingConfig, state_file_of
     from density_db.inference.training import train as run_training
@@ -50,6 +53,7 @@ def train(app: AppContext, stage, data_dir, architecture, out_path, epochs, batc
     config = TrainingConfig(
         stage=stage, architecture=architecture, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
         device=device, seed=seed, workers=workers, pretrained_weights=pretrained_weights,
+        backbone_checkpoint=backbone_checkpoint,
     )
     if tune_trials is not None:
         import optuna

@@ -38,7 +38,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from density_db.errors import ConfigurationError, TrainingDivergedError
-from density_db.inference.architectures import build_model, check_architecture, load_imagenet_weights
+from density_db.inference.architectures import (
+    build_model, check_architecture, load_imagenet_weights, state_dict_mismatches,
+)
 from density_db.inference.augmentation import COPIES, Augmented
 from density_db.inference.checkpoints import file_sha256, load_checkpoint, save_checkpoint
 from density_db.inference.datasets import SimulatedDataset
@@ -109,6 +111,11 @@ class TrainingConfig:
         Data loader worker processes.
     pretrained_weights : str, optional
         A local torchvision ImageNet state dict for the ResNet backbone.
+    backbone_checkpoint : str, optional
+        A density-db checkpoint of the same architecture (typically the
+        trained classifier, for the regressor) whose every layer but the head
+        starts this model: the counterpart of ImageNet weights for
+        ``baseline_cnn``, which has none (:func:`load_backbone`).
     """
 
     stage: str
@@ -132,9 +139,12 @@ class TrainingConfig:
     amp: bool = True
     workers: int = 0
     pretrained_weights: str | None = None
+    backbone_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         check_architecture(self.stage, self.architecture)
+        if self.pretrained_weights and self.backbone_checkpoint:
+            raise ConfigurationError("give ImageNet weights or a backbone checkpoint to start from, not both")
         positive = {"batch_size": self.batch_size, "learning_rate": self.learning_rate,
                     "augment_copies": self.augment_copies, "patience": self.patience,
                     "gradient_clip_norm": self.gradient_clip_norm}
@@ -254,6 +264,37 @@ def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter
     return groups
 
 
+def load_backbone(model: nn.Module, path: str | Path, *, architecture: str) -> None:
+    """Start ``model``, in place, from every layer but the head of the density-db checkpoint at ``path``.
+
+    The checkpoint may be of either stage but must be of ``architecture``:
+    the backbones of the two stages are then the same network, and only the
+    head (``parameter_groups``'s ``head``: ``fc`` or the last linear layer)
+    differs and keeps its fresh initialisation.  The regressor's stage 1
+    trains the head on features learnt for density, as the paper's trains it
+    on ImageNet features.
+
+    Raises
+    ------
+    ConfigurationError
+        If the file is not a checkpoint of ``architecture`` or its backbone
+        tensors do not match the model's.
+    """
+    source = load_checkpoint(path)
+    if source.architecture != architecture:
+        raise ConfigurationError(
+            f"{path} is a {source.architecture} {source.stage}; a {architecture} backbone needs a {architecture} "
+            "checkpoint"
+        )
+    head = {name.split(".")[0] + "." for name, _ in parameter_groups(model)["head"]}
+    backbone = {name: tensor for name, tensor in source.model.state_dict().items() if not name.startswith(tuple(head))}
+    expected = {name: tensor for name, tensor in model.state_dict().items() if not name.startswith(tuple(head))}
+    problems = state_dict_mismatches(expected, backbone)
+    if problems:
+        raise ConfigurationError(f"the backbone of {path} does not fit this {architecture}: {problems}")
+    model.load_state_dict(backbone, strict=False)
+
+
 def set_trainable(model: nn.Module, phase: int) -> list[str]:
     """Freeze all but the parameter groups of ``phase`` (0, 1, 2); return the trainable parameter names."""
     trainable = []
@@ -356,6 +397,8 @@ def train(
     model = build_model(config.stage, config.architecture)
     if config.pretrained_weights:
         load_imagenet_weights(model, config.pretrained_weights)
+    if config.backbone_checkpoint:
+        load_backbone(model, config.backbone_checkpoint, architecture=config.architecture)
     model.to(device)
     criterion = (nn.CrossEntropyLoss() if config.stage == "classifier"
                  else RegressionLoss(config.loss_weights, clamp=config.relative_clamp))
@@ -528,7 +571,7 @@ def _read_state(path: Path, config: TrainingConfig, manifest_sha256: str) -> dic
         raise ConfigurationError(f"cannot resume from {path}: {error}") from error
     saved = state.get("config", {})
     current = config.as_dict()
-    keys = ("stage", "architecture", "split_seed", "augment_copies", "pretrained_weights")
+    keys = ("stage", "architecture", "split_seed", "augment_copies", "pretrained_weights", "backbone_checkpoint")
     differences = [f"{key} {saved.get(key)!r} != {current[key]!r}" for key in keys if saved.get(key) != current[key]]
     if state.get("data_manifest_sha256") != manifest_sha256:
         differences.append("the dataset's samples.ecsv differs")

@@ -13,9 +13,10 @@ from density_db.cli import main
 from density_db.errors import ConfigurationError
 from density_db.inference.architectures import build_model
 from density_db.inference.augmentation import Augmented
-from density_db.inference.checkpoints import file_sha256, load_checkpoint
+from density_db.inference.checkpoints import file_sha256, load_checkpoint, save_checkpoint
 from density_db.inference.training import (
     TrainingConfig,
+    load_backbone,
     phase_of_epoch,
     regressor_stage_epochs,
     set_trainable,
@@ -146,6 +147,37 @@ def test_regressor_trains_through_its_three_stages(regress_dir, tmp_path) -> Non
     assert load_checkpoint(tmp_path / "regressor.pt").stage == "regressor"
     state = torch.load(state_file_of(tmp_path / "regressor.pt"), weights_only=True)
     assert state["phase"] == 2 and state["epoch"] == 3
+
+
+def test_regressor_starts_from_the_classifier_backbone_and_keeps_its_own_head(regress_dir, tmp_path) -> None:
+    torch.manual_seed(7)
+    classifier = build_model("classifier", "baseline_cnn")
+    save_checkpoint(tmp_path / "classifier.pt", classifier, stage="classifier", architecture="baseline_cnn")
+    torch.manual_seed(8)
+    regressor = build_model("regressor", "baseline_cnn")
+    head = f"{max(i for i, layer in enumerate(regressor) if isinstance(layer, torch.nn.Linear))}."  # the last linear layer
+    fresh_head = {name: tensor.clone() for name, tensor in regressor.state_dict().items() if name.startswith(head)}
+    load_backbone(regressor, tmp_path / "classifier.pt", architecture="baseline_cnn")
+    started = regressor.state_dict()
+    for name, tensor in classifier.state_dict().items():
+        if not name.startswith(head):  # 6 logits there, one value here
+            assert torch.equal(started[name], tensor), name
+    assert all(torch.equal(started[name], tensor) for name, tensor in fresh_head.items())
+
+    result = train(_config("regressor", epochs=3, augment_copies=1, backbone_checkpoint=str(tmp_path / "classifier.pt")),
+                   regress_dir, tmp_path / "regressor.pt")
+    assert result.epochs_run == 3
+    trained = load_checkpoint(tmp_path / "regressor.pt")
+    assert trained.metadata["config"]["backbone_checkpoint"] == str(tmp_path / "classifier.pt")
+
+
+def test_a_backbone_of_another_architecture_or_with_imagenet_weights_is_refused(tmp_path) -> None:
+    save_checkpoint(tmp_path / "resnet18.pt", build_model("classifier", "resnet18"), stage="classifier",
+                    architecture="resnet18")
+    with pytest.raises(ConfigurationError, match="is a resnet18 classifier; a baseline_cnn backbone needs"):
+        load_backbone(build_model("regressor", "baseline_cnn"), tmp_path / "resnet18.pt", architecture="baseline_cnn")
+    with pytest.raises(ConfigurationError, match="not both"):
+        _config("regressor", pretrained_weights="imagenet.pth", backbone_checkpoint=str(tmp_path / "resnet18.pt"))
 
 
 def test_regressor_refuses_a_classification_dataset(classify_dir, tmp_path) -> None:
