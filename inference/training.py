@@ -286,9 +286,9 @@ def load_backbone(model: nn.Module, path: str | Path, *, architecture: str) -> N
             f"{path} is a {source.architecture} {source.stage}; a {architecture} backbone needs a {architecture} "
             "checkpoint"
         )
-    head = {name.split(".")[0] + "." for name, _ in parameter_groups(model)["head"]}
-    backbone = {name: tensor for name, tensor in source.model.state_dict().items() if not name.startswith(tuple(head))}
-    expected = {name: tensor for name, tensor in model.state_dict().items() if not name.startswith(tuple(head))}
+    head = tuple({name.split(".")[0] + "." for name, _ in parameter_groups(model)["head"]})
+    backbone = {name: tensor for name, tensor in source.model.state_dict().items() if not name.startswith(head)}
+    expected = {name: tensor for name, tensor in model.state_dict().items() if not name.startswith(head)}
     problems = state_dict_mismatches(expected, backbone)
     if problems:
         raise ConfigurationError(f"the backbone of {path} does not fit this {architecture}: {problems}")

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from astropy.io import fits
 
 from density_db.database import Database
 from fits_factory import FrameSpec, csst_keywords, image_hdu, write_single
@@ -75,20 +74,14 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def scheduler() -> str:
-    """A two-worker LocalCluster shared by the module's tests, given to ingest as --scheduler.
+    """A two-worker local cluster shared by the module's tests, given to ingest as --scheduler.
 
-    Its nannies write the workers' environment (OMP_NUM_THREADS=1, allocator settings) into
-    os.environ; it is put back afterwards so that later tests' subprocesses do not inherit it.
+    Started through ``Cluster``, which puts back the environment Dask's nannies change.
     """
-    from distributed import LocalCluster
+    from density_db.inference.cluster import Cluster
 
-    environment = dict(os.environ)
-    try:
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-            yield cluster.scheduler_address
-    finally:
-        os.environ.clear()
-        os.environ.update(environment)
+    with Cluster(scheduler=None, workers=2, device="cpu") as cluster:
+        yield cluster.client.scheduler_info()["address"]
 
 
 def model_options(models: dict[str, Path], classifier: str = "classifier") -> list[str]:
