@@ -5,7 +5,8 @@ On simulated full-size CSST detectors (9216 x 9232 float32, plain FITS with
 field, this measures
 
 * each stage alone, per frame, in this process on one core: registration
-  (headers and rows), reading the pixels, preprocessing, the classifier, the
+  (headers and rows), opening the pixels (memory-mapped, as ingest does, so
+  the page-cache reads fall in the next stage), preprocessing, the classifier, the
   regressor (per regressed frame, times the fraction regressed) and the
   database write of the results;
 * ``run_ingest`` end to end (registration, Dask, inference, writes) on a

@@ -201,13 +201,16 @@ def _reduce(task: FrameTask, device):
 def read_pixels(task: FrameTask) -> tuple[np.ndarray, np.ndarray | None]:
     """The science image and data-quality mask of a frame, as stored (big-endian for plain FITS).
 
-    ``memmap=False``: one sequential read into memory; the CPU preprocessing's
-    first pass byte-swaps while it centres, so the bytes are touched once more
-    and no native copy is made.
+    Memory-mapped: the CPU preprocessing's single streaming pass reads the
+    pixels straight from the page cache (and byte-swaps while it centres), so
+    a plain FITS frame's bytes cross memory once instead of being copied into
+    the process first (tile-compressed and gzipped files are decoded into
+    memory as before).  A file shorter than its headers say fails here with a
+    clear error, as without the map.
     """
     from astropy.io import fits
 
-    with fits.open(task.path, memmap=False, lazy_load_hdus=True) as hdus:
+    with fits.open(task.path, memmap=True, lazy_load_hdus=True) as hdus:
         image = hdus[task.hdu_index].data
         quality = hdus[task.dq_hdu_index].data if task.dq_hdu_index is not None else None
     if image is None:

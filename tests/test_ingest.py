@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from density_db.database import Database
 from fits_factory import FrameSpec, csst_keywords, image_hdu, write_single
@@ -190,6 +191,22 @@ def test_a_file_gone_since_registration_is_a_failure_not_a_crash(tmp_path: Path,
     assert "no longer exists" in outcome.failures[0].message
 
 
+def test_a_file_cut_short_since_registration_is_a_failure_not_a_crash(tmp_path: Path, models) -> None:
+    """The pixels are memory-mapped: a file now shorter than its headers say must fail cleanly, not SIGBUS."""
+    from density_db.inference.checkpoints import file_sha256
+    from density_db.inference.runner import FrameTask, ModelSpec, process_shard
+    from fits_factory import truncate
+
+    good, cut = write_survey(tmp_path, 2)
+    truncate(cut, cut.stat().st_size // 2)
+    spec = ModelSpec(str(models["classifier"]), file_sha256(models["classifier"]), "baseline_cnn",
+                     str(models["regressor"]), file_sha256(models["regressor"]), "baseline_cnn", device="cpu")
+    outcome = process_shard([FrameTask(1, str(good), 0, None), FrameTask(2, str(cut), 0, None)], spec)
+    assert [row.frame_id for row in outcome.results] == [1]
+    assert [(f.frame_id, f.error_kind) for f in outcome.failures] == [(2, "unreadable")]
+    assert "cannot read the pixels of HDU 0" in outcome.failures[0].message
+
+
 def test_a_missing_model_is_a_clear_error(run_cli, tmp_path: Path, models) -> None:
     write_survey(tmp_path / "survey", 1)
     result = run_cli("ingest", str(tmp_path / "survey"), "--classifier", "no-such-model",
@@ -244,6 +261,47 @@ def test_a_worker_killed_mid_run_loses_nothing(database: Database, tmp_path: Pat
     assert killed, "the run ended before a worker could be killed"
     assert counts.failures == 0
     assert rows(database, "SELECT count(*), count(DISTINCT frame_id) FROM density_result") == [(24, 24)]
+
+
+class DieReadingPoisonedFiles(WorkerPlugin):
+    """A Dask worker plugin: the worker dies of SIGBUS, as under a file truncated while memory-mapped,
+    whenever it reads a file whose name starts with ``poisoned``.  Plugins reach restarted workers too."""
+
+    name = "die-reading-poisoned-files"
+
+    def setup(self, worker) -> None:
+        from density_db.inference import runner
+
+        read_pixels = runner.read_pixels
+
+        def read_or_die(task):
+            if Path(task.path).name.startswith("poisoned"):
+                os.kill(os.getpid(), signal.SIGBUS)
+            return read_pixels(task)
+
+        runner.read_pixels = read_or_die
+
+
+def test_a_frame_that_kills_every_worker_reading_it_is_a_failure_and_its_shard_mates_are_stored(
+    database: Database, tmp_path: Path, models
+) -> None:
+    import dask
+
+    from density_db.inference.cluster import Cluster
+
+    paths = write_survey(tmp_path / "survey", 5)
+    poisoned = paths[2].rename(paths[2].with_name("poisoned.fits"))
+    # One death marks a task as killing workers (Dask's default waits for four), and a worker holds
+    # only the task it runs, so that no innocent task queued behind the poisoned one shares the blame.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0, "distributed.scheduler.worker-saturation": 1.0}):
+        with Cluster(scheduler=None, workers=2, device="cpu") as cluster:
+            cluster.client.register_plugin(DieReadingPoisonedFiles())
+            counts = _run_in_process(database, [*paths[:2], poisoned, *paths[3:]], models, cluster,
+                                     progress=lambda counts: None, shard_size=5)
+    assert counts.failures == 1
+    assert rows(database, "SELECT path, stage, error_kind FROM failure") == [
+        (str(poisoned.absolute()), "inference", "worker_died")]
+    assert rows(database, "SELECT count(*), count(DISTINCT frame_id) FROM density_result") == [(4, 4)]
 
 
 def test_a_dropped_database_connection_is_survived(database: Database, tmp_path: Path, models) -> None:
