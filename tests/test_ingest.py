@@ -21,7 +21,7 @@ import torch
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from density_db.database import Database
-from fits_factory import FrameSpec, csst_keywords, image_hdu, write_single
+from fits_factory import FrameSpec, csst_keywords, image_hdu, truncate, write_single
 
 IMAGE_SHAPE = (256, 256)
 
@@ -177,34 +177,35 @@ def test_bad_inputs_end_as_failure_rows_while_good_ones_are_stored(
     assert rows(database, "SELECT count(*) FROM density_result") == [(len(paths),)]
 
 
-def test_a_file_gone_since_registration_is_a_failure_not_a_crash(tmp_path: Path, models) -> None:
+def model_spec(models: dict[str, Path], device: str = "cpu"):
+    """What a worker is given to load the test models, for calling the worker's task directly."""
     from density_db.inference.checkpoints import file_sha256
-    from density_db.inference.runner import FrameTask, ModelSpec, process_shard
+    from density_db.inference.runner import ModelSpec
 
-    good = write_survey(tmp_path, 1)[0]
-    spec = ModelSpec(str(models["classifier"]), file_sha256(models["classifier"]), "baseline_cnn",
-                     str(models["regressor"]), file_sha256(models["regressor"]), "baseline_cnn", device="cpu")
-    outcome = process_shard([FrameTask(1, str(good), 0, None), FrameTask(2, str(tmp_path / "gone.fits"), 0, None)],
-                            spec)
+    return ModelSpec(str(models["classifier"]), file_sha256(models["classifier"]), "baseline_cnn",
+                     str(models["regressor"]), file_sha256(models["regressor"]), "baseline_cnn", device=device)
+
+
+@pytest.mark.parametrize(("change", "kind", "message"), [
+    ("deleted", "not_found", "no longer exists"),
+    # The pixels are memory-mapped: a file now shorter than its headers say must fail cleanly, not SIGBUS.
+    ("cut short", "unreadable", "cannot read the pixels of HDU 0"),
+])
+def test_a_file_changed_since_registration_is_a_failure_not_a_crash(
+    tmp_path: Path, models, change: str, kind: str, message: str
+) -> None:
+    from density_db.inference.runner import FrameTask, process_shard
+
+    good, changed = write_survey(tmp_path, 2)
+    if change == "deleted":
+        changed.unlink()
+    else:
+        truncate(changed, changed.stat().st_size // 2)
+    outcome = process_shard([FrameTask(1, str(good), 0, None), FrameTask(2, str(changed), 0, None)],
+                            model_spec(models))
     assert [row.frame_id for row in outcome.results] == [1]
-    assert [(f.frame_id, f.error_kind) for f in outcome.failures] == [(2, "not_found")]
-    assert "no longer exists" in outcome.failures[0].message
-
-
-def test_a_file_cut_short_since_registration_is_a_failure_not_a_crash(tmp_path: Path, models) -> None:
-    """The pixels are memory-mapped: a file now shorter than its headers say must fail cleanly, not SIGBUS."""
-    from density_db.inference.checkpoints import file_sha256
-    from density_db.inference.runner import FrameTask, ModelSpec, process_shard
-    from fits_factory import truncate
-
-    good, cut = write_survey(tmp_path, 2)
-    truncate(cut, cut.stat().st_size // 2)
-    spec = ModelSpec(str(models["classifier"]), file_sha256(models["classifier"]), "baseline_cnn",
-                     str(models["regressor"]), file_sha256(models["regressor"]), "baseline_cnn", device="cpu")
-    outcome = process_shard([FrameTask(1, str(good), 0, None), FrameTask(2, str(cut), 0, None)], spec)
-    assert [row.frame_id for row in outcome.results] == [1]
-    assert [(f.frame_id, f.error_kind) for f in outcome.failures] == [(2, "unreadable")]
-    assert "cannot read the pixels of HDU 0" in outcome.failures[0].message
+    assert [(f.frame_id, f.error_kind) for f in outcome.failures] == [(2, kind)]
+    assert message in outcome.failures[0].message
 
 
 def test_a_missing_model_is_a_clear_error(run_cli, tmp_path: Path, models) -> None:
@@ -381,15 +382,10 @@ def test_concurrent_ingests_of_overlapping_inputs_store_each_result_once(
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_cuda_worker_answers_like_a_cpu_worker(tmp_path: Path, models) -> None:
-    from density_db.inference.checkpoints import file_sha256
-    from density_db.inference.runner import FrameTask, ModelSpec, process_shard
+    from density_db.inference.runner import FrameTask, process_shard
 
     tasks = [FrameTask(index, str(path), 0, None) for index, path in enumerate(write_survey(tmp_path, 4))]
-    outcomes = {}
-    for device in ("cpu", "cuda"):
-        spec = ModelSpec(str(models["classifier"]), file_sha256(models["classifier"]), "baseline_cnn",
-                         str(models["regressor"]), file_sha256(models["regressor"]), "baseline_cnn", device=device)
-        outcomes[device] = process_shard(tasks, spec)
+    outcomes = {device: process_shard(tasks, model_spec(models, device)) for device in ("cpu", "cuda")}
     for cpu, gpu in zip(outcomes["cpu"].results, outcomes["cuda"].results):
         # bfloat16 autocast on CUDA: probabilities agree to about 1e-2
         np.testing.assert_allclose(gpu.probabilities, cpu.probabilities, atol=2e-2)
