@@ -85,6 +85,17 @@ def train(app: AppContext, stage, data_dir, architecture, out_path, epochs, batc
         f"{result.best_validation_loss:.4g} (epoch {result.best_epoch + 1}); "
         f"wrote {result.checkpoint} (sha256 {result.sha256[:12]}); resumable state in {result.state_file}"
     )
+    click.echo(_test_split_line(result.evaluation))
+
+
+def _test_split_line(evaluation: dict) -> str:
+    """The best model's figures on the test split, as stored in the checkpoint's metadata."""
+    head = f"test split ({evaluation['samples']} images): "
+    if "accuracy" in evaluation:
+        return (head + f"accuracy {evaluation['accuracy']:.2%}, macro-F1 {evaluation['macro_f1']:.2%}, "
+                f"within one class {evaluation['accuracy_within_one_class']:.2%}")
+    r2 = "undefined" if evaluation["r2"] is None else f"{evaluation['r2']:.3f}"
+    return head + f"MAE {evaluation['mae']:.4f} dex, RMSE {evaluation['rmse']:.4f} dex, R^2 {r2} (ungated)"
 
 
 def _training_bar(app: AppContext):

@@ -18,6 +18,9 @@ the CPU).  The training split (8:1:1) is augmented four-fold
 
 After every epoch ``<out>.state.pt`` holds what a resumed run needs, and the
 model with the lowest validation loss so far is the checkpoint at ``out``.
+At the end the best model is measured on the test split, which training never
+saw, and the headline figures go into the checkpoint's metadata
+(``evaluation``, :func:`test_split_summary`).
 """
 
 from __future__ import annotations
@@ -185,6 +188,7 @@ class TrainingResult:
     validation_losses: tuple[float, ...]
     stopped_early: bool
     split_sizes: dict[str, int] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
 
 
 class RegressionLoss(nn.Module):
@@ -391,7 +395,8 @@ def train(
     data_dir, out_path = Path(data_dir), Path(out_path)
     device = _device(config.device)
     amp = config.amp and device.type == "cuda"
-    train_set, validation_set, split_sizes = _datasets(config, data_dir)
+    train_set, validation_set, test_set = _datasets(config, data_dir)
+    split_sizes = {"train": len(train_set.dataset), "validation": len(validation_set), "test": len(test_set)}
     manifest_sha256 = file_sha256(data_dir / SAMPLES_NAME)
     torch.manual_seed(config.seed)
     model = build_model(config.stage, config.architecture)
@@ -462,16 +467,50 @@ def train(
         raise TrainingDivergedError(
             f"no epoch gave a finite validation loss (try a lower --lr); nothing was written to {out_path}"
         )
-    # The best weights, with the summary of the whole run.
+    # The best weights, with the summary of the whole run and their figures on the test split.
     best = load_checkpoint(out_path, stage=config.stage, architecture=config.architecture).model
+    evaluation = test_split_summary(best.to(device), config.stage, test_set, device=device,
+                                    batch_size=config.batch_size, amp=amp)
     sha256 = save_checkpoint(out_path, best, stage=config.stage, architecture=config.architecture,
-                             metadata=metadata())
+                             metadata={**metadata(), "evaluation": evaluation})
     return TrainingResult(
         checkpoint=out_path, sha256=sha256, state_file=state_file, device=str(device),
         epochs_run=len(run.train_losses), best_epoch=run.best_epoch,
         best_validation_loss=run.best_validation_loss, train_losses=tuple(run.train_losses),
         validation_losses=tuple(run.validation_losses), stopped_early=run.stopped_early, split_sizes=split_sizes,
+        evaluation=evaluation,
     )
+
+
+def test_split_summary(model: nn.Module, stage: str, test_set: SimulatedDataset, *, device: torch.device,
+                       batch_size: int = 64, amp: bool = False) -> dict[str, Any]:
+    """The headline figures of a trained stage on the test split, for its checkpoint's metadata.
+
+    The classifier's are those of :func:`~density_db.inference.evaluation.classification_report`;
+    the regressor's those of :func:`~density_db.inference.evaluation.regression_report`
+    (dex) over every test sample, ungated: a regressor is trained without a
+    classifier, and ``density-db evaluate`` measures the two stages together.
+    """
+    from density_db.inference.evaluation import classification_report, regression_report
+
+    model.eval()
+    outputs = []
+    with torch.inference_mode():
+        for images, _targets in DataLoader(test_set, batch_size=batch_size):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                outputs.append(model(images.to(device)).float().cpu())
+    output = torch.cat(outputs)
+    truth = test_set.samples[test_set.indices]
+    true_class = np.asarray(truth["density_class"], dtype=np.int64)
+    if stage == "classifier":
+        report = classification_report(true_class, torch.softmax(output, dim=1).numpy(),
+                                       np.asarray(truth["star_count"], dtype=np.int64))
+        keys = ("accuracy", "accuracy_within_one_class", "macro_f1", "brier_score", "expected_calibration_error")
+    else:
+        report = regression_report(np.asarray(truth["log_bright"], dtype=np.float64),
+                                   output.reshape(-1).numpy(), true_class)["overall"]
+        keys = ("mae", "rmse", "r2", "within_20_percent")
+    return {"split": "test", "samples": len(test_set), **{key: report[key] for key in keys}}
 
 
 @dataclass
@@ -495,7 +534,7 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _datasets(config: TrainingConfig, data_dir: Path) -> tuple[Augmented, SimulatedDataset, dict[str, int]]:
+def _datasets(config: TrainingConfig, data_dir: Path) -> tuple[Augmented, SimulatedDataset, SimulatedDataset]:
     """The augmented training split and the validation split, checked against the stage."""
     if not data_dir.is_dir():
         raise ConfigurationError(f"dataset directory {data_dir} does not exist")
@@ -515,8 +554,7 @@ def _datasets(config: TrainingConfig, data_dir: Path) -> tuple[Augmented, Simula
     train_set = Augmented(SimulatedDataset(data_dir, target=target, indices=train_indices),
                           copies=config.augment_copies, seed=config.seed)
     validation_set = SimulatedDataset(data_dir, target=target, indices=validation_indices)
-    sizes = {"train": len(train_indices), "validation": len(validation_indices), "test": len(test_indices)}
-    return train_set, validation_set, sizes
+    return train_set, validation_set, SimulatedDataset(data_dir, target=target, indices=test_indices)
 
 
 def _optimizer(model: nn.Module, config: TrainingConfig, phase: int):

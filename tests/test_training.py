@@ -14,6 +14,8 @@ from density_db.errors import ConfigurationError
 from density_db.inference.architectures import build_model
 from density_db.inference.augmentation import Augmented
 from density_db.inference.checkpoints import file_sha256, load_checkpoint, save_checkpoint
+from density_db.inference.datasets import SimulatedDataset
+from density_db.inference.evaluation import evaluate
 from density_db.inference.training import (
     TrainingConfig,
     load_backbone,
@@ -136,6 +138,12 @@ def test_classifier_training_lowers_the_loss_writes_a_checkpoint_and_resumes(cla
     assert metadata["best_validation_loss"] == pytest.approx(min(resumed.validation_losses))
     assert metadata["config"]["stage"] == "classifier" and metadata["config"]["batch_size"] == 8
     assert loaded.sha256 == resumed.sha256
+    # The test split's figures, as 'density-db evaluate' measures them on the same three images.
+    evaluated = evaluate(classify_dir, loaded, None, split="test")["classification"]
+    assert metadata["evaluation"] == resumed.evaluation
+    assert metadata["evaluation"]["split"] == "test" and metadata["evaluation"]["samples"] == 3
+    for key in ("accuracy", "accuracy_within_one_class", "macro_f1", "brier_score", "expected_calibration_error"):
+        assert metadata["evaluation"][key] == pytest.approx(evaluated[key], abs=1e-6), key
 
     with pytest.raises(ConfigurationError, match="another run"):
         train(_config(epochs=5, split_seed=1), classify_dir, out, resume=True)
@@ -144,9 +152,18 @@ def test_classifier_training_lowers_the_loss_writes_a_checkpoint_and_resumes(cla
 def test_regressor_trains_through_its_three_stages(regress_dir, tmp_path) -> None:
     result = train(_config("regressor", epochs=3, augment_copies=1), regress_dir, tmp_path / "regressor.pt")
     assert result.epochs_run == 3 and all(np.isfinite(result.validation_losses))
-    assert load_checkpoint(tmp_path / "regressor.pt").stage == "regressor"
+    loaded = load_checkpoint(tmp_path / "regressor.pt")
+    assert loaded.stage == "regressor"
     state = torch.load(state_file_of(tmp_path / "regressor.pt"), weights_only=True)
     assert state["phase"] == 2 and state["epoch"] == 3
+    # The test split's mean absolute error in dex, computed here by hand from the saved model.
+    test_set = SimulatedDataset(regress_dir, indices=split_indices(24, 0)[2])
+    images, truth = (torch.stack(column) for column in zip(*test_set))
+    with torch.inference_mode():
+        predicted = loaded.model.eval()(images).reshape(-1)
+    evaluation = loaded.metadata["evaluation"]
+    assert evaluation["samples"] == len(test_set) == 2
+    assert evaluation["mae"] == pytest.approx(float((predicted - truth).abs().mean()), rel=1e-5)
 
 
 def test_regressor_starts_from_the_classifier_backbone_and_keeps_its_own_head(regress_dir, tmp_path) -> None:
@@ -194,6 +211,7 @@ def test_cli_trains_end_to_end_and_reports_errors(classify_dir, tmp_path, monkey
                                        "baseline_cnn", "--out", str(out), *common])
     assert result.exit_code == 0, result.output
     assert "after 1 epochs" in result.output and out.exists()
+    assert "test split (3 images): accuracy" in result.output
     assert load_checkpoint(out).architecture == "baseline_cnn"
 
     missing = CliRunner().invoke(main, ["train", "classifier", "--data", str(tmp_path / "nowhere"),
