@@ -19,7 +19,7 @@ from density_db.inference.architectures import (
     build_model,
     load_imagenet_weights,
 )
-from density_db.inference.checkpoints import label_metadata, load_checkpoint, save_checkpoint
+from density_db.inference.checkpoints import demo_checkpoint, label_metadata, load_checkpoint, save_checkpoint
 from density_db.inference.predictor import TwoStagePredictor
 from density_db.labels import CLASS_LOWER_EDGES, INPUT_SIZE, N_CLASSES
 from density_db.models import REGRESSION_STATUSES
@@ -168,6 +168,20 @@ def test_checkpoint_round_trip_gives_identical_outputs_and_the_file_sha256(tmp_p
     with torch.inference_mode():
         assert torch.equal(loaded.model(batch), model(batch))
     assert [entry.name for entry in tmp_path.joinpath("models").iterdir()] == ["regressor.pt"]
+
+
+def test_shipped_demo_models_are_small_labelled_as_simulator_trained_and_carry_their_test_figures() -> None:
+    paths = {stage: demo_checkpoint(stage) for stage in ("classifier", "regressor")}
+    assert sum(path.stat().st_size for path in paths.values()) <= 8 * 10**6
+    evaluations = {}
+    for stage, path in paths.items():
+        loaded = load_checkpoint(path, stage=stage)
+        assert loaded.metadata["trained_on"] == "density-db simulator dataset"
+        evaluations[stage] = loaded.metadata["evaluation"]
+        assert evaluations[stage]["split"] == "test"
+        assert evaluations[stage]["samples"] == loaded.metadata["split_sizes"]["test"]
+    assert 0 <= evaluations["classifier"]["accuracy"] <= evaluations["classifier"]["accuracy_within_one_class"] <= 1
+    assert evaluations["regressor"]["mae"] <= evaluations["regressor"]["rmse"]
 
 
 def test_checkpoint_is_refused_when_the_caller_expects_another_model(tmp_path: Path) -> None:
