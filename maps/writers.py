@@ -51,14 +51,26 @@ class MapProvenance:
 
     def header(self, statistic: Statistic) -> list[tuple[str, str | int, str]]:
         """FITS header cards (key, value, comment) for one statistic."""
-        return [
+        return [_fitting_comment(*card) for card in (
             ("STATNAME", statistic.name, "density-db map statistic"),
             ("BAND", self.band, "band of the frames ('all': every band)"),
             ("NSIDE", self.nside, "HEALPix nside"),
             ("RUN", self.run, "results: 'latest' per frame, or this run id"),
             ("MODELS", ", ".join(self.models), "classifier+regressor of the results"),
             ("BUNIT", statistic.unit, "unit of the values"),
-        ]
+        )]
+
+
+def _fitting_comment(key: str, value: str | int, comment: str) -> tuple[str, str | int, str]:
+    """The card with its comment dropped where it does not fit beside the value in 80 characters.
+
+    astropy would cut such a comment and warn once per card and file: long
+    model names made ``maps build`` print dozens of warnings.
+    """
+    from astropy.io import fits
+
+    fits_beside = len(fits.Card(key, value).image.rstrip()) + len(" / ") + len(comment) <= fits.Card.length
+    return key, value, comment if fits_beside else ""
 
 
 def map_stem(band: str, statistic_name: str, nside: int) -> str:

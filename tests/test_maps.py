@@ -326,6 +326,25 @@ def test_fits_headers_record_statistic_band_nside_run_and_models(run_cli, overla
     assert manifest["bands"][0]["band"] == "g"
 
 
+@pytest.mark.parametrize("models", [("clf-a+reg-a",), ("demo-classifier-c7f24fbe+demo-regressor-8ac79c8d",),
+                                    ("demo-classifier-c7f24fbe+demo-regressor-8ac79c8d", "clf-a+reg-a")])
+def test_header_cards_keep_their_values_and_never_make_astropy_cut_a_comment(models: tuple[str, ...]) -> None:
+    import warnings
+
+    from density_db.maps.aggregate import STATISTICS
+    from density_db.maps.writers import MapProvenance
+
+    provenance = MapProvenance(band="g", nside=NSIDE, run="latest", models=models)
+    header = fits.Header()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for card in provenance.header(STATISTICS[0]):
+            header.append(card)
+        header.tostring()
+    assert header["MODELS"] == ", ".join(models)
+    assert header.comments["NSIDE"] == "HEALPix nside"
+
+
 def test_run_option_maps_that_runs_results_and_the_default_the_latest(
     database: Database, overlapping_catalog: list[dict], tmp_path: Path
 ) -> None:
