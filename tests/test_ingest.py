@@ -186,6 +186,7 @@ def model_spec(models: dict[str, Path], device: str = "cpu"):
                      str(models["regressor"]), file_sha256(models["regressor"]), "baseline_cnn", device=device)
 
 
+@pytest.mark.filterwarnings("ignore:File may have been truncated")  # astropy's, before it raises
 @pytest.mark.parametrize(("change", "kind", "message"), [
     ("deleted", "not_found", "no longer exists"),
     # The pixels are memory-mapped: a file now shorter than its headers say must fail cleanly, not SIGBUS.
