@@ -2,8 +2,11 @@
 
 Registering reads the checkpoint (so a file that does not load is refused
 before anything is stored), and the sha256 of the file is the key: adding
-the same file twice, under any path or name, keeps one row.  Commands that
-take a model (evaluate, ingest) accept a registered name or a path.
+the same file twice, under any path or name, keeps one row.  A row whose
+file has gone (a moved checkpoint, density-db reinstalled elsewhere with its
+shipped models) takes the path of the identical file registered again.
+Commands that take a model (evaluate, ingest) accept a registered name or a
+path.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ def register_model(
 ) -> tuple[RegisteredModel, bool]:
     """Store a checkpoint in the ``model`` table; return its row and whether it was new.
 
+    A checkpoint already registered keeps its row, name and path, unless the
+    registered path is no longer a file: then the row points at ``path``,
+    which holds the same bytes.
+
     Raises
     ------
     ConfigurationError
@@ -67,7 +74,20 @@ def register_model(
             .on_conflict_do_nothing(index_elements=["sha256"])
             .returning(Model.id)
         ).scalar()
+        if inserted is None:
+            _repoint_if_gone(connection, loaded.sha256, Path(path).absolute())
     return find_model(database, loaded.sha256), inserted is not None
+
+
+def _repoint_if_gone(connection: sa.Connection, sha256: str, path: Path) -> None:
+    """Point the row of ``sha256`` at ``path`` if its registered file no longer exists."""
+    registered = connection.execute(sa.select(Model.path).where(Model.sha256 == sha256)).scalar()
+    if registered is None or not Path(registered).is_file():
+        connection.execute(
+            sa.update(Model)
+            .where(Model.sha256 == sha256, Model.path.is_not_distinct_from(registered))
+            .values(path=str(path))
+        )
 
 
 def find_model(database: Database, name_or_sha256: str) -> RegisteredModel:
@@ -132,7 +152,10 @@ def resolve_model(
     if registered.stage != stage:
         raise ConfigurationError(f"model {registered.name!r} is a {registered.stage}, not a {stage}")
     if registered.path is None or not Path(registered.path).is_file():
-        raise ConfigurationError(f"model {registered.name!r} is registered but its file {registered.path} is gone")
+        raise ConfigurationError(
+            f"model {registered.name!r} is registered but its file {registered.path} is gone; "
+            "give the checkpoint's new path (or `density-db models add PATH`) and the row follows it"
+        )
     return registered
 
 
@@ -145,5 +168,8 @@ def checkpoint_path(database: Database | None, name_or_path: str) -> Path:
         raise ConfigurationError(f"{name_or_path} is not a file")
     registered = find_model(database, name_or_path)
     if registered.path is None or not Path(registered.path).exists():
-        raise ConfigurationError(f"model {registered.name!r} is registered but its file {registered.path} is gone")
+        raise ConfigurationError(
+            f"model {registered.name!r} is registered but its file {registered.path} is gone; "
+            "give the checkpoint's new path (or `density-db models add PATH`) and the row follows it"
+        )
     return Path(registered.path)

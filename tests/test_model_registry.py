@@ -12,7 +12,7 @@ from density_db.database import Database
 from density_db.errors import ConfigurationError
 from density_db.inference.architectures import build_model
 from density_db.inference.checkpoints import save_checkpoint
-from density_db.model_registry import checkpoint_path, find_model, register_model
+from density_db.model_registry import checkpoint_path, find_model, register_model, resolve_model
 
 
 @pytest.fixture
@@ -52,6 +52,24 @@ def test_names_resolve_to_paths_and_clashes_are_refused(database: Database, chec
         register_model(database, other, name="mine")
     with pytest.raises(ConfigurationError, match="no registered model is named 'nobody'"):
         find_model(database, "nobody")
+
+
+def test_a_registered_checkpoint_whose_file_moved_is_found_at_its_new_path(
+    database: Database, checkpoint: Path, tmp_path: Path
+) -> None:
+    """As after reinstalling density-db elsewhere: the shipped model's row must follow its file."""
+    registered, _created = register_model(database, checkpoint, name="mine")
+    moved = checkpoint.rename(tmp_path / "reinstalled.pt")
+    with pytest.raises(ConfigurationError, match="is registered but its file .* is gone"):
+        resolve_model(database, "mine", stage="classifier")
+    again = resolve_model(database, str(moved), stage="classifier")
+    assert (again.id, again.name, again.path) == (registered.id, "mine", str(moved.absolute()))
+    assert checkpoint_path(database, "mine") == moved.absolute()
+
+    # A file that still exists keeps its row's path.
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(moved.read_bytes())
+    assert register_model(database, copy)[0].path == str(moved.absolute())
 
 
 def test_a_file_that_is_not_a_checkpoint_is_refused(run_cli, tmp_path: Path) -> None:
