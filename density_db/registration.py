@@ -5,7 +5,9 @@ This is the metadata half of ``density-db ingest`` (alone with
 transaction of multi-row ``INSERT ... ON CONFLICT`` statements on the natural
 keys, so re-running on the same inputs adds nothing, two registrations of
 overlapping inputs can run at once, and a crash loses at most the batch in
-flight (which the next run redoes).
+flight (which the next run redoes).  A frame registered before at a path
+that no longer exists (the archive moved) takes the path it was just read
+from; one whose registered file still exists keeps it.
 """
 
 from __future__ import annotations
@@ -159,6 +161,7 @@ def _write_batch(
                     exposure_keys = _upsert_exposures(connection, batch.frames)
                     inserted = _insert_frames(connection, batch.frames, exposure_keys, run_id)
                     registered = _frame_ids(connection, batch.frames, exposure_keys)
+                    _repoint_moved_frames(connection, registered)
                     _forget_resolved_failures(connection, batch.frames)
                 if batch.failures:
                     _record_failures(connection, batch.failures, run_id)
@@ -228,6 +231,20 @@ def _frame_ids(
         .where(sa.tuple_(Frame.exposure_pk, Frame.detector).in_(list(key_of)))
     )
     return [RegisteredFrame(frame_id, key_of[(exposure_pk, detector)]) for exposure_pk, detector, frame_id in rows]
+
+
+def _repoint_moved_frames(connection: sa.Connection, registered: list[RegisteredFrame]) -> None:
+    """Point frames whose registered file is gone at the file they were just read from."""
+    header_of = {frame.frame_id: frame.header for frame in registered}
+    stored = connection.execute(sa.select(Frame.id, Frame.path).where(Frame.id.in_(list(header_of))))
+    moved = sorted(frame_id for frame_id, path in stored
+                   if path != header_of[frame_id].path and not Path(path).exists())
+    for frame_id in moved:  # in id order, so that concurrent registrations cannot deadlock here
+        header = header_of[frame_id]
+        connection.execute(sa.update(Frame).where(Frame.id == frame_id).values(
+            path=header.path, hdu_index=header.hdu_index, dq_hdu_index=header.dq_hdu_index))
+    if moved:
+        logger.info("%d frames were registered at paths that are gone; they now point at the files read", len(moved))
 
 
 def _frame_row(frame: FrameHeader, exposure_pk: int, run_id: int | None) -> dict[str, Any]:

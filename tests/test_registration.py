@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -42,6 +43,23 @@ def test_exposure_files_register_every_detector_once(run_cli, database: Database
     assert rows(database, "SELECT kind, status, counts->>'frames_new' FROM run ORDER BY id") == [
         ("register", "completed", "36"), ("register", "completed", "0"),
     ]
+
+
+def test_frames_of_a_moved_archive_follow_their_files_and_copies_keep_the_original(
+    run_cli, database: Database, tmp_path: Path
+) -> None:
+    simulate(tmp_path / "archive", 1, seed=1)
+    assert run_cli("ingest", "--metadata-only", str(tmp_path / "archive")).exit_code == 0
+    (tmp_path / "archive").rename(tmp_path / "moved")
+    moved = run_cli("ingest", "--metadata-only", str(tmp_path / "moved"))
+    assert "0 frames registered, 18 already known" in moved.output
+    paths = [path for (path,) in rows(database, "SELECT path FROM frame")]
+    assert len(paths) == 18 and all(path.startswith(str(tmp_path / "moved")) and Path(path).is_file()
+                                    for path in paths)
+
+    shutil.copytree(tmp_path / "moved", tmp_path / "copy")
+    assert run_cli("ingest", "--metadata-only", str(tmp_path / "copy")).exit_code == 0
+    assert sorted(path for (path,) in rows(database, "SELECT path FROM frame")) == sorted(paths)
 
 
 def test_bad_inputs_become_failure_rows_and_exit_code_3(run_cli, database: Database, tmp_path: Path) -> None:
