@@ -152,10 +152,7 @@ def resolve_model(
     if registered.stage != stage:
         raise ConfigurationError(f"model {registered.name!r} is a {registered.stage}, not a {stage}")
     if registered.path is None or not Path(registered.path).is_file():
-        raise ConfigurationError(
-            f"model {registered.name!r} is registered but its file {registered.path} is gone; "
-            "give the checkpoint's new path (or `density-db models add PATH`) and the row follows it"
-        )
+        raise _file_gone(registered)
     return registered
 
 
@@ -168,8 +165,12 @@ def checkpoint_path(database: Database | None, name_or_path: str) -> Path:
         raise ConfigurationError(f"{name_or_path} is not a file")
     registered = find_model(database, name_or_path)
     if registered.path is None or not Path(registered.path).exists():
-        raise ConfigurationError(
-            f"model {registered.name!r} is registered but its file {registered.path} is gone; "
-            "give the checkpoint's new path (or `density-db models add PATH`) and the row follows it"
-        )
+        raise _file_gone(registered)
     return Path(registered.path)
+
+
+def _file_gone(registered: RegisteredModel) -> ConfigurationError:
+    return ConfigurationError(
+        f"model {registered.name!r} is registered but its file {registered.path} is gone; "
+        "give the checkpoint's new path (or `density-db models add PATH`) and the row follows it"
+    )
