@@ -160,8 +160,8 @@ def _write_batch(
                 if batch.frames:
                     exposure_keys = _upsert_exposures(connection, batch.frames)
                     inserted = _insert_frames(connection, batch.frames, exposure_keys, run_id)
-                    registered = _frame_ids(connection, batch.frames, exposure_keys)
-                    _repoint_moved_frames(connection, registered)
+                    registered, stored_paths = _frame_ids(connection, batch.frames, exposure_keys)
+                    _repoint_moved_frames(connection, registered, stored_paths)
                     _forget_resolved_failures(connection, batch.frames)
                 if batch.failures:
                     _record_failures(connection, batch.failures, run_id)
@@ -223,27 +223,35 @@ def _insert_frames(
 
 def _frame_ids(
     connection: sa.Connection, frames: list[FrameHeader], exposure_keys: dict[tuple[str, str], int]
-) -> list[RegisteredFrame]:
-    """The id of every frame of the batch, new or registered before."""
+) -> tuple[list[RegisteredFrame], dict[int, str]]:
+    """The id of every frame of the batch, new or registered before, and the path each is registered at."""
     key_of = {(exposure_keys[(f.instrument, f.exposure_id)], f.detector): f for f in frames}
     rows = connection.execute(
-        sa.select(Frame.exposure_pk, Frame.detector, Frame.id)
+        sa.select(Frame.exposure_pk, Frame.detector, Frame.id, Frame.path)
         .where(sa.tuple_(Frame.exposure_pk, Frame.detector).in_(list(key_of)))
-    )
-    return [RegisteredFrame(frame_id, key_of[(exposure_pk, detector)]) for exposure_pk, detector, frame_id in rows]
+    ).all()
+    registered = [RegisteredFrame(frame_id, key_of[(exposure_pk, detector)])
+                  for exposure_pk, detector, frame_id, _path in rows]
+    return registered, {frame_id: path for _exposure_pk, _detector, frame_id, path in rows}
 
 
-def _repoint_moved_frames(connection: sa.Connection, registered: list[RegisteredFrame]) -> None:
+def _repoint_moved_frames(
+    connection: sa.Connection, registered: list[RegisteredFrame], stored_paths: dict[int, str]
+) -> None:
     """Point frames whose registered file is gone at the file they were just read from."""
-    header_of = {frame.frame_id: frame.header for frame in registered}
-    stored = connection.execute(sa.select(Frame.id, Frame.path).where(Frame.id.in_(list(header_of))))
-    moved = sorted(frame_id for frame_id, path in stored
-                   if path != header_of[frame_id].path and not Path(path).exists())
-    for frame_id in moved:  # in id order, so that concurrent registrations cannot deadlock here
-        header = header_of[frame_id]
-        connection.execute(sa.update(Frame).where(Frame.id == frame_id).values(
-            path=header.path, hdu_index=header.hdu_index, dq_hdu_index=header.dq_hdu_index))
+    moved = [
+        {"moved_id": frame.frame_id, "new_path": frame.header.path, "new_hdu": frame.header.hdu_index,
+         "new_dq_hdu": frame.header.dq_hdu_index}
+        for frame in sorted(registered, key=lambda frame: frame.frame_id)  # id order: no deadlock between runs
+        if stored_paths[frame.frame_id] != frame.header.path and not Path(stored_paths[frame.frame_id]).exists()
+    ]
     if moved:
+        connection.execute(
+            sa.update(Frame).where(Frame.id == sa.bindparam("moved_id")).values(
+                path=sa.bindparam("new_path"), hdu_index=sa.bindparam("new_hdu"),
+                dq_hdu_index=sa.bindparam("new_dq_hdu")),
+            moved,
+        )
         logger.info("%d frames were registered at paths that are gone; they now point at the files read", len(moved))
 
 
