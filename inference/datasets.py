@@ -6,6 +6,7 @@ page cache; a sample is read only when asked for.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -44,6 +45,12 @@ class SimulatedDataset(Dataset):
             raise ConfigurationError(f"target must be density_class or log_bright, got {self.target!r}")
         self.indices = np.arange(len(self.samples)) if indices is None else np.asarray(indices)
         self._shards: dict[int, np.ndarray] = {}
+
+    def subset(self, indices: np.ndarray) -> SimulatedDataset:
+        """The samples at ``indices`` of the whole dataset (e.g. one split), sharing the table already read."""
+        subset = copy.copy(self)
+        subset.indices, subset._shards = np.asarray(indices), {}
+        return subset
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -261,7 +261,7 @@ def predict_samples(
     predictor = TwoStagePredictor(
         classifier.model, regressor.model if regressor is not None else _missing_regressor(), device=_device(device)
     )
-    loader = DataLoader(SimulatedDataset(data_dir, target="density_class", indices=indices), batch_size=batch_size)
+    loader = DataLoader(everything.subset(indices), batch_size=batch_size)
     predictions = [prediction for batch, _ in loader for prediction in predictor.predict(batch)]
     logger.info("evaluated %d samples of %s on %s", len(predictions), data_dir, predictor.device)
     return EvaluationSamples(

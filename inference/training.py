@@ -552,10 +552,8 @@ def _datasets(config: TrainingConfig, data_dir: Path) -> tuple[Augmented, Simula
     if config.stage == "classifier" and task != "classify":
         logger.warning("training the classifier on %s, a %s dataset: its density_class column is used", data_dir, task)
     train_indices, validation_indices, test_indices = split_indices(len(everything), config.split_seed)
-    train_set = Augmented(SimulatedDataset(data_dir, target=target, indices=train_indices),
-                          copies=config.augment_copies, seed=config.seed)
-    validation_set = SimulatedDataset(data_dir, target=target, indices=validation_indices)
-    return train_set, validation_set, SimulatedDataset(data_dir, target=target, indices=test_indices)
+    train_set = Augmented(everything.subset(train_indices), copies=config.augment_copies, seed=config.seed)
+    return train_set, everything.subset(validation_indices), everything.subset(test_indices)
 
 
 def _optimizer(model: nn.Module, config: TrainingConfig, phase: int):
