@@ -11,8 +11,9 @@ from density_db.cli.context import AppContext, pass_app
 
 
 @click.command()
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
-              help="A dataset directory written by 'density-db simulate dataset'.")
+@click.option("--data", "data_dirs", type=click.Path(path_type=Path), required=True, multiple=True,
+              help="A dataset directory written by 'density-db simulate dataset'; repeat it to evaluate several "
+                   "as one (in the order training was given them, for --split test).")
 @click.option("--classifier", "classifier_path", default="demo", show_default=True,
               help="Classifier: 'demo' (shipped), a checkpoint file or a registered model name.")
 @click.option("--regressor", "regressor_path", default="demo", show_default=True,
@@ -30,20 +31,21 @@ from density_db.cli.context import AppContext, pass_app
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @pass_app
-def evaluate(app: AppContext, data_dir, classifier_path, regressor_path, classifier_architecture,
+def evaluate(app: AppContext, data_dirs, classifier_path, regressor_path, classifier_architecture,
              regressor_architecture, out_dir, split, batch_size, device) -> None:
     """Evaluate the models on a simulated dataset: write report.json and figures to --out."""
     from density_db.inference.checkpoints import load_checkpoint
     from density_db.inference.evaluation import predict_samples, summarise
     from density_db.inference.figures import write_figures
 
-    if not data_dir.is_dir():
-        raise click.BadParameter(f"dataset directory {data_dir} does not exist", param_hint="--data")
+    for data_dir in data_dirs:
+        if not data_dir.is_dir():
+            raise click.BadParameter(f"dataset directory {data_dir} does not exist", param_hint="--data")
     classifier = load_checkpoint(_checkpoint(app, classifier_path, "classifier"),
                                  architecture=classifier_architecture, stage="classifier")
     regressor = (load_checkpoint(_checkpoint(app, regressor_path, "regressor"), architecture=regressor_architecture,
                                  stage="regressor") if regressor_path != "none" else None)
-    samples = predict_samples(data_dir, classifier, regressor, split=split, batch_size=batch_size, device=device)
+    samples = predict_samples(data_dirs, classifier, regressor, split=split, batch_size=batch_size, device=device)
     report = summarise(samples, classifier, regressor)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = write_figures(samples, report, out_dir)

@@ -12,8 +12,9 @@ from density_db.cli.progress import progress_bar
 
 @click.command()
 @click.argument("stage", type=click.Choice(["classifier", "regressor"]))
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
-              help="A dataset directory written by 'density-db simulate dataset'.")
+@click.option("--data", "data_dirs", type=click.Path(path_type=Path), required=True, multiple=True,
+              help="A dataset directory written by 'density-db simulate dataset'; repeat it to train on several "
+                   "as one (the split is drawn over all their samples).")
 @click.option("--arch", "architecture", required=True,
               help="Network: classifier resnet34|resnet18|baseline_cnn, regressor resnet50|resnet18|baseline_cnn.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
@@ -38,14 +39,15 @@ from density_db.cli.progress import progress_bar
               help="Tune the learning rates (and the regressor's layer multipliers) with N Optuna trials "
                    "instead of one run (--lr is then searched, not used); the best trial goes to --out.")
 @pass_app
-def train(app: AppContext, stage, data_dir, architecture, out_path, epochs, batch_size, learning_rate, device,
+def train(app: AppContext, stage, data_dirs, architecture, out_path, epochs, batch_size, learning_rate, device,
           seed, workers, pretrained_weights, backbone_checkpoint, resume, tune_trials) -> None:
     """Train STAGE (classifier or regressor) on a simulated dataset; the best model goes to --out."""
     from density_db.inference.training import TrainingConfig, state_file_of
     from density_db.inference.training import train as run_training
 
-    if not data_dir.is_dir():
-        raise click.BadParameter(f"dataset directory {data_dir} does not exist", param_hint="--data")
+    for data_dir in data_dirs:
+        if not data_dir.is_dir():
+            raise click.BadParameter(f"dataset directory {data_dir} does not exist", param_hint="--data")
     if resume and tune_trials is not None:
         raise click.UsageError("--tune and --resume cannot be combined: a tuning study cannot be resumed")
     if resume and not state_file_of(out_path).exists():
@@ -64,7 +66,7 @@ def train(app: AppContext, stage, data_dir, architecture, out_path, epochs, batc
             optuna.logging.set_verbosity(optuna.logging.WARNING)
 
         with _training_bar(app) as bar:
-            tuned = tune(config, data_dir, out_path, trials=tune_trials, seed=seed,
+            tuned = tune(config, data_dirs, out_path, trials=tune_trials, seed=seed,
                          progress=_epoch_reporter(bar, tune_trials * config.total_epochs))
         params = ", ".join(
             f"{key}={value:.4g}" if isinstance(value, float) else f"{key}=({', '.join(f'{v:.4g}' for v in value)})"
@@ -77,7 +79,7 @@ def train(app: AppContext, stage, data_dir, architecture, out_path, epochs, batc
         )
         return
     with _training_bar(app) as bar:
-        result = run_training(config, data_dir, out_path, resume=resume,
+        result = run_training(config, data_dirs, out_path, resume=resume,
                               progress=_epoch_reporter(bar, config.total_epochs))
     ending = "stopped early" if result.stopped_early else "done"
     click.echo(

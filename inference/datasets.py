@@ -1,22 +1,30 @@
 """PyTorch access to datasets written by ``density-db simulate dataset``.
 
 Shards are memory-mapped, so a dataset larger than memory trains from the
-page cache; a sample is read only when asked for.
+page cache; a sample is read only when asked for.  Several datasets (made in
+parts, with different seeds, or one of each task) read as one, in the order
+given, provided they describe the same model input.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from astropy.table import Table
+from astropy.table import Table, vstack
 from torch.utils.data import Dataset
 
 from density_db.errors import ConfigurationError
+from density_db.inference.checkpoints import file_sha256
 from density_db.simulate.dataset import DESCRIPTION_NAME, SAMPLES_NAME
+
+# What a model learns from: datasets that differ in any of these cannot be read as one.
+INPUT_KEYS = ("input_size", "preprocessing_version", "class_lower_edges", "bright_magnitude_limit")
 
 
 class SimulatedDataset(Dataset):
@@ -24,27 +32,59 @@ class SimulatedDataset(Dataset):
 
     Parameters
     ----------
-    directory
-        A directory written by ``density-db simulate dataset``.
+    directories
+        A directory written by ``density-db simulate dataset``, or several,
+        read one after the other.
     target
         ``density_class`` (an int64 class index) or ``log_bright`` (a float32);
-        default: the dataset's own task.
+        default: the datasets' own task.
     indices
         The samples to expose (e.g. one split), default all.
+
+    Raises
+    ------
+    ConfigurationError
+        A directory is not a dataset, or the datasets describe different
+        model inputs (``INPUT_KEYS``).
     """
 
-    def __init__(self, directory: Path, *, target: str | None = None, indices: np.ndarray | None = None) -> None:
-        self.directory = Path(directory)
-        try:
-            self.description = json.loads((self.directory / DESCRIPTION_NAME).read_text())
-        except FileNotFoundError:
-            raise ConfigurationError(f"{self.directory} is not a dataset (no {DESCRIPTION_NAME})") from None
-        self.samples = Table.read(self.directory / SAMPLES_NAME, format="ascii.ecsv")
-        self.target = target or {"classify": "density_class", "regress": "log_bright"}[self.description["task"]]
+    def __init__(self, directories: Path | Sequence[Path], *, target: str | None = None,
+                 indices: np.ndarray | None = None) -> None:
+        paths = [directories] if isinstance(directories, (str, Path)) else list(directories)
+        if not paths:
+            raise ConfigurationError("no dataset directory given")
+        self.directories = [Path(path) for path in paths]
+        self.descriptions = [_description(directory) for directory in self.directories]
+        _check_same_input(self.directories, self.descriptions)
+        tables = [Table.read(directory / SAMPLES_NAME, format="ascii.ecsv") for directory in self.directories]
+        for number, table in enumerate(tables):
+            table["dataset"] = np.full(len(table), number, dtype=np.int64)
+        self.samples = tables[0] if len(tables) == 1 else vstack(tables, join_type="inner", metadata_conflicts="silent")
+        tasks = self.tasks
+        if target is None and len(tasks) > 1:
+            raise ConfigurationError(f"the datasets mix the {' and '.join(tasks)} tasks: say which target to read")
+        self.target = target or {"classify": "density_class", "regress": "log_bright"}[tasks[0]]
         if self.target not in ("density_class", "log_bright"):
             raise ConfigurationError(f"target must be density_class or log_bright, got {self.target!r}")
         self.indices = np.arange(len(self.samples)) if indices is None else np.asarray(indices)
-        self._shards: dict[int, np.ndarray] = {}
+        self._shards: dict[tuple[int, int], np.ndarray] = {}
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks (``classify``, ``regress``) of the datasets read, each once, in order."""
+        return list(dict.fromkeys(description["task"] for description in self.descriptions))
+
+    def manifest_sha256(self) -> str:
+        """The training-data hash recorded in checkpoints.
+
+        One dataset: the sha256 of its ``samples.ecsv``.  Several: the sha256 of
+        their hashes, one per line in order, so another order or another part
+        is another training set.
+        """
+        hashes = [file_sha256(directory / SAMPLES_NAME) for directory in self.directories]
+        if len(hashes) == 1:
+            return hashes[0]
+        return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
 
     def subset(self, indices: np.ndarray) -> SimulatedDataset:
         """The samples at ``indices`` of the whole dataset (e.g. one split), sharing the table already read."""
@@ -57,16 +97,38 @@ class SimulatedDataset(Dataset):
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = self.samples[int(self.indices[item])]
-        tensor = torch.from_numpy(np.asarray(self._shard(int(row["shard"]))[int(row["offset"])], dtype=np.float32))
+        shard = self._shard(int(row["dataset"]), int(row["shard"]))
+        tensor = torch.from_numpy(np.asarray(shard[int(row["offset"])], dtype=np.float32))
         if self.target == "density_class":
             return tensor, torch.tensor(int(row["density_class"]), dtype=torch.int64)
         return tensor, torch.tensor(float(row["log_bright"]), dtype=torch.float32)
 
-    def _shard(self, index: int) -> np.ndarray:
+    def _shard(self, dataset: int, index: int) -> np.ndarray:
         # Opened lazily in each DataLoader worker process, never pickled with the dataset.
-        if index not in self._shards:
-            self._shards[index] = np.load(self.directory / f"shard_{index:05d}.npy", mmap_mode="r")
-        return self._shards[index]
+        if (dataset, index) not in self._shards:
+            path = self.directories[dataset] / f"shard_{index:05d}.npy"
+            self._shards[dataset, index] = np.load(path, mmap_mode="r")
+        return self._shards[dataset, index]
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_shards": {}}
+
+
+def _description(directory: Path) -> dict:
+    if not directory.is_dir():
+        raise ConfigurationError(f"dataset directory {directory} does not exist")
+    try:
+        return json.loads((directory / DESCRIPTION_NAME).read_text())
+    except FileNotFoundError:
+        raise ConfigurationError(f"{directory} is not a dataset (no {DESCRIPTION_NAME})") from None
+
+
+def _check_same_input(directories: list[Path], descriptions: list[dict]) -> None:
+    first = descriptions[0]
+    for directory, description in zip(directories[1:], descriptions[1:]):
+        for key in INPUT_KEYS:
+            if description.get(key) != first.get(key):
+                raise ConfigurationError(
+                    f"{directory} cannot be read with {directories[0]}: its {key} is {description.get(key)!r}, "
+                    f"not {first.get(key)!r}"
+                )

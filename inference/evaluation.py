@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -162,7 +163,8 @@ class EvaluationSamples:
     Attributes
     ----------
     indices : array of int
-        Rows of the dataset's ``samples.ecsv`` that were evaluated.
+        Rows of the dataset's ``samples.ecsv`` that were evaluated (of the
+        datasets' samples one after the other, when several were given).
     true_class, star_count, true_log : arrays
         Truth: density class, number of stars, ``log10(1 + N_bright)``.
     probabilities : array of float, shape (n, N_CLASSES)
@@ -199,7 +201,7 @@ class EvaluationSamples:
 
 
 def predict_samples(
-    data_dir: str | Path,
+    data_dirs: str | Path | Sequence[str | Path],
     classifier: LoadedModel,
     regressor: LoadedModel | None,
     *,
@@ -211,8 +213,9 @@ def predict_samples(
 
     Parameters
     ----------
-    data_dir : str or pathlib.Path
-        A dataset written by ``density-db simulate dataset``.
+    data_dirs : str, pathlib.Path or a sequence of them
+        A dataset written by ``density-db simulate dataset``, or several read
+        as one (as training reads them).
     classifier, regressor : LoadedModel
         The two stages; without a regressor only the classification (and the
         gating counts) are evaluated.
@@ -220,7 +223,9 @@ def predict_samples(
         ``test``: the test part of ``split_indices(n, seed)`` with the seed the
         classifier was trained with (``metadata["split_seed"]``, 0 when not
         recorded), i.e. the samples training never saw when both models were
-        trained on this dataset; ``all``: every sample (e.g. a separate test set).
+        trained on this dataset (the same directories, in the same order; a
+        warning says when the classifier's recorded training data differs);
+        ``all``: every sample (e.g. a separate test set).
     batch_size : int
         Images per forward pass.
     device : {"auto", "cpu", "cuda"} or a torch device string
@@ -246,24 +251,28 @@ def predict_samples(
         raise ConfigurationError(f"{classifier.path} is a {classifier.stage}, not a classifier")
     if regressor is not None and regressor.stage != "regressor":
         raise ConfigurationError(f"{regressor.path} is a {regressor.stage}, not a regressor")
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise ConfigurationError(f"dataset directory {data_dir} does not exist")
-    everything = SimulatedDataset(data_dir, target="density_class")
+    everything = SimulatedDataset([data_dirs] if isinstance(data_dirs, (str, Path)) else data_dirs,
+                                  target="density_class")
     samples = everything.samples
+    named = ", ".join(str(directory) for directory in everything.directories)
     if split == "test":
         split_seed = int(classifier.metadata.get("split_seed", 0))
         indices = split_indices(len(samples), split_seed)[2]
+        trained_on = classifier.metadata.get("data_manifest_sha256")
+        if trained_on is not None and trained_on != everything.manifest_sha256():
+            logger.warning("the classifier was trained on other data than %s (another manifest): the test split "
+                           "of these samples is held out only if it never saw them; --split all evaluates a "
+                           "dataset kept apart for testing", named)
     else:
         split_seed, indices = None, np.arange(len(samples))
     if len(indices) == 0:
-        raise ConfigurationError(f"{data_dir} holds no samples to evaluate")
+        raise ConfigurationError(f"{named} holds no samples to evaluate")
     predictor = TwoStagePredictor(
         classifier.model, regressor.model if regressor is not None else _missing_regressor(), device=_device(device)
     )
     loader = DataLoader(everything.subset(indices), batch_size=batch_size)
     predictions = [prediction for batch, _ in loader for prediction in predictor.predict(batch)]
-    logger.info("evaluated %d samples of %s on %s", len(predictions), data_dir, predictor.device)
+    logger.info("evaluated %d samples of %s on %s", len(predictions), named, predictor.device)
     return EvaluationSamples(
         indices=indices,
         true_class=np.asarray(samples["density_class"], dtype=np.int64)[indices],

@@ -30,7 +30,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -45,9 +45,8 @@ from density_db.inference.architectures import (
     build_model, check_architecture, load_imagenet_weights, state_dict_mismatches,
 )
 from density_db.inference.augmentation import COPIES, Augmented
-from density_db.inference.checkpoints import file_sha256, load_checkpoint, save_checkpoint
+from density_db.inference.checkpoints import load_checkpoint, save_checkpoint
 from density_db.inference.datasets import SimulatedDataset
-from density_db.simulate.dataset import SAMPLES_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -365,7 +364,7 @@ def state_file_of(out_path: str | Path) -> Path:
 
 def train(
     config: TrainingConfig,
-    data_dir: str | Path,
+    data_dirs: str | Path | Sequence[str | Path],
     out_path: str | Path,
     *,
     resume: bool = False,
@@ -377,8 +376,10 @@ def train(
     ----------
     config : TrainingConfig
         The run's settings.
-    data_dir : str or pathlib.Path
-        A directory written by ``density-db simulate dataset``.
+    data_dirs : str, pathlib.Path or a sequence of them
+        A directory written by ``density-db simulate dataset``, or several
+        read as one (:class:`~density_db.inference.datasets.SimulatedDataset`);
+        the 8:1:1 split is drawn over all their samples.
     out_path : str or pathlib.Path
         The checkpoint (``inference.checkpoints``); ``<out>.state.pt`` is written next to it.
     resume : bool
@@ -392,12 +393,12 @@ def train(
         A missing or unsuitable dataset, an unavailable device, or a state
         file that does not belong to this run.
     """
-    data_dir, out_path = Path(data_dir), Path(out_path)
+    out_path = Path(out_path)
     device = _device(config.device)
     amp = config.amp and device.type == "cuda"
-    train_set, validation_set, test_set = _datasets(config, data_dir)
+    train_set, validation_set, test_set = _datasets(config, data_dirs)
     split_sizes = {"train": len(train_set.dataset), "validation": len(validation_set), "test": len(test_set)}
-    manifest_sha256 = file_sha256(data_dir / SAMPLES_NAME)
+    manifest_sha256 = test_set.manifest_sha256()
     torch.manual_seed(config.seed)
     model = build_model(config.stage, config.architecture)
     if config.pretrained_weights:
@@ -535,25 +536,28 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _datasets(config: TrainingConfig, data_dir: Path) -> tuple[Augmented, SimulatedDataset, SimulatedDataset]:
+def _datasets(config: TrainingConfig, data_dirs) -> tuple[Augmented, SimulatedDataset, SimulatedDataset]:
     """The augmented training split, the validation split and the test split, checked against the stage."""
-    if not data_dir.is_dir():
-        raise ConfigurationError(f"dataset directory {data_dir} does not exist")
     target = TARGETS[config.stage]
-    everything = SimulatedDataset(data_dir, target=target)
-    task = everything.description.get("task")
-    if target not in everything.samples.colnames:
-        raise ConfigurationError(f"{data_dir} ({task} dataset) has no {target} column to train the {config.stage} on")
-    if config.stage == "regressor" and task != "regress":
-        raise ConfigurationError(
-            f"{data_dir} is a {task} dataset (stars only, up to class 5); the regressor needs a regress dataset "
-            "(density-db simulate dataset --task regress)"
-        )
-    if config.stage == "classifier" and task != "classify":
-        logger.warning("training the classifier on %s, a %s dataset: its density_class column is used", data_dir, task)
+    everything = SimulatedDataset(_directories(data_dirs), target=target)
+    for directory, description in zip(everything.directories, everything.descriptions):
+        task = description.get("task")
+        if config.stage == "regressor" and task != "regress":
+            raise ConfigurationError(
+                f"{directory} is a {task} dataset (stars only, up to class 5); the regressor needs a regress dataset "
+                "(density-db simulate dataset --task regress)"
+            )
+        if config.stage == "classifier" and task != "classify":
+            logger.warning("training the classifier on %s, a %s dataset: its density_class column is used",
+                           directory, task)
     train_indices, validation_indices, test_indices = split_indices(len(everything), config.split_seed)
     train_set = Augmented(everything.subset(train_indices), copies=config.augment_copies, seed=config.seed)
     return train_set, everything.subset(validation_indices), everything.subset(test_indices)
+
+
+def _directories(data_dirs) -> list[Path]:
+    """One directory or several, as a list of paths."""
+    return [Path(data_dirs)] if isinstance(data_dirs, (str, Path)) else [Path(path) for path in data_dirs]
 
 
 def _optimizer(model: nn.Module, config: TrainingConfig, phase: int):
@@ -611,7 +615,7 @@ def _read_state(path: Path, config: TrainingConfig, manifest_sha256: str) -> dic
     keys = ("stage", "architecture", "split_seed", "augment_copies", "pretrained_weights", "backbone_checkpoint")
     differences = [f"{key} {saved.get(key)!r} != {current[key]!r}" for key in keys if saved.get(key) != current[key]]
     if state.get("data_manifest_sha256") != manifest_sha256:
-        differences.append("the dataset's samples.ecsv differs")
+        differences.append("the training data differs: another samples.ecsv, or other datasets or order")
     if differences:
         raise ConfigurationError(f"cannot resume from {path}: it belongs to another run ({'; '.join(differences)})")
     known = {item.name for item in fields(_RunState)}

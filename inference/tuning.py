@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ def suggest_params(trial: optuna.Trial, config: TrainingConfig) -> dict[str, Any
 
 def tune(
     config: TrainingConfig,
-    data_dir: str | Path,
+    data_dirs: str | Path | Sequence[str | Path],
     out_path: str | Path,
     *,
     trials: int,
@@ -103,8 +104,9 @@ def tune(
     config : TrainingConfig
         The base settings; each trial replaces ``learning_rate`` (and the
         regressor's ``lr_multipliers``).
-    data_dir : str or pathlib.Path
-        A directory written by ``density-db simulate dataset``.
+    data_dirs : str, pathlib.Path or a sequence of them
+        A directory written by ``density-db simulate dataset``, or several
+        read as one (as :func:`~density_db.inference.training.train`).
     out_path : str or pathlib.Path
         Where the best trial's checkpoint goes; its metadata gains a
         ``"tuning"`` entry.  No ``<out>.state.pt`` is written: a tuned run
@@ -129,7 +131,7 @@ def tune(
     """
     if trials < 1:
         raise ConfigurationError(f"trials must be at least 1, got {trials}")
-    data_dir, out_path = Path(data_dir), Path(out_path)
+    out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
     work = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=f".{out_path.name}.tuning."))
@@ -142,7 +144,7 @@ def tune(
             params = suggest_params(trial, config)
             checkpoint = work / f"trial-{trial.number}.pt"
             try:
-                result = train(dataclasses.replace(config, **params), data_dir, checkpoint,
+                result = train(dataclasses.replace(config, **params), data_dirs, checkpoint,
                                progress=_offset(progress, index * config.total_epochs))
             except TrainingDivergedError:
                 logger.warning("tuning trial %d diverged with %s", trial.number, params)

@@ -209,3 +209,31 @@ def test_evaluate_command_refuses_a_missing_dataset(tmp_path, evaluation_inputs)
                                        str(classifier), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+def test_evaluate_reads_several_datasets_and_warns_when_their_test_split_was_not_held_out(
+        tmp_path, evaluation_inputs, caplog):
+    from density_db.inference.architectures import build_model
+    from density_db.inference.checkpoints import load_checkpoint, save_checkpoint
+    from density_db.inference.datasets import SimulatedDataset
+
+    data_dir, classifier, _ = evaluation_inputs
+    result = CliRunner().invoke(main, [
+        "evaluate", "--data", str(data_dir), "--data", str(data_dir), "--classifier", str(classifier),
+        "--regressor", "none", "--out", str(tmp_path / "out"), "--split", "all", "--device", "cpu",
+    ])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["samples"] == 32
+
+    def trained_on(manifest: str) -> Path:
+        path = tmp_path / f"{manifest[:8]}.pt"
+        save_checkpoint(path, build_model("classifier", "baseline_cnn"), stage="classifier",
+                        architecture="baseline_cnn", metadata={"data_manifest_sha256": manifest, "split_seed": 0})
+        return path
+
+    own = trained_on(SimulatedDataset(data_dir).manifest_sha256())
+    with caplog.at_level("WARNING", logger="density_db.inference.evaluation"):
+        evaluate(data_dir, load_checkpoint(own), None, split="test")
+        assert not caplog.records
+        evaluate([data_dir, data_dir], load_checkpoint(own), None, split="test")
+    assert "the classifier was trained on other data" in caplog.text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -12,11 +14,20 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 from density_db import sky
+from density_db.errors import ConfigurationError
 from density_db.focal_plane import DETECTOR_SHAPE, detector_wcs_header
+from density_db.inference.checkpoints import file_sha256
 from density_db.inference.datasets import SimulatedDataset
 from density_db.inference.preprocessing import preprocess
 from density_db.labels import density_class
-from density_db.simulate.dataset import PAPER_CLASS_MIX, plan_samples, simulate_sample, write_dataset
+from density_db.simulate.dataset import (
+    DESCRIPTION_NAME,
+    PAPER_CLASS_MIX,
+    SAMPLES_NAME,
+    plan_samples,
+    simulate_sample,
+    write_dataset,
+)
 from density_db.simulate.exposures import imaging_detectors, plan_pointings, simulate_exposures
 from density_db.simulate.fields import field_by_name
 
@@ -172,6 +183,33 @@ def test_dataset_loads_through_pytorch_with_memory_mapping(tmp_path) -> None:
     assert len(regression) == 1 and regression[0][1].dtype == torch.float32
     with pytest.raises(FileExistsError):
         write_dataset(tmp_path / "set", specs, task="classify", balance="uniform", shape=(240, 250))
+
+
+def test_several_datasets_read_as_one_in_order_when_they_share_the_model_input(tmp_path) -> None:
+    write_dataset(tmp_path / "a", plan_samples(3, task="classify", seed=3, balance="uniform"), task="classify",
+                  balance="uniform", shape=(240, 250))
+    write_dataset(tmp_path / "b", plan_samples(2, task="regress", seed=4), task="regress", balance="paper",
+                  shape=(240, 250))
+    first, second = SimulatedDataset(tmp_path / "a"), SimulatedDataset(tmp_path / "b", target="density_class")
+    both = SimulatedDataset([tmp_path / "a", tmp_path / "b"], target="density_class")
+    assert len(both) == 5 and both.tasks == ["classify", "regress"]
+    for item, (tensor, target) in enumerate([*first, *second]):
+        assert torch.equal(both[item][0], tensor) and int(both[item][1]) == int(target)
+    assert list(both.subset(np.array([4, 0])).samples["dataset"][[4, 0]]) == [1, 0]
+    # The recorded training data: one dataset keeps its samples.ecsv hash; the order of several counts.
+    assert first.manifest_sha256() == file_sha256(tmp_path / "a" / SAMPLES_NAME)
+    reversed_order = SimulatedDataset([tmp_path / "b", tmp_path / "a"], target="density_class")
+    assert len({first.manifest_sha256(), both.manifest_sha256(), reversed_order.manifest_sha256()}) == 3
+
+    with pytest.raises(ConfigurationError, match="mix the classify and regress tasks"):
+        SimulatedDataset([tmp_path / "a", tmp_path / "b"])
+    shutil.copytree(tmp_path / "b", tmp_path / "old")
+    description = json.loads((tmp_path / "old" / DESCRIPTION_NAME).read_text())
+    (tmp_path / "old" / DESCRIPTION_NAME).write_text(json.dumps({**description, "preprocessing_version": 0}))
+    with pytest.raises(ConfigurationError, match="its preprocessing_version is 0, not 1"):
+        SimulatedDataset([tmp_path / "a", tmp_path / "old"], target="density_class")
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        SimulatedDataset([tmp_path / "a", tmp_path / "nowhere"])
 
 
 def test_cli_lists_fields_and_simulates(tmp_path, run_cli) -> None:

@@ -197,9 +197,24 @@ def test_a_backbone_of_another_architecture_or_with_imagenet_weights_is_refused(
         _config("regressor", pretrained_weights="imagenet.pth", backbone_checkpoint=str(tmp_path / "resnet18.pt"))
 
 
-def test_regressor_refuses_a_classification_dataset(classify_dir, tmp_path) -> None:
+def test_regressor_refuses_a_classification_dataset(classify_dir, regress_dir, tmp_path) -> None:
     with pytest.raises(ConfigurationError, match="needs a regress dataset"):
         train(_config("regressor", epochs=3), classify_dir, tmp_path / "regressor.pt")
+    with pytest.raises(ConfigurationError, match=f"{classify_dir} is a classify dataset"):
+        train(_config("regressor", epochs=3), [regress_dir, classify_dir], tmp_path / "regressor.pt")
+
+
+def test_classifier_trains_on_several_datasets_and_resumes_only_on_the_same_ones(classify_dir, regress_dir,
+                                                                                  tmp_path) -> None:
+    out = tmp_path / "classifier.pt"
+    both = [classify_dir, regress_dir]
+    first = train(_config(epochs=1, augment_copies=1), both, out)
+    assert first.split_sizes == {"train": 44, "validation": 6, "test": 6}  # 8:1:1 of 32 + 24 samples
+    assert load_checkpoint(out).metadata["data_manifest_sha256"] == SimulatedDataset(
+        both, target="density_class").manifest_sha256()
+    assert train(_config(epochs=2, augment_copies=1), both, out, resume=True).epochs_run == 2
+    with pytest.raises(ConfigurationError, match="the training data differs"):
+        train(_config(epochs=3, augment_copies=1), [regress_dir, classify_dir], out, resume=True)
 
 
 def test_cli_trains_end_to_end_and_reports_errors(classify_dir, tmp_path, monkeypatch) -> None:
