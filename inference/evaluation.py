@@ -180,6 +180,8 @@ class EvaluationSamples:
         Whether a regressor ran on the ``predicted`` samples.
     split, split_seed
         Which samples: ``test`` (of ``split_indices(n, split_seed)``) or ``all``.
+    data_dirs, data_manifest_sha256
+        The datasets read, in order, and their hash as training records it.
     """
 
     indices: np.ndarray
@@ -193,6 +195,8 @@ class EvaluationSamples:
     regressed: bool
     split: str
     split_seed: int | None
+    data_dirs: tuple[str, ...]
+    data_manifest_sha256: str
 
     @property
     def regression_mask(self) -> np.ndarray:
@@ -255,11 +259,12 @@ def predict_samples(
                                   target="density_class")
     samples = everything.samples
     named = ", ".join(str(directory) for directory in everything.directories)
+    manifest_sha256 = everything.manifest_sha256()
     if split == "test":
         split_seed = int(classifier.metadata.get("split_seed", 0))
         indices = split_indices(len(samples), split_seed)[2]
         trained_on = classifier.metadata.get("data_manifest_sha256")
-        if trained_on is not None and trained_on != everything.manifest_sha256():
+        if trained_on is not None and trained_on != manifest_sha256:
             logger.warning("the classifier was trained on other data than %s (another manifest): the test split "
                            "of these samples is held out only if it never saw them; --split all evaluates a "
                            "dataset kept apart for testing", named)
@@ -288,6 +293,8 @@ def predict_samples(
         regressed=regressor is not None,
         split=split,
         split_seed=split_seed,
+        data_dirs=tuple(str(directory) for directory in everything.directories),
+        data_manifest_sha256=manifest_sha256,
     )
 
 
@@ -299,6 +306,7 @@ def summarise(
     Returns
     -------
     dict
+        ``data`` (the datasets' directories and manifest hash),
         ``samples`` (count), ``split``, ``split_seed``, ``classification``
         (:func:`classification_report`), ``regression``
         (:func:`regression_report` on the samples the regressor ran on,
@@ -315,6 +323,7 @@ def summarise(
         if samples.regressed else None
     )
     return {
+        "data": {"directories": list(samples.data_dirs), "manifest_sha256": samples.data_manifest_sha256},
         "samples": int(len(samples.indices)),
         "split": samples.split,
         "split_seed": samples.split_seed,

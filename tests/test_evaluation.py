@@ -180,7 +180,7 @@ def test_evaluate_command_writes_report_and_figures(tmp_path, evaluation_inputs)
     assert result.exit_code == 0, result.output
     assert "accuracy" in result.output and "macro-F1" in result.output
     report = json.loads((out / "report.json").read_text())
-    assert {"classification", "regression", "gating", "models", "samples", "split", "labels"} <= report.keys()
+    assert {"classification", "regression", "gating", "models", "samples", "split", "labels", "data"} <= report.keys()
     assert report["samples"] == 16
     assert sum(report["gating"].values()) == 16
     assert report["classification"]["samples"] == 16
@@ -223,7 +223,8 @@ def test_evaluate_reads_several_datasets_and_warns_when_their_test_split_was_not
         "--regressor", "none", "--out", str(tmp_path / "out"), "--split", "all", "--device", "cpu",
     ])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "out" / "report.json").read_text())["samples"] == 32
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["samples"] == 32 and report["data"]["directories"] == [str(data_dir)] * 2
 
     def trained_on(manifest: str) -> Path:
         path = tmp_path / f"{manifest[:8]}.pt"
