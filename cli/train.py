@@ -10,6 +10,22 @@ from density_db.cli.context import AppContext, pass_app
 from density_db.cli.progress import progress_bar
 
 
+INIT_SOURCES = {"imagenet": "pretrained_weights", "backbone": "backbone_checkpoint"}
+"""``--init`` prefixes and the ``TrainingConfig`` field each one sets."""
+
+
+def _parse_init(_ctx, _param, value: str | None) -> dict[str, str]:
+    """``imagenet:PATH`` or ``backbone:CKPT`` as the matching ``TrainingConfig`` keyword, checked to exist."""
+    if value is None:
+        return {}
+    source, _, path = value.partition(":")
+    if source not in INIT_SOURCES or not path:
+        raise click.BadParameter(f"expected imagenet:PATH or backbone:CKPT, got {value!r}")
+    if not Path(path).is_file():
+        raise click.BadParameter(f"{source} weights {path} is not a file")
+    return {INIT_SOURCES[source]: path}
+
+
 @click.command()
 @click.argument("stage", type=click.Choice(["classifier", "regressor"]))
 @click.option("--data", "data_dirs", type=click.Path(path_type=Path), required=True, multiple=True,
@@ -29,18 +45,18 @@ from density_db.cli.progress import progress_bar
 @click.option("--seed", type=int, default=0, show_default=True, help="Initialisation, shuffling and augmentation.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Data loader worker processes.")
-@click.option("--pretrained", "pretrained_weights", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Local torchvision ImageNet weights file for a ResNet backbone (nothing is downloaded).")
-@click.option("--backbone-from", "backbone_checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
-              metavar="CKPT", help="Start every layer but the head from this density-db checkpoint of the same "
-                                   "architecture (e.g. the trained classifier, for the regressor).")
+@click.option("--init", "initial_weights", default=None, callback=_parse_init, metavar="imagenet:PATH|backbone:CKPT",
+              help="Start from weights: 'imagenet:PATH', a local torchvision ImageNet weights file of the ResNet "
+                   "(first convolution averaged to 2 channels; nothing is downloaded), or 'backbone:CKPT', every "
+                   "layer but the head from a density-db checkpoint of the same architecture (e.g. the trained "
+                   "classifier, for the regressor). Default: random initialisation.")
 @click.option("--resume", is_flag=True, help="Continue the run saved in OUT.state.pt.")
 @click.option("--tune", "tune_trials", type=click.IntRange(min=1), default=None, metavar="N",
               help="Tune the learning rates (and the regressor's layer multipliers) with N Optuna trials "
                    "instead of one run (--lr is then searched, not used); the best trial goes to --out.")
 @pass_app
 def train(app: AppContext, stage, data_dirs, architecture, out_path, epochs, batch_size, learning_rate, device,
-          seed, workers, pretrained_weights, backbone_checkpoint, resume, tune_trials) -> None:
+          seed, workers, initial_weights, resume, tune_trials) -> None:
     """Train STAGE (classifier or regressor) on a simulated dataset; the best model goes to --out."""
     from density_db.inference.training import TrainingConfig, state_file_of
     from density_db.inference.training import train as run_training
@@ -54,8 +70,7 @@ def train(app: AppContext, stage, data_dirs, architecture, out_path, epochs, bat
         raise click.UsageError(f"--resume: {state_file_of(out_path)} does not exist")
     config = TrainingConfig(
         stage=stage, architecture=architecture, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-        device=device, seed=seed, workers=workers, pretrained_weights=pretrained_weights,
-        backbone_checkpoint=backbone_checkpoint,
+        device=device, seed=seed, workers=workers, **initial_weights,
     )
     if tune_trials is not None:
         import optuna

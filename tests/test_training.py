@@ -240,3 +240,24 @@ def test_cli_trains_end_to_end_and_reports_errors(classify_dir, tmp_path, monkey
     wrong_task = CliRunner().invoke(main, ["train", "regressor", "--data", str(classify_dir), "--arch",
                                            "baseline_cnn", "--out", str(tmp_path / "r.pt"), "--epochs", "3"])
     assert wrong_task.exit_code == 1 and "needs a regress dataset" in wrong_task.output
+
+
+def test_cli_starts_from_given_weights_and_names_a_bad_source(classify_dir, regress_dir, tmp_path,
+                                                              monkeypatch) -> None:
+    monkeypatch.delenv("DENSITY_DB_URL", raising=False)
+    monkeypatch.setenv("DENSITY_DB_HOME", str(tmp_path / "home"))
+    classifier = tmp_path / "classifier.pt"
+    save_checkpoint(classifier, build_model("classifier", "baseline_cnn"), stage="classifier",
+                    architecture="baseline_cnn")
+    common = ["train", "regressor", "--data", str(regress_dir), "--arch", "baseline_cnn", "--epochs", "3",
+              "--batch-size", "8", "--device", "cpu"]
+    started = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "r.pt"), "--init", f"backbone:{classifier}"])
+    assert started.exit_code == 0, started.output
+    assert load_checkpoint(tmp_path / "r.pt").metadata["config"]["backbone_checkpoint"] == str(classifier)
+
+    for value, message in ((f"weights:{classifier}", "expected imagenet:PATH or backbone:CKPT"),
+                           ("imagenet:", "expected imagenet:PATH or backbone:CKPT"),
+                           (f"imagenet:{tmp_path / 'none.pth'}", "is not a file")):
+        refused = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "x.pt"), "--init", value])
+        assert refused.exit_code == 2 and message in refused.output, value
+    assert not (tmp_path / "x.pt").exists()
