@@ -255,8 +255,7 @@ def predict_samples(
         raise ConfigurationError(f"{classifier.path} is a {classifier.stage}, not a classifier")
     if regressor is not None and regressor.stage != "regressor":
         raise ConfigurationError(f"{regressor.path} is a {regressor.stage}, not a regressor")
-    everything = SimulatedDataset([data_dirs] if isinstance(data_dirs, (str, Path)) else data_dirs,
-                                  target="density_class")
+    everything = SimulatedDataset(data_dirs, target="density_class")
     samples = everything.samples
     named = ", ".join(str(directory) for directory in everything.directories)
     manifest_sha256 = everything.manifest_sha256()

@@ -539,7 +539,7 @@ def _device(name: str) -> torch.device:
 def _datasets(config: TrainingConfig, data_dirs) -> tuple[Augmented, SimulatedDataset, SimulatedDataset]:
     """The augmented training split, the validation split and the test split, checked against the stage."""
     target = TARGETS[config.stage]
-    everything = SimulatedDataset(_directories(data_dirs), target=target)
+    everything = SimulatedDataset(data_dirs, target=target)
     for directory, description in zip(everything.directories, everything.descriptions):
         task = description.get("task")
         if config.stage == "regressor" and task != "regress":
@@ -553,11 +553,6 @@ def _datasets(config: TrainingConfig, data_dirs) -> tuple[Augmented, SimulatedDa
     train_indices, validation_indices, test_indices = split_indices(len(everything), config.split_seed)
     train_set = Augmented(everything.subset(train_indices), copies=config.augment_copies, seed=config.seed)
     return train_set, everything.subset(validation_indices), everything.subset(test_indices)
-
-
-def _directories(data_dirs) -> list[Path]:
-    """One directory or several, as a list of paths."""
-    return [Path(data_dirs)] if isinstance(data_dirs, (str, Path)) else [Path(path) for path in data_dirs]
 
 
 def _optimizer(model: nn.Module, config: TrainingConfig, phase: int):
