@@ -11,7 +11,8 @@ from density_db.cli.context import AppContext, pass_app
 
 
 @click.command()
-@click.option("--data", "data_dirs", type=click.Path(path_type=Path), required=True, multiple=True,
+@click.option("--data", "data_dirs", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              required=True, multiple=True,
               help="A dataset directory written by 'density-db simulate dataset'; repeat it to evaluate several "
                    "as one (in the order training was given them, for --split test).")
 @click.option("--classifier", "classifier_path", default="demo", show_default=True,
@@ -38,9 +39,6 @@ def evaluate(app: AppContext, data_dirs, classifier_path, regressor_path, classi
     from density_db.inference.evaluation import predict_samples, summarise
     from density_db.inference.figures import write_figures
 
-    for data_dir in data_dirs:
-        if not data_dir.is_dir():
-            raise click.BadParameter(f"dataset directory {data_dir} does not exist", param_hint="--data")
     classifier = load_checkpoint(_checkpoint(app, classifier_path, "classifier"),
                                  architecture=classifier_architecture, stage="classifier")
     regressor = (load_checkpoint(_checkpoint(app, regressor_path, "regressor"), architecture=regressor_architecture,

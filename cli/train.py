@@ -28,7 +28,8 @@ def _parse_init(_ctx, _param, value: str | None) -> dict[str, str]:
 
 @click.command()
 @click.argument("stage", type=click.Choice(["classifier", "regressor"]))
-@click.option("--data", "data_dirs", type=click.Path(path_type=Path), required=True, multiple=True,
+@click.option("--data", "data_dirs", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              required=True, multiple=True,
               help="A dataset directory written by 'density-db simulate dataset'; repeat it to train on several "
                    "as one (the split is drawn over all their samples).")
 @click.option("--arch", "architecture", required=True,
@@ -61,9 +62,6 @@ def train(app: AppContext, stage, data_dirs, architecture, out_path, epochs, bat
     from density_db.inference.training import TrainingConfig, state_file_of
     from density_db.inference.training import train as run_training
 
-    for data_dir in data_dirs:
-        if not data_dir.is_dir():
-            raise click.BadParameter(f"dataset directory {data_dir} does not exist", param_hint="--data")
     if resume and tune_trials is not None:
         raise click.UsageError("--tune and --resume cannot be combined: a tuning study cannot be resumed")
     if resume and not state_file_of(out_path).exists():

@@ -30,8 +30,8 @@ Conventions, chosen so that every number is defined on small or skewed sets:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -257,7 +257,8 @@ def predict_samples(
         raise ConfigurationError(f"{regressor.path} is a {regressor.stage}, not a regressor")
     everything = SimulatedDataset(data_dirs, target="density_class")
     samples = everything.samples
-    named = ", ".join(str(directory) for directory in everything.directories)
+    directories = tuple(str(directory) for directory in everything.directories)
+    named = ", ".join(directories)
     manifest_sha256 = everything.manifest_sha256()
     if split == "test":
         split_seed = int(classifier.metadata.get("split_seed", 0))
@@ -292,7 +293,7 @@ def predict_samples(
         regressed=regressor is not None,
         split=split,
         split_seed=split_seed,
-        data_dirs=tuple(str(directory) for directory in everything.directories),
+        data_dirs=directories,
         data_manifest_sha256=manifest_sha256,
     )
 
