@@ -544,7 +544,7 @@ def _datasets(config: TrainingConfig, data_dirs) -> tuple[Augmented, SimulatedDa
         task = description.get("task")
         if config.stage == "regressor" and task != "regress":
             raise ConfigurationError(
-                f"{directory} is a {task} dataset (stars only, up to class 5); the regressor needs a regress dataset "
+                f"{directory} is a {task} dataset; the regressor needs a regress dataset "
                 "(density-db simulate dataset --task regress)"
             )
         if config.stage == "classifier" and task != "classify":
