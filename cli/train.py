@@ -42,6 +42,9 @@ def _parse_init(_ctx, _param, value: str | None) -> dict[str, str]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
               help="AdamW base learning rate.")
+@click.option("--lr-patience", "scheduler_patience", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Halve the learning rate after more than this many epochs without a lower validation loss "
+                   "(ReduceLROnPlateau, both stages).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Initialisation, shuffling and augmentation.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
@@ -56,8 +59,8 @@ def _parse_init(_ctx, _param, value: str | None) -> dict[str, str]:
               help="Tune the learning rates (and the regressor's layer multipliers) with N Optuna trials "
                    "instead of one run (--lr is then searched, not used); the best trial goes to --out.")
 @pass_app
-def train(app: AppContext, stage, data_dirs, architecture, out_path, epochs, batch_size, learning_rate, device,
-          seed, workers, initial_weights, resume, tune_trials) -> None:
+def train(app: AppContext, stage, data_dirs, architecture, out_path, epochs, batch_size, learning_rate,
+          scheduler_patience, device, seed, workers, initial_weights, resume, tune_trials) -> None:
     """Train STAGE (classifier or regressor) on a simulated dataset; the best model goes to --out."""
     from density_db.inference.training import TrainingConfig, state_file_of
     from density_db.inference.training import train as run_training
@@ -68,7 +71,7 @@ def train(app: AppContext, stage, data_dirs, architecture, out_path, epochs, bat
         raise click.UsageError(f"--resume: {state_file_of(out_path)} does not exist")
     config = TrainingConfig(
         stage=stage, architecture=architecture, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-        device=device, seed=seed, workers=workers, **initial_weights,
+        scheduler_patience=scheduler_patience, device=device, seed=seed, workers=workers, **initial_weights,
     )
     if tune_trials is not None:
         import optuna

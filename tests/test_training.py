@@ -149,6 +149,30 @@ def test_classifier_training_lowers_the_loss_writes_a_checkpoint_and_resumes(cla
         train(_config(epochs=5, split_seed=1), classify_dir, out, resume=True)
 
 
+def test_classifier_halves_its_learning_rate_on_a_plateau_and_resumes_a_run_saved_without_a_schedule(
+        classify_dir, tmp_path) -> None:
+    out = tmp_path / "classifier.pt"
+    result = train(_config(epochs=4, scheduler_patience=0), classify_dir, out)
+    # With patience 0 every epoch without a new best validation loss halves the rate once.
+    best, worse_epochs = float("inf"), 0
+    for loss in result.validation_losses:
+        if loss < best * (1 - 1e-4):  # ReduceLROnPlateau's default relative threshold
+            best = loss
+        else:
+            worse_epochs += 1
+    state = torch.load(state_file_of(out), weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(3e-3 * 0.5 ** worse_epochs)
+    assert state["scheduler"] is not None
+
+    state["scheduler"] = None  # as a classifier run saved before the classifier had a schedule
+    torch.save(state, state_file_of(out))
+    resumed = train(_config(epochs=5, scheduler_patience=0), classify_dir, out, resume=True)
+    assert resumed.epochs_run == 5 and resumed.train_losses[:4] == result.train_losses
+
+    with pytest.raises(ConfigurationError, match="patience >= 0"):
+        _config(scheduler_patience=-1)
+
+
 def test_regressor_trains_through_its_three_stages(regress_dir, tmp_path) -> None:
     result = train(_config("regressor", epochs=3, augment_copies=1), regress_dir, tmp_path / "regressor.pt")
     assert result.epochs_run == 3 and all(np.isfinite(result.validation_losses))
@@ -223,11 +247,12 @@ def test_cli_trains_end_to_end_and_reports_errors(classify_dir, tmp_path, monkey
     out = tmp_path / "cli.pt"
     common = ["--epochs", "1", "--batch-size", "8", "--device", "cpu"]
     result = CliRunner().invoke(main, ["train", "classifier", "--data", str(classify_dir), "--arch",
-                                       "baseline_cnn", "--out", str(out), *common])
+                                       "baseline_cnn", "--out", str(out), "--lr-patience", "2", *common])
     assert result.exit_code == 0, result.output
     assert "after 1 epochs" in result.output and out.exists()
     assert "test split (3 images): accuracy" in result.output
     assert load_checkpoint(out).architecture == "baseline_cnn"
+    assert load_checkpoint(out).metadata["config"]["scheduler_patience"] == 2
 
     missing = CliRunner().invoke(main, ["train", "classifier", "--data", str(tmp_path / "nowhere"),
                                         "--arch", "baseline_cnn", "--out", str(out), *common])
