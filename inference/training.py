@@ -112,8 +112,8 @@ class TrainingConfig:
         lower validation loss.  The paper uses the scheduler for the
         regressor; we use it for the classifier too, whose validation loss
         at a constant rate swings from epoch to epoch (measured on the
-        simulator's data: between 0.59 and 0.97 over the last eight of 18 epochs), so that the best
-        epoch is a matter of luck.
+        simulator's data: between 0.59 and 0.97 over the last eight of 18
+        epochs), so that the best epoch is a matter of luck.
     amp : bool
         bf16 autocast when on CUDA.
     workers : int
