@@ -251,8 +251,9 @@ def test_cli_trains_end_to_end_and_reports_errors(classify_dir, tmp_path, monkey
     assert result.exit_code == 0, result.output
     assert "after 1 epochs" in result.output and out.exists()
     assert "test split (3 images): accuracy" in result.output
-    assert load_checkpoint(out).architecture == "baseline_cnn"
-    assert load_checkpoint(out).metadata["config"]["scheduler_patience"] == 2
+    written = load_checkpoint(out)
+    assert written.architecture == "baseline_cnn"
+    assert written.metadata["config"]["scheduler_patience"] == 2
 
     missing = CliRunner().invoke(main, ["train", "classifier", "--data", str(tmp_path / "nowhere"),
                                         "--arch", "baseline_cnn", "--out", str(out), *common])
