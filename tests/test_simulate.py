@@ -26,6 +26,7 @@ from density_db.simulate.dataset import (
     SAMPLES_NAME,
     plan_samples,
     simulate_sample,
+    truth_catalog,
     write_dataset,
 )
 from density_db.simulate.exposures import imaging_detectors, plan_pointings, simulate_exposures
@@ -168,6 +169,21 @@ def test_dataset_mode_equals_writing_the_fits_file_and_preprocessing_it(tmp_path
         np.testing.assert_allclose(shard[row["offset"]].astype(np.float32), from_file, atol=2e-3, rtol=1e-3)
         assert row["star_count"] == catalog.star_count
         assert row["log_bright"] == pytest.approx(np.log10(1 + catalog.bright_star_count))
+
+
+def test_truth_catalog_gives_a_samples_labels_and_the_same_stars_without_galaxies(tmp_path) -> None:
+    """The catalog alone reproduces the dataset's labels; dropping the galaxies keeps every star as it was."""
+    shape = (300, 320)
+    specs = plan_samples(4, task="classify", seed=9, balance="uniform", galaxies=True)
+    samples = write_dataset(tmp_path / "set", specs, task="classify", balance="uniform", shape=shape)
+    for spec, row in zip(specs, samples, strict=True):
+        catalog = truth_catalog(spec, shape=shape)
+        assert (catalog.star_count, catalog.density_class) == (row["star_count"], row["density_class"])
+        assert catalog.bright_star_count == row["bright_star_count"]
+        assert np.count_nonzero(~catalog.is_star) == row["galaxy_count"] > 0
+        stars_only = truth_catalog(replace(spec, galaxies=False), shape=shape)
+        assert np.all(stars_only.is_star)
+        np.testing.assert_array_equal(stars_only.mag, catalog.mag[catalog.is_star])
 
 
 def test_dataset_loads_through_pytorch_with_memory_mapping(tmp_path) -> None:

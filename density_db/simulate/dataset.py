@@ -59,7 +59,8 @@ PAPER_CLASS_MIX = np.array([1120, 3324, 11050, 4622, 1411, 1033]) / 22560
 
 _CLASS5_MAX_STARS = 200_000
 _REGRESSION_MAX_STARS = 30_000
-_BANDS = ("NUV", "u", "g", "r", "i", "z", "y")
+BANDS = ("NUV", "u", "g", "r", "i", "z", "y")
+"""The bands a sample is drawn in, each equally likely."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def plan_samples(
             seed=seed,
             star_count=star_count,
             galaxies=task == "regress" if galaxies is None else galaxies,
-            band=_BANDS[int(rng.integers(len(_BANDS)))],
+            band=BANDS[int(rng.integers(len(BANDS)))],
             field=field.name,
             ra=float(rng.uniform(*field.ra_range)),
             dec=float(rng.uniform(*field.dec_range)),
@@ -147,6 +148,11 @@ def _catalog(spec: SampleSpec, shape: tuple[int, int]) -> tuple[TruthCatalog, np
         star_count=spec.star_count, include_galaxies=spec.galaxies,
     )
     return catalog, rng
+
+
+def truth_catalog(spec: SampleSpec, *, shape: tuple[int, int] = DETECTOR_SHAPE) -> TruthCatalog:
+    """The truth catalog of a sample, the source of its labels, without rendering its image."""
+    return _catalog(spec, shape)[0]
 
 
 def simulate_sample(spec: SampleSpec, *, shape: tuple[int, int] = DETECTOR_SHAPE) -> tuple[TruthCatalog, RenderedImage]:
