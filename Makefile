@@ -49,6 +49,7 @@ benchmark: install
 	$(BIN)/python benchmarks/simulation.py
 	$(BIN)/python benchmarks/preprocessing.py
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/label_ceiling.py
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
