@@ -1,4 +1,4 @@
-"""How well the simulator's labels can be predicted at all: a perfect source counter as the reference for the models.
+"""How well the simulator's labels can be predicted at all: perfect star and source counters as references for the models.
 
 The density class counts every star of the truth catalog, down to the
 catalog's 28 mag, and no detector image shows stars that faint; the
@@ -9,16 +9,18 @@ script measures what those two facts cost, on the samples that
 sets of the README (same seeds, same draws), from their truth catalogs
 alone, without rendering an image:
 
-* classification (``--classify-seed``, the paper's class mix): the fraction
-  of class-1 images holding no star brighter than the image's 5-sigma
-  point-source depth (nothing a detection could find, as in class 0), and
-  the accuracy of a *perfect star counter*: a small classifier given the
-  exact numbers of stars brighter than the depth + k mag (k from -3 to the
-  deepest offset, in half magnitudes) and the band.  It never confuses a
-  galaxy or a noise peak with a star and sees one to two magnitudes deeper
-  than any detection in one exposure, so its accuracy is a generous
-  reference for a model of the image.  It is not a strict bound: a model
-  could in principle read the unresolved light of still fainter stars;
+* classification (``--classify-seed``, the paper's class mix, galaxies
+  on): the fraction of class-1 images holding no star brighter than the
+  image's 5-sigma point-source depth (nothing a detection could find, as in
+  class 0), and the accuracy of a *perfect star counter*: a small classifier
+  given the exact numbers of stars brighter than the depth + k mag (k from
+  -3 to the deepest offset, in half magnitudes) and the band.  It never
+  confuses a galaxy or a noise peak with a star and sees down to two
+  magnitudes below the 5-sigma limit of one exposure, so its accuracy is
+  a generous reference for a model of the image.  It is not a strict bound:
+  a model could in principle read the unresolved light of still fainter
+  stars.  Beside it, a *perfect source counter* gets the same counts of all
+  sources, stars and galaxies alike, as a pooled image shows them;
 * regression (``--regress-seed``, galaxies on): how often galaxies brighter
   than 23.5 mag outnumber the bright stars, and the errors of a *perfect
   source counter*: a regressor given the exact numbers of all sources, stars
@@ -31,7 +33,7 @@ model fitted on the others, so every figure is on samples the model never
 saw.  The metrics are :mod:`density_db.inference.evaluation`'s, as
 ``density-db evaluate`` reports them.
 
-Run from the repository root (about 3 minutes on 2 cores)::
+Run from the repository root (about 2 minutes on 2 cores)::
 
     .venv/bin/python benchmarks/label_ceiling.py [--n 2000] [--classify-seed 211] [--regress-seed 202]
 """
@@ -82,39 +84,43 @@ def main() -> None:
 
 
 def classification_ceiling(count: int, seed: int, folds: int, depths: dict[str, float]) -> dict:
-    """Class-1 images without a detectable star, and the perfect star counter's scores."""
-    # Stars are drawn before galaxies from the same stream, so a catalog
-    # without galaxies holds the very stars of the dataset's images.
-    specs = plan_samples(count, task="classify", seed=seed, galaxies=False)
+    """Class-1 images without a detectable star, and the perfect star and source counters' scores."""
+    specs = plan_samples(count, task="classify", seed=seed, galaxies=True)
     catalogs = [truth_catalog(spec) for spec in specs]
     true_class = np.array([catalog.density_class for catalog in catalogs])
     star_count = np.array([catalog.star_count for catalog in catalogs])
-    star_magnitudes = [catalog.mag[catalog.is_star] for catalog in catalogs]
     depth = np.array([depths[spec.band] for spec in specs])
+    star_magnitudes = [catalog.mag[catalog.is_star] for catalog in catalogs]
     detectable = np.array([np.count_nonzero(mags < limit) for mags, limit in zip(star_magnitudes, depth)])
     class_one = true_class == 1
     undetectable_fraction = float(np.mean(detectable[class_one] == 0))
-    print(f"\nclassification set (--n {count} --task classify --seed {seed}): {class_one.sum()} class-1 images, "
-          f"{undetectable_fraction:.1%} of them without a star brighter than the 5-sigma depth "
+    print(f"\nclassification set (--n {count} --task classify --galaxies --seed {seed}): {class_one.sum()} class-1 "
+          f"images, {undetectable_fraction:.1%} of them without a star brighter than the 5-sigma depth "
           f"(the class-0 images: {np.count_nonzero(true_class == 0)})")
-    results = {"seed": seed, "class_1_without_detectable_star": undetectable_fraction, "perfect_star_counter": []}
+    references = (
+        ("perfect_star_counter", "perfect star counter (stars only)", star_magnitudes, (0.0, 1.0, 2.0)),
+        ("perfect_source_counter", "perfect source counter (stars and galaxies alike)",
+         [catalog.mag for catalog in catalogs], (0.0, 1.0)),
+    )
+    results = {"seed": seed, "class_1_without_detectable_star": undetectable_fraction}
     bands = band_columns(specs)
-    for deepest in (0.0, 1.0, 2.0):
-        offsets = np.arange(-3.0, deepest + 0.25, 0.5)
-        counts = np.array([[np.count_nonzero(mags < limit + offset) for offset in offsets]
-                           for mags, limit in zip(star_magnitudes, depth)])
-        features = np.hstack([np.log1p(counts), bands])
-        probabilities = cross_fitted(features, true_class, folds, classify=True)
-        report = classification_report(true_class, probabilities, star_count)
-        recall = [row["recall"] for row in report["per_class"]]
-        print(f"perfect star counter to depth + {deepest:g} mag, with the band: accuracy {report['accuracy']:.1%}, "
-              f"macro-F1 {report['macro_f1']:.1%}, within one class {report['accuracy_within_one_class']:.1%}; "
-              "recall by class " + " ".join(f"{value:.0%}" for value in recall))
-        results["perfect_star_counter"].append({
-            "deepest_offset_mag": deepest, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
-            "accuracy_within_one_class": report["accuracy_within_one_class"], "recall_by_class": recall,
-            "confusion_matrix": report["confusion_matrix"],
-        })
+    for key, name, magnitudes, deepest_offsets in references:
+        results[key] = []
+        for deepest in deepest_offsets:
+            offsets = np.arange(-3.0, deepest + 0.25, 0.5)
+            counts = np.array([[np.count_nonzero(mags < limit + offset) for offset in offsets]
+                               for mags, limit in zip(magnitudes, depth)])
+            probabilities = cross_fitted(np.hstack([np.log1p(counts), bands]), true_class, folds, classify=True)
+            report = classification_report(true_class, probabilities, star_count)
+            recall = [row["recall"] for row in report["per_class"]]
+            print(f"{name} to depth + {deepest:g} mag, with the band: accuracy {report['accuracy']:.1%}, "
+                  f"macro-F1 {report['macro_f1']:.1%}, within one class {report['accuracy_within_one_class']:.1%}; "
+                  "recall by class " + " ".join(f"{value:.0%}" for value in recall))
+            results[key].append({
+                "deepest_offset_mag": deepest, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+                "accuracy_within_one_class": report["accuracy_within_one_class"], "recall_by_class": recall,
+                "confusion_matrix": report["confusion_matrix"],
+            })
     return results
 
 
