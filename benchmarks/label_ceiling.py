@@ -1,4 +1,4 @@
-"""How well the simulator's labels can be predicted at all: perfect star and source counters as references for the models.
+"""How well the simulator's labels can be predicted at all: perfect star and source counters as references.
 
 The density class counts every star of the truth catalog, down to the
 catalog's 28 mag, and no detector image shows stars that faint; the
@@ -20,12 +20,14 @@ alone, without rendering an image:
   a generous reference for a model of the image.  It is not a strict bound:
   a model could in principle read the unresolved light of still fainter
   stars.  Beside it, a *perfect source counter* gets the same counts of all
-  sources, stars and galaxies alike, as a pooled image shows them;
+  sources, stars and galaxies alike, as a pooled image shows them, with
+  and without the band (the demo models are not told it);
 * regression (``--regress-seed``, galaxies on): how often galaxies brighter
   than 23.5 mag outnumber the bright stars, and the errors of a *perfect
   source counter*: a regressor given the exact numbers of all sources, stars
-  and galaxies alike, brighter than 21.5 to 24.5 mag and the depth, and the
-  band.  A model that tells some galaxies from stars can do better.
+  and galaxies alike, brighter than 21.5 to 24.5 mag and the depth, with and
+  without the band.  A model that tells some galaxies from stars can do
+  better.
 
 Each reference model (a two-hidden-layer perceptron) is cross-fitted: the
 samples are split into ``--folds`` parts, and each part is predicted by a
@@ -33,7 +35,7 @@ model fitted on the others, so every figure is on samples the model never
 saw.  The metrics are :mod:`density_db.inference.evaluation`'s, as
 ``density-db evaluate`` reports them.
 
-Run from the repository root (about 2 minutes on 2 cores)::
+Run from the repository root (about 3 minutes on 2 cores)::
 
     .venv/bin/python benchmarks/label_ceiling.py [--n 2000] [--classify-seed 211] [--regress-seed 202]
 """
@@ -41,6 +43,7 @@ Run from the repository root (about 2 minutes on 2 cores)::
 from __future__ import annotations
 
 import argparse
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -98,28 +101,29 @@ def classification_ceiling(count: int, seed: int, folds: int, depths: dict[str, 
           f"images, {undetectable_fraction:.1%} of them without a star brighter than the 5-sigma depth "
           f"(the class-0 images: {np.count_nonzero(true_class == 0)})")
     references = (
-        ("perfect_star_counter", "perfect star counter (stars only)", star_magnitudes, (0.0, 1.0, 2.0)),
+        ("perfect_star_counter", "perfect star counter (stars only)", star_magnitudes, (0.0, 1.0, 2.0), (True,)),
         ("perfect_source_counter", "perfect source counter (stars and galaxies alike)",
-         [catalog.mag for catalog in catalogs], (0.0, 1.0)),
+         [catalog.mag for catalog in catalogs], (0.0, 1.0), (True, False)),
     )
     results = {"seed": seed, "class_1_without_detectable_star": undetectable_fraction}
-    bands = band_columns(specs)
-    for key, name, magnitudes, deepest_offsets in references:
+    for key, name, magnitudes, deepest_offsets, told_band_cases in references:
         results[key] = []
-        for deepest in deepest_offsets:
+        for told_band, deepest in itertools.product(told_band_cases, deepest_offsets):
             offsets = np.arange(-3.0, deepest + 0.25, 0.5)
             counts = np.array([[np.count_nonzero(mags < limit + offset) for offset in offsets]
                                for mags, limit in zip(magnitudes, depth)])
-            probabilities = cross_fitted(np.hstack([np.log1p(counts), bands]), true_class, folds, classify=True)
+            probabilities = cross_fitted(reference_features(counts, specs, told_band=told_band), true_class, folds,
+                                         classify=True)
             report = classification_report(true_class, probabilities, star_count)
             recall = [row["recall"] for row in report["per_class"]]
-            print(f"{name} to depth + {deepest:g} mag, with the band: accuracy {report['accuracy']:.1%}, "
-                  f"macro-F1 {report['macro_f1']:.1%}, within one class {report['accuracy_within_one_class']:.1%}; "
+            print(f"{name} to depth + {deepest:g} mag, {'with' if told_band else 'without'} the band: "
+                  f"accuracy {report['accuracy']:.1%}, macro-F1 {report['macro_f1']:.1%}, "
+                  f"within one class {report['accuracy_within_one_class']:.1%}; "
                   "recall by class " + " ".join(f"{value:.0%}" for value in recall))
             results[key].append({
-                "deepest_offset_mag": deepest, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
-                "accuracy_within_one_class": report["accuracy_within_one_class"], "recall_by_class": recall,
-                "confusion_matrix": report["confusion_matrix"],
+                "deepest_offset_mag": deepest, "told_band": told_band, "accuracy": report["accuracy"],
+                "macro_f1": report["macro_f1"], "accuracy_within_one_class": report["accuracy_within_one_class"],
+                "recall_by_class": recall, "confusion_matrix": report["confusion_matrix"],
             })
     return results
 
@@ -139,22 +143,29 @@ def regression_ceiling(count: int, seed: int, folds: int, depths: dict[str, floa
           f"(median {np.median(bright_galaxies):.0f} such galaxies against {np.median(bright_stars):.0f} stars)")
     counts = np.array([[np.count_nonzero(catalog.mag < limit) for limit in (*SOURCE_MAGNITUDES, depths[spec.band])]
                        for spec, catalog in zip(specs, catalogs)])
-    features = np.hstack([np.log1p(counts), band_columns(specs)])
-    predicted = cross_fitted(features, true_log, folds, classify=False)
-    report = regression_report(true_log, predicted, true_class)
-    overall = report["overall"]
-    by_class = " ".join("-" if row["mae"] is None else f"{row['mae']:.3f}" for row in report["by_class"])
-    print(f"perfect source counter (stars and galaxies alike), with the band: MAE {overall['mae']:.3f} dex, "
-          f"RMSE {overall['rmse']:.3f}, R^2 {overall['r2']:.3f}, within +-20 % {overall['within_20_percent']:.1%}; "
-          f"MAE by true class {by_class}")
+    results = []
+    for told_band in (True, False):
+        predicted = cross_fitted(reference_features(counts, specs, told_band=told_band), true_log, folds,
+                                 classify=False)
+        report = regression_report(true_log, predicted, true_class)
+        overall = report["overall"]
+        by_class = " ".join("-" if row["mae"] is None else f"{row['mae']:.3f}" for row in report["by_class"])
+        print(f"perfect source counter (stars and galaxies alike), {'with' if told_band else 'without'} the band: "
+              f"MAE {overall['mae']:.3f} dex, RMSE {overall['rmse']:.3f}, R^2 {overall['r2']:.3f}, "
+              f"within +-20 % {overall['within_20_percent']:.1%}; MAE by true class {by_class}")
+        results.append({"told_band": told_band, **report})
     return {"seed": seed, "bright_galaxies_outnumber_bright_stars": galaxies_outnumber,
             "median_bright_galaxies": float(np.median(bright_galaxies)),
-            "median_bright_stars": float(np.median(bright_stars)), "perfect_source_counter": report}
+            "median_bright_stars": float(np.median(bright_stars)), "perfect_source_counter": results}
 
 
-def band_columns(specs: Sequence[SampleSpec]) -> np.ndarray:
-    """One-hot band of each sample: what the image's header tells a model, and the image alone does not."""
-    return np.array([[spec.band == band for band in BANDS] for spec in specs], dtype=np.float64)
+def reference_features(counts: np.ndarray, specs: Sequence[SampleSpec], *, told_band: bool) -> np.ndarray:
+    """``log1p`` of the counts, and the one-hot band if the reference is told it (as a header tells it)."""
+    features = np.log1p(counts)
+    if not told_band:
+        return features
+    bands = np.array([[spec.band == band for band in BANDS] for spec in specs], dtype=np.float64)
+    return np.hstack([features, bands])
 
 
 def cross_fitted(features: np.ndarray, target: np.ndarray, folds: int, *, classify: bool) -> np.ndarray:
