@@ -82,6 +82,11 @@ def _summary(report: dict, out_dir: Path) -> str:
                          f"{overall['within_20_percent']:.1%}")
         else:
             lines.append("no image was routed to the regressor (all predicted empty or too crowded)")
+    lines.append("accuracy by band: " + ", ".join(f"{row['band']} {row['accuracy']:.1%}" for row in report["by_band"]))
+    if regression is not None:
+        lines.append("regression MAE by band (dex): " + ", ".join(
+            f"{row['band']} {'-' if row['regression']['mae'] is None else format(row['regression']['mae'], '.3f')}"
+            for row in report["by_band"]))
     gating = report["gating"]
     lines.append(f"gating: {gating['empty']} empty, {gating['predicted']} regressed, {gating['bypassed']} bypassed")
     lines.append(f"wrote {out_dir / 'report.json'} and {len(report['figures'])} figures")

@@ -12,7 +12,8 @@ The metric functions take numpy arrays and need no torch:
 
 :func:`predict_samples` runs :class:`~density_db.inference.predictor.TwoStagePredictor`
 over a simulated dataset and :func:`summarise` turns its per-sample answers
-into one JSON-compatible report; :func:`evaluate` does both.
+into one JSON-compatible report, with the headline scores of each band
+(:func:`scores_by_band`); :func:`evaluate` does both.
 
 Conventions, chosen so that every number is defined on small or skewed sets:
 
@@ -167,6 +168,8 @@ class EvaluationSamples:
         datasets' samples one after the other, when several were given).
     true_class, star_count, true_log : arrays
         Truth: density class, number of stars, ``log10(1 + N_bright)``.
+    band : array of str
+        The band each image was simulated in.
     probabilities : array of float, shape (n, N_CLASSES)
         Classifier softmax outputs.
     predicted_class : array of int
@@ -188,6 +191,7 @@ class EvaluationSamples:
     true_class: np.ndarray
     star_count: np.ndarray
     true_log: np.ndarray
+    band: np.ndarray
     probabilities: np.ndarray
     predicted_class: np.ndarray
     predicted_log: np.ndarray
@@ -283,6 +287,7 @@ def predict_samples(
         true_class=np.asarray(samples["density_class"], dtype=np.int64)[indices],
         star_count=np.asarray(samples["star_count"], dtype=np.int64)[indices],
         true_log=np.asarray(samples["log_bright"], dtype=np.float64)[indices],
+        band=np.asarray(samples["band"], dtype=str)[indices],
         probabilities=np.array([prediction.probabilities for prediction in predictions], dtype=np.float64),
         predicted_class=np.array([prediction.density_class for prediction in predictions], dtype=np.int64),
         predicted_log=np.array(
@@ -312,7 +317,7 @@ def summarise(
         (:func:`regression_report` on the samples the regressor ran on,
         against the true ``log_bright``; ``None`` without a regressor),
         ``gating`` (counts of ``empty``, ``bypassed`` and ``predicted``),
-        ``models`` and ``labels`` (the class edges and preprocessing the
+        ``by_band`` (:func:`scores_by_band`), ``models`` and ``labels`` (the class edges and preprocessing the
         numbers refer to).
     """
     from density_db.inference.checkpoints import label_metadata
@@ -330,10 +335,44 @@ def summarise(
         "classification": classification_report(samples.true_class, samples.probabilities, samples.star_count),
         "regression": regression,
         "gating": {status: int(np.sum(samples.status == status)) for status in ("empty", "bypassed", "predicted")},
+        "by_band": scores_by_band(samples),
         "models": {"classifier": _model_summary(classifier),
                    "regressor": _model_summary(regressor) if regressor is not None else None},
         "labels": label_metadata(),
     }
+
+
+def scores_by_band(samples: EvaluationSamples) -> list[dict[str, Any]]:
+    """The headline scores of each band's images, bands in alphabetical order.
+
+    A detector images one band, and the model is not told which: the bands
+    differ in depth and in how many of their stars are bright, so a model
+    that is reliable in one band may not be in another.
+
+    Returns
+    -------
+    list of dict
+        One per band: ``band``, ``samples``, ``accuracy``,
+        ``accuracy_within_one_class`` and ``macro_f1`` (of
+        :func:`classification_report` on that band's images), and
+        ``regression`` (the overall scores of :func:`regression_report` on
+        that band's regressed images; ``None`` without a regressor).
+    """
+    rows = []
+    for band in sorted(set(samples.band.tolist())):
+        chosen = samples.band == band
+        classification = classification_report(
+            samples.true_class[chosen], samples.probabilities[chosen], samples.star_count[chosen]
+        )
+        regressed = chosen & samples.regression_mask
+        rows.append({
+            "band": band,
+            "samples": int(np.count_nonzero(chosen)),
+            **{key: classification[key] for key in ("accuracy", "accuracy_within_one_class", "macro_f1")},
+            "regression": (_regression_scores(samples.true_log[regressed], samples.predicted_log[regressed])
+                           if samples.regressed else None),
+        })
+    return rows
 
 
 def evaluate(

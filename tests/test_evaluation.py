@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,10 +13,12 @@ from numpy.testing import assert_allclose
 
 from density_db.cli import main
 from density_db.inference.evaluation import (
+    EvaluationSamples,
     classification_report,
     edge_distance,
     evaluate,
     regression_report,
+    scores_by_band,
 )
 from density_db.inference.figures import (
     plot_confusion_matrix,
@@ -135,6 +138,27 @@ def _assert_png(path: Path) -> None:
     assert len(data) > 5_000
 
 
+def test_scores_by_band_split_the_images_by_the_band_they_were_taken_in():
+    # Images A and C in r, B in g (the three images above); A and B regressed (true 1.0 and 2.0,
+    # predicted 1.1 and 1.6), C bypassed.
+    samples = EvaluationSamples(
+        indices=np.arange(3), true_class=TRUE_CLASS, star_count=STAR_COUNT, true_log=np.array([1.0, 2.0, 3.0]),
+        band=np.array(["r", "g", "r"]), probabilities=PROBABILITIES, predicted_class=np.array([1, 1, 5]),
+        predicted_log=np.array([1.1, 1.6, np.nan]), status=np.array(["predicted", "predicted", "bypassed"]),
+        regressed=True, split="all", split_seed=None, data_dirs=("set",), data_manifest_sha256="0" * 64,
+    )
+    g, r = scores_by_band(samples)
+    assert (g["band"], g["samples"], r["band"], r["samples"]) == ("g", 1, "r", 2)
+    assert g["accuracy"] == 0.0 and g["accuracy_within_one_class"] == 1.0
+    assert r["accuracy"] == 0.5 and r["accuracy_within_one_class"] == 0.5
+    # r: class 1 right (F1 1), class 3 never predicted (F1 0); class 5 has no support.
+    assert r["macro_f1"] == pytest.approx(0.5)
+    assert g["regression"]["samples"] == 1 and g["regression"]["mae"] == pytest.approx(0.4)
+    assert r["regression"]["samples"] == 1 and r["regression"]["mae"] == pytest.approx(0.1)
+    without_regressor = scores_by_band(dataclasses.replace(samples, regressed=False))
+    assert [row["regression"] for row in without_regressor] == [None, None]
+
+
 def test_figures_are_written_as_png(tmp_path, three_image_report):
     rng = np.random.default_rng(3)
     true_log = rng.uniform(0, 3, 40)
@@ -185,6 +209,8 @@ def test_evaluate_command_writes_report_and_figures(tmp_path, evaluation_inputs)
     assert sum(report["gating"].values()) == 16
     assert report["classification"]["samples"] == 16
     assert report["regression"]["overall"]["samples"] == report["gating"]["predicted"]
+    assert sum(row["samples"] for row in report["by_band"]) == 16
+    assert "accuracy by band: " in result.output and "regression MAE by band (dex): " in result.output
     assert report["models"]["classifier"]["architecture"] == "baseline_cnn"
     assert len(report["models"]["regressor"]["sha256"]) == 64
     for name in ("confusion_matrix", "reliability", "error_rate_by_edge_distance"):
