@@ -132,9 +132,9 @@ def regression_ceiling(count: int, seed: int, folds: int, depths: dict[str, floa
     """How often bright galaxies outnumber bright stars, and the perfect source counter's errors."""
     specs = plan_samples(count, task="regress", seed=seed)
     catalogs = [truth_catalog(spec) for spec in specs]
-    true_log = np.array([np.log10(1 + catalog.bright_star_count) for catalog in catalogs])
     true_class = np.array([catalog.density_class for catalog in catalogs])
     bright_stars = np.array([catalog.bright_star_count for catalog in catalogs])
+    true_log = np.log10(1 + bright_stars)
     bright_galaxies = np.array([np.count_nonzero(~catalog.is_star & (catalog.mag < BRIGHT_MAGNITUDE_LIMIT))
                                 for catalog in catalogs])
     galaxies_outnumber = float(np.mean(bright_galaxies > bright_stars))

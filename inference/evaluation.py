@@ -317,8 +317,8 @@ def summarise(
         (:func:`regression_report` on the samples the regressor ran on,
         against the true ``log_bright``; ``None`` without a regressor),
         ``gating`` (counts of ``empty``, ``bypassed`` and ``predicted``),
-        ``by_band`` (:func:`scores_by_band`), ``models`` and ``labels`` (the class edges and preprocessing the
-        numbers refer to).
+        ``by_band`` (:func:`scores_by_band`), ``models`` and ``labels``
+        (the class edges and preprocessing the numbers refer to).
     """
     from density_db.inference.checkpoints import label_metadata
 
