@@ -38,8 +38,10 @@ def build(
 ) -> None:
     """Aggregate frame results into HEALPix maps, per band and for all bands together.
 
-    Footprints come from each frame's WCS corners, rasterised 4 times finer
-    than NSIDE, so every pixel knows the fraction of it each frame covers.
+    Footprints come from each frame's WCS corners, sampled at least 4 times
+    finer than NSIDE and deep enough that each frame holds 64 sub-pixels, so
+    every pixel knows the fraction of it each frame covers and every frame
+    counts (at least in the pixel holding its centre).
     Writes, per band and statistic, BAND_STATISTIC_nsideN.hsp (healsparse)
     and .fits (healpy, NESTED, COORDSYS C), with --png a .png and with --moc
     BAND_class_ge4_nsideN_moc.fits and BAND_flagged_nsideN_moc.fits; band
@@ -82,10 +84,12 @@ def _print_summary(summary, out_dir: Path) -> None:
         if band.frames_without_result or band.frames_without_corners:
             skipped = f", skipped {band.frames_without_result} without a result"
             if band.frames_without_corners:
-                skipped += f" and {band.frames_without_corners} without corners"
+                skipped += f" and {band.frames_without_corners} without corners (named above and in the manifest)"
+        by_area = f" ({band.frames_placed_by_area} by their area)" if band.frames_placed_by_area else ""
+        orders = ", ".join(f"{frames} at order {order}" for order, frames in band.sampling_orders.items())
         click.echo(
-            f"  {band.band}: {band.frames_mapped} frames{skipped}; {band.pixels} pixels, "
-            f"{band.covered_area_deg2:.3f} deg^2 covered"
+            f"  {band.band}: {band.frames_placed} frames placed{by_area}{skipped}; {band.pixels} pixels, "
+            f"{band.covered_area_deg2:.3f} deg^2 covered; sampled {orders or '-'}"
         )
     click.echo(f"{len(summary.files)} files written to {out_dir}:")
     for path in summary.files:

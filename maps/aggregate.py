@@ -3,11 +3,14 @@
 :class:`MapAccumulator` keeps, for every output pixel some frame covers, the
 sums that the statistics need (frames and summed covered fraction per density
 class, the coverage-weighted bright-star density with its minimum and
-maximum, the flagged coverage) and, at the fine resolution, which sub-pixels
-at least one frame covers.  Memory is held per coverage block (as healsparse
+maximum, the flagged coverage) and, at the sampling's mask order, which
+sub-pixels at least one frame covers (a bit each, one or more mask words per
+pixel), with the covered fraction that frames sampled deeper than that order
+add on their own.  Memory is held per coverage block (as healsparse
 does): a block of 64 pixels costs nothing until a frame touches it, so a
 regional catalog makes small accumulators and an all-sky one at nside 1024
-takes about 1.3 GB (100 bytes per pixel, and a bit per sub-pixel).
+takes about 1.3 GB (100 bytes per pixel, and a bit per sub-pixel; 4 bytes
+more where frames are sampled deeper than the mask).
 Accumulators of several bands merge into the all-bands one.  Adding and
 merging run as compiled loops (Numba) over the rows; the statistics are
 worked out when a writer asks for them (the one-value ones together, in one
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from density_db.maps.rasterize import MAX_SUBPIXEL_LEVELS, Coverage, subpixel_mask_dtype
+from density_db.maps.rasterize import Coverage, Sampling, subpixel_mask_dtype
 from density_db.planning.flags import FLAGS
 
 logger = logging.getLogger(__name__)
@@ -77,7 +80,9 @@ STATISTICS = (
         "bypassed_fraction", "", "share of the pixel's summed covered fraction that comes from class-5 frames",
         "fraction",
     ),
-    Statistic("frames", "frames", "frames covering the pixel (at least one sub-pixel centre inside)", "count"),
+    Statistic(
+        "frames", "frames", "frames covering the pixel (a sub-pixel centre inside, or the frame's centre)", "count"
+    ),
     Statistic("covered_fraction", "", "fraction of the pixel inside at least one frame", "fraction"),
     Statistic(
         "flagged_fraction", "",
@@ -178,30 +183,30 @@ class MapAccumulator:
 
     Parameters
     ----------
-    order : int
-        HEALPix order of the output maps.
-    levels : int
-        Orders between the output pixels and the fine pixels frames are
-        rasterised at (each output pixel has ``4**levels`` sub-pixels; 0-3).
+    sampling : Sampling
+        Output order, and the mask order of the covered sub-pixels (each
+        output pixel keeps ``sampling.words`` mask words of ``4**sampling.mask_levels`` bits).
     """
 
-    def __init__(self, *, order: int, levels: int) -> None:
-        if not 0 <= levels <= MAX_SUBPIXEL_LEVELS:
-            raise ValueError(f"levels must be between 0 and {MAX_SUBPIXEL_LEVELS}, got {levels}")
-        self.order = order
-        self.levels = levels
-        coverage_order = max(0, order - BLOCK_LEVELS)
-        self._block_shift = 2 * (order - coverage_order)
+    def __init__(self, *, sampling: Sampling) -> None:
+        self.sampling = sampling
+        self.order = sampling.order
+        coverage_order = max(0, self.order - BLOCK_LEVELS)
+        self._block_shift = 2 * (self.order - coverage_order)
         self._block_size = 1 << self._block_shift
-        self._subpixels = 1 << (2 * levels)
+        self._subpixels = sampling.words << (2 * sampling.mask_levels)
         self._slot_of_block = np.full(12 << (2 * coverage_order), -1, dtype=np.int64)
         self._block_of_slot = np.zeros(0, dtype=np.int64)
         self._used = np.zeros(1, dtype=np.int64)  # an array, so that the compiled loops can allocate slots
         self._sums = np.zeros((0, self._block_size, _COLUMNS), dtype=np.float32)
-        self._mask_dtype = subpixel_mask_dtype(levels)
-        self._covered = np.zeros((0, self._block_size), dtype=self._mask_dtype)
+        self._mask_dtype = subpixel_mask_dtype(sampling.mask_levels)
+        self._covered = np.zeros((0, self._block_size, sampling.words), dtype=self._mask_dtype)
+        # Covered fraction of frames sampled deeper than the mask, per pixel: kept from the first such frame on.
+        self._unmasked = np.zeros((0, self._block_size), dtype=np.float32)
+        self._keeps_unmasked = False
         blocks = self._slot_of_block.size
-        if blocks * self._block_size * (_COLUMNS * 4 + self._mask_dtype.itemsize) <= _PREALLOCATE_BYTES:
+        pixel_bytes = _COLUMNS * 4 + self._mask_dtype.itemsize * sampling.words
+        if blocks * self._block_size * pixel_bytes <= _PREALLOCATE_BYTES:
             # Zeroed memory is only made resident when written: reserving the whole sky costs
             # nothing until blocks are used, and spares the copies of growing.
             self._grow(blocks)
@@ -210,7 +215,7 @@ class MapAccumulator:
     @property
     def nbytes(self) -> int:
         """Memory held by the accumulator."""
-        return self._sums.nbytes + self._covered.nbytes + self._slot_of_block.nbytes
+        return self._sums.nbytes + self._covered.nbytes + self._unmasked.nbytes + self._slot_of_block.nbytes
 
     def add(self, coverage: Coverage, values: FrameValues) -> None:
         """Add one chunk of frames: their covered fractions and sub-pixels, and what they carry.
@@ -218,31 +223,38 @@ class MapAccumulator:
         Parameters
         ----------
         coverage : Coverage
-            Covered fraction and sub-pixels per (frame, output pixel), at this
-            accumulator's order and ``levels``.
+            Cells and covered sub-pixels of the chunk's frames, sampled as this accumulator's maps.
         values : FrameValues
             Per frame of the chunk, indexed by ``coverage.frame_index``.
         """
-        if coverage.order != self.order or coverage.subpixels.dtype != self._mask_dtype:
-            raise ValueError(f"expected coverage of order {self.order} with {self._subpixels} sub-pixels")
+        if coverage.sampling != self.sampling:
+            raise ValueError(f"expected coverage sampled as {self.sampling}, got {coverage.sampling}")
         self.frames += int(values.density_class.size)
-        arguments = (
+        if np.any(coverage.unmasked_fraction):
+            self._keep_unmasked()
+        cells = (
             coverage.frame_index, coverage.pixel, coverage.fraction.astype(np.float32),
-            coverage.subpixels, values.density_class.astype(np.int64),
+            coverage.unmasked_fraction.astype(np.float32), coverage.subpixels, values.density_class.astype(np.int64),
             values.bright_density.astype(np.float32), values.flags.astype(np.int64),
         )
         start = 0
-        while (start := _add_rows(*arguments, start, *self._layout())) < coverage.pixel.size:
+        while (start := _add_cells(*cells, start, self._unmasked, *self._layout())) < coverage.pixel.size:
+            self._grow(self._used[0] + 1)
+        union = (coverage.union_pixel, coverage.union_bits, 2 * (self.sampling.row_order - self.order))
+        start = 0
+        while (start := _add_union(*union, start, *self._layout())) < coverage.union_pixel.size:
             self._grow(self._used[0] + 1)
 
     def merge(self, other: MapAccumulator) -> None:
         """Add another accumulator's frames (e.g. one band's into the all-bands maps)."""
-        if (other.order, other.levels) != (self.order, self.levels):
-            raise ValueError("accumulators of different orders cannot be merged")
+        if other.sampling != self.sampling:
+            raise ValueError("accumulators sampled differently cannot be merged")
         self.frames += other.frames
+        if other._keeps_unmasked:
+            self._keep_unmasked()
         start = 0
         while (start := _merge_slots(other._block_of_slot[: other._used[0]], other._sums, other._covered,
-                                     start, *self._layout())) < other._used[0]:
+                                     other._unmasked, self._unmasked, start, *self._layout())) < other._used[0]:
             self._grow(self._used[0] + 1)
 
     def statistics(self) -> PixelStatistics:
@@ -268,7 +280,8 @@ class MapAccumulator:
         statistic = STATISTICS[STATISTIC_NAMES.index(name)]
         values = np.empty((rows.size, len(statistic.fields) or 1), dtype=statistic.dtype)
         _statistic_values(STATISTIC_NAMES.index(name), self._sums.reshape(-1, _COLUMNS),
-                          self._covered.reshape(-1), rows, self._subpixels, values)
+                          self._covered.reshape(-1, self.sampling.words), self._unmasked.reshape(-1), rows,
+                          self._subpixels, values)
         return values if statistic.fields else values[:, 0]
 
     def _grow(self, needed: int) -> None:
@@ -280,11 +293,23 @@ class MapAccumulator:
         used = self._used[0]
         sums = np.zeros((capacity, self._block_size, _COLUMNS), dtype=np.float32)
         sums[:used] = self._sums[:used]
-        covered = np.zeros((capacity, self._block_size), dtype=self._mask_dtype)
+        covered = np.zeros((capacity, *self._covered.shape[1:]), dtype=self._mask_dtype)
         covered[:used] = self._covered[:used]
         block_of_slot = np.zeros(capacity, dtype=np.int64)
         block_of_slot[:used] = self._block_of_slot[:used]
         self._sums, self._covered, self._block_of_slot = sums, covered, block_of_slot
+        if self._keeps_unmasked:
+            self._keep_unmasked()
+
+    def _keep_unmasked(self) -> None:
+        """Make (or grow) the per-pixel covered fraction of deep-sampled frames to the slots' capacity."""
+        self._keeps_unmasked = True
+        capacity = self._sums.shape[0]
+        if self._unmasked.shape[0] == capacity:
+            return
+        unmasked = np.zeros((capacity, self._block_size), dtype=np.float32)
+        unmasked[: self._unmasked.shape[0]] = self._unmasked
+        self._unmasked = unmasked
 
 
 # -- compiled loops ----------------------------------------------------------------------------
@@ -309,11 +334,15 @@ def _slot(block, slot_of_block, block_of_slot, used, sums) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _add_rows(
-    frame, pixel, fraction, subpixels, density_class, bright_density, flags, start,
+def _add_cells(
+    frame, pixel, fraction, unmasked_fraction, subpixels, density_class, bright_density, flags, start, unmasked,
     shift, slot_of_block, block_of_slot, used, sums, covered,
 ) -> int:
-    """Add coverage rows from ``start`` on; returns the row it stopped at (all rows, or one needing a new slot)."""
+    """Add cells from ``start`` on; returns the cell it stopped at (all cells, or one needing a new slot).
+
+    A cell's sub-pixels go into the pixel's first mask word: where a pixel has
+    several, the cells carry none and the union rows (:func:`_add_union`) do.
+    """
     block_size = sums.shape[1]
     for row in range(start, pixel.size):
         slot = _slot(pixel[row] >> shift, slot_of_block, block_of_slot, used, sums)
@@ -323,6 +352,8 @@ def _add_rows(
         f, weight = frame[row], fraction[row]
         cell[_COUNT + density_class[f]] += 1.0
         cell[_WEIGHT + density_class[f]] += weight
+        if unmasked_fraction[row] != 0:  # only then has the accumulator made `unmasked`
+            unmasked[slot, pixel[row] & (block_size - 1)] += unmasked_fraction[row]
         density = bright_density[f]
         if np.isfinite(density):
             cell[_DENSITY_SUM] += weight * density
@@ -334,15 +365,35 @@ def _add_rows(
             for bit in range(_FLAG_BITS):
                 if (flags[f] >> bit) & 1:
                     cell[_FLAG_WEIGHT + bit] += weight
-        covered[slot, pixel[row] & (block_size - 1)] |= subpixels[row]
+        covered[slot, pixel[row] & (block_size - 1), 0] |= subpixels[row]
     return pixel.size
 
 
 @numba.njit(cache=True, nogil=True)
-def _merge_slots(
-    their_blocks, their_sums, their_covered, start, shift, slot_of_block, block_of_slot, used, sums, covered,
+def _add_union(
+    union_pixel, union_bits, word_shift, start, shift, slot_of_block, block_of_slot, used, sums, covered,
 ) -> int:
-    """Add another accumulator's slots from ``start`` on; returns the slot it stopped at (as :func:`_add_rows`)."""
+    """OR the union rows from ``start`` on into the pixels' mask words; returns the row it stopped at.
+
+    A union row's pixel is ``word_shift`` bits finer than the output pixel: its low bits pick the word.
+    """
+    block_size = sums.shape[1]
+    words = covered.shape[2]
+    for row in range(start, union_pixel.size):
+        pixel = union_pixel[row] >> word_shift
+        slot = _slot(pixel >> shift, slot_of_block, block_of_slot, used, sums)
+        if slot < 0:
+            return row
+        covered[slot, pixel & (block_size - 1), union_pixel[row] & (words - 1)] |= union_bits[row]
+    return union_pixel.size
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_slots(
+    their_blocks, their_sums, their_covered, their_unmasked, unmasked, start,
+    shift, slot_of_block, block_of_slot, used, sums, covered,
+) -> int:
+    """Add another accumulator's slots from ``start`` on; returns the slot it stopped at (as :func:`_add_cells`)."""
     for theirs in range(start, their_blocks.size):
         slot = _slot(their_blocks[theirs], slot_of_block, block_of_slot, used, sums)
         if slot < 0:
@@ -356,7 +407,10 @@ def _merge_slots(
                     mine[column] = max(mine[column], incoming[column])
                 else:
                     mine[column] += incoming[column]
-            covered[slot, pixel] |= their_covered[theirs, pixel]
+            for word in range(covered.shape[2]):
+                covered[slot, pixel, word] |= their_covered[theirs, pixel, word]
+            if their_unmasked.size:
+                unmasked[slot, pixel] += their_unmasked[theirs, pixel]
     return their_blocks.size
 
 
@@ -425,17 +479,20 @@ def _cell_statistic_values(
 
 
 @numba.njit(cache=True, nogil=True)
-def _statistic_values(statistic, sums, covered, rows, subpixels, values):
+def _statistic_values(statistic, sums, covered, unmasked, rows, subpixels, values):
     """Fill ``values`` (``(len(rows), fields)``) with the class histogram, covered fraction or flag fractions
-    (the statistic's index in :data:`STATISTICS`) of the pixels at ``rows`` of the sums and sub-pixel masks.
+    (the statistic's index in :data:`STATISTICS`) of the pixels at ``rows`` of the sums and sub-pixel masks;
+    the covered fraction adds ``unmasked`` (the fraction of frames sampled deeper than the masks) if it is not empty.
     """
     for out, row in enumerate(rows):
         if statistic == _COVERED_FRACTION:
-            mask, bits = covered[row], 0
-            while mask:
-                mask &= mask - 1
-                bits += 1
-            values[out, 0] = bits / subpixels
+            bits = 0
+            for word in range(covered.shape[1]):
+                mask = np.uint64(covered[row, word])
+                while mask:
+                    mask &= mask - np.uint64(1)
+                    bits += 1
+            values[out, 0] = min(bits / subpixels + unmasked[row], 1.0) if unmasked.size else bits / subpixels
             continue
         cell = sums[row]
         if statistic == _CLASS_HISTOGRAM:

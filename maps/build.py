@@ -1,9 +1,12 @@
 """``density-db maps build``: stream frames band by band, rasterise, aggregate and write every map.
 
-One band at a time: its frames stream from the catalog in chunks, each chunk's
-footprints are rasterised at ``oversampling_levels`` orders below the output
-(pixel centres in the corner polygon) and degraded into covered fractions,
-and the sums go into the band's accumulator.  When the band is done its maps
+First one pass over the catalog counts the frames of each band and how
+large they are, which sets the order at which the union of frames is kept
+(:func:`plan_sampling`).  Then one band at a time: its frames stream from the
+catalog in chunks, each chunk's footprints are sampled (sub-pixel centres in
+the corner polygon, each frame deep enough to hold many of them) and gathered
+into covered fractions of the output pixels, and the sums go into the band's
+accumulator.  When the band is done its maps
 are written (two at a time, on threads) while PostgreSQL already sorts the
 next band's rows, and its accumulator is merged into the all-bands one, so
 memory holds at most two accumulators whatever the number of bands.
@@ -28,9 +31,21 @@ import numpy as np
 from density_db.database import Database
 from density_db.errors import DensityDBError
 from density_db.maps import source
-from density_db.maps.aggregate import STATISTICS, FrameValues, MapAccumulator, PixelStatistics, Statistic
-from density_db.maps.rasterize import MAX_ORDER, MAX_SUBPIXEL_LEVELS, footprint_area_deg2, footprint_coverage
-from density_db.maps.source import FrameChunk, Selection
+from density_db.maps.aggregate import BLOCK_LEVELS, STATISTICS, FrameValues, MapAccumulator, PixelStatistics, Statistic
+from density_db.maps.rasterize import (
+    DEEPEST_SAMPLING_ORDER,
+    MAX_ORDER,
+    MAX_SUBPIXEL_LEVELS,
+    Coverage,
+    Sampling,
+    footprint_area_deg2,
+    footprint_coverage,
+    order_for_centres,
+    pixel_area_deg2,
+    placeable,
+    subpixel_mask_dtype,
+)
+from density_db.maps.source import BandCensus, FrameChunk, FrameName, Selection
 from density_db.maps.writers import (
     ALL_BANDS,
     MapProvenance,
@@ -44,7 +59,14 @@ from density_db.maps.writers import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_OVERSAMPLING_LEVELS = 2
-"""Footprints are rasterised 2 orders below the output: 16 sub-pixels (4 x the nside) per output pixel."""
+"""Footprints are sampled at least 2 orders below the output: 16 sub-pixels (4 x the nside) per output pixel."""
+
+MASK_BUDGET_BYTES = 256 << 20
+"""The covered sub-pixels of one accumulator may take up to about 256 MiB: the union of frames is kept
+as deep as the smallest frames ask while its estimated size fits (two accumulators are held at once)."""
+
+NAMED_FRAMES = 20
+"""A warning names up to 20 frames that could not be placed; the manifest names them all."""
 
 WRITER_THREADS = min(2, os.cpu_count() or 1)
 """Maps made at the same time (a statistic's values, then its files): two keep the memory of a band's
@@ -81,7 +103,8 @@ class MapSettings:
     formats
         Map file formats among ``hsp`` and ``fits``.
     oversampling_levels
-        Orders between the output and the rasterisation: 2 (4 x the nside) or 3 (8 x).
+        Fewest orders between the output and the sampling: 2 (4 x the nside) or 3 (8 x).
+        Frames are sampled deeper where they need it to hold many sub-pixel centres.
     chunk_size
         Frames streamed and rasterised at a time.
     """
@@ -105,7 +128,7 @@ class MapSettings:
             )
         if self.order + self.oversampling_levels > MAX_ORDER:
             raise ValueError(
-                f"nside {self.nside} is too fine: rasterising {self.oversampling_levels} orders deeper "
+                f"nside {self.nside} is too fine: sampling {self.oversampling_levels} orders deeper "
                 f"needs order <= {MAX_ORDER}, so nside <= {2 ** (MAX_ORDER - self.oversampling_levels)}"
             )
         unknown = set(self.formats) - set(FORMATS)
@@ -122,14 +145,42 @@ class MapSettings:
 
 @dataclass(frozen=True)
 class BandSummary:
-    """What went into one band's maps (or the all-bands maps)."""
+    """What went into one band's maps (or the all-bands maps).
+
+    Attributes
+    ----------
+    band
+        Canonical band name, or ``all``.
+    frames_placed
+        Frames that count in the maps (each in at least the pixel holding its centre).
+    frames_placed_by_area
+        Of those, frames with no sub-pixel centre inside even at the deepest
+        sampling order (or a degenerate corner polygon): their area went to
+        the pixel holding their centre.
+    frames_without_result
+        Frames of the selection with no density result.
+    frames_without_corners
+        Frames with a result that could not be placed: no four finite WCS
+        corners (or corners without a mean direction).
+    pixels
+        Output pixels that frames cover.
+    covered_area_deg2
+        Sum of ``covered_fraction`` times the pixel area.
+    sampling_orders
+        Frames sampled at each HEALPix order.
+    unplaced
+        The frames that could not be placed.
+    """
 
     band: str
-    frames_mapped: int
+    frames_placed: int
+    frames_placed_by_area: int
     frames_without_result: int
     frames_without_corners: int
     pixels: int
     covered_area_deg2: float
+    sampling_orders: dict[int, int]
+    unplaced: tuple[FrameName, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,6 +190,7 @@ class BuildSummary:
     nside: int
     run: str
     models: tuple[str, ...]
+    sampling: Sampling
     bands: tuple[BandSummary, ...]
     files: tuple[Path, ...]
     stream_seconds: float
@@ -149,14 +201,57 @@ class BuildSummary:
     """Working each map's values out of the sums and writing the files, side by side on threads."""
 
     @property
-    def frames_mapped(self) -> int:
-        return sum(band.frames_mapped for band in self.bands if band.band != ALL_BANDS)
+    def frames_placed(self) -> int:
+        return sum(band.frames_placed for band in self.bands if band.band != ALL_BANDS)
 
     @property
     def frames_skipped(self) -> int:
         return sum(
             band.frames_without_result + band.frames_without_corners for band in self.bands if band.band != ALL_BANDS
         )
+
+
+def plan_sampling(order: int, min_levels: int, bands: Sequence[BandCensus]) -> Sampling:
+    """How deep to sample footprints for maps of ``order``, from the sizes of the frames to map.
+
+    Each frame is sampled where it holds :data:`MIN_CENTRES` sub-pixels; the
+    union of frames (the covered fraction) is kept at the order the smallest
+    frame asks for, as far as :data:`MASK_BUDGET_BYTES` allows for the pixels
+    the frames may touch.  Frames sampled deeper than that order add their
+    covered fractions to the union instead.
+
+    Parameters
+    ----------
+    order : int
+        HEALPix order of the maps.
+    min_levels : int
+        Fewest orders between the output and the sampling.
+    bands : sequence of BandCensus
+        The frames of every band to map.
+
+    Returns
+    -------
+    Sampling
+    """
+    fewest = order + min_levels
+    smallest = min((band.smallest_area_deg2 for band in bands if np.isfinite(band.smallest_area_deg2)),
+                   default=float("nan"))
+    wanted = int(np.clip(order_for_centres(smallest), fewest, max(fewest, DEEPEST_SAMPLING_ORDER)))
+    frames = sum(band.frames for band in bands)
+    area = sum(band.area_deg2 for band in bands)
+    block_pixels = 1 << (2 * min(BLOCK_LEVELS, order))
+    # Pixels the frames may touch: a few blocks per frame, or their area, at most the sky.
+    pixels = min(12 << (2 * order), 4 * block_pixels * frames + 2 * area / pixel_area_deg2(order))
+    mask_order = fewest
+    while mask_order < wanted and pixels * _mask_bytes_per_pixel(mask_order + 1 - order) <= MASK_BUDGET_BYTES:
+        mask_order += 1
+    return Sampling(order=order, mask_order=mask_order, min_levels=min_levels)
+
+
+def _mask_bytes_per_pixel(levels: int) -> int:
+    """Bytes of covered sub-pixels per output pixel with ``levels`` orders of sub-pixels."""
+    word_levels = min(levels, MAX_SUBPIXEL_LEVELS)
+    return subpixel_mask_dtype(word_levels).itemsize << (2 * (levels - word_levels))
 
 
 def build_maps(
@@ -186,11 +281,14 @@ def build_maps(
     if settings.selection.run_id is not None:
         source.check_run(database, settings.selection.run_id)
     selection = source.resolve_region(database, settings.selection)
-    totals = source.frames_per_band(database, selection)
+    census = source.census(database, selection)
+    sampling = plan_sampling(settings.order, settings.oversampling_levels, list(census.values()))
+    logger.info("footprints sampled from order %d down, %d sub-pixels a frame; their union kept at order %d",
+                settings.order + settings.oversampling_levels, sampling.min_centres, sampling.mask_order)
     run = "latest" if selection.run_id is None else str(selection.run_id)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     writer = _Writer(settings, run)
-    grand_total, done = sum(totals.values()), 0
+    grand_total, done = sum(band.frames for band in census.values()), 0
 
     def advance(frames: int) -> None:
         nonlocal done
@@ -202,30 +300,32 @@ def build_maps(
     all_pairs: set[tuple[int, int]] = set()
     combined: MapAccumulator | None = None
     stream_seconds = finalize_seconds = 0.0
-    bands = list(totals)
+    bands = list(census)
     with contextlib.ExitStack() as streams:
         # The next band's stream starts before this band's maps are written: PostgreSQL sorts its
         # rows meanwhile.
         stream = streams.enter_context(_stream(database, selection, bands[0], settings)) if bands else None
-        for position, (band, total) in enumerate(totals.items()):
+        for position, band in enumerate(bands):
             started = time.perf_counter()
-            accumulator, without_corners, pairs = _accumulate(stream, settings, advance)
+            accumulator = MapAccumulator(sampling=sampling)
+            placement = _accumulate(stream, accumulator, advance)
             stream.close()
             if position + 1 < len(bands):
                 stream = streams.enter_context(_stream(database, selection, bands[position + 1], settings))
-            without_result = total - accumulator.frames - without_corners
+            without_result = census[band].frames - accumulator.frames - placement.without_corners
             advance(without_result)
             stream_seconds += time.perf_counter() - started
-            if not pairs:
+            if not placement.pairs:
                 logger.warning("no results for band %s in this selection: no maps for it", band)
                 continue
-            all_pairs |= pairs
+            all_pairs |= placement.pairs
+            unplaced = _report_unplaced(database, band, placement.unplaced_ids)
             started = time.perf_counter()
             statistics = accumulator.statistics()
             finalize_seconds += time.perf_counter() - started
-            logger.info("band %s: %d frames on %d pixels", band, accumulator.frames, statistics.pixels.size)
-            summaries.append(_summary(band, accumulator.frames, without_result, without_corners, statistics, settings))
-            writer.write(band, statistics, source.model_pair_names(database, pairs))
+            logger.info("band %s: %d frames placed on %d pixels", band, placement.placed, statistics.pixels.size)
+            summaries.append(_summary(band, placement, without_result, unplaced, statistics, settings))
+            writer.write(band, statistics, source.model_pair_names(database, placement.pairs))
             del statistics  # memory holds at most two accumulators, or one and one band's statistics
             started = time.perf_counter()
             if combined is None:
@@ -245,14 +345,13 @@ def build_maps(
         started = time.perf_counter()
         statistics = combined.statistics()
         finalize_seconds += time.perf_counter() - started
-        without_result = sum(summary.frames_without_result for summary in summaries)
-        without_corners = sum(summary.frames_without_corners for summary in summaries)
-        summaries.append(_summary(ALL_BANDS, combined.frames, without_result, without_corners, statistics, settings))
+        summaries.append(_all_bands_summary(summaries, statistics, settings))
         writer.write(ALL_BANDS, statistics, models)
     summary = BuildSummary(
         nside=settings.nside,
         run=run,
         models=models,
+        sampling=sampling,
         bands=tuple(summaries),
         files=tuple(writer.files),
         stream_seconds=stream_seconds,
@@ -264,36 +363,70 @@ def build_maps(
     return replace(summary, files=(*summary.files, manifest))
 
 
+@dataclass
+class _Placement:
+    """Where one band's frames went: counted as the chunks are added."""
+
+    placed: int = 0
+    placed_by_area: int = 0
+    without_corners: int = 0
+    unplaced_ids: list[int] = field(default_factory=list)
+    sampling_orders: dict[int, int] = field(default_factory=dict)
+    pairs: set[tuple[int, int]] = field(default_factory=set)
+
+    def count(self, coverage: Coverage) -> None:
+        """Count a chunk's frames: :func:`footprint_coverage` places every frame it is given."""
+        self.placed += int(coverage.sampling_order.size)
+        self.placed_by_area += int(np.count_nonzero(coverage.placed_by_area))
+        orders, frames = np.unique(coverage.sampling_order, return_counts=True)
+        for order, count in zip(orders.tolist(), frames.tolist()):
+            self.sampling_orders[order] = self.sampling_orders.get(order, 0) + count
+
+
 def _accumulate(
-    stream: source.FrameStream, settings: MapSettings, advance: Callable[[int], None]
-) -> tuple[MapAccumulator, int, set[tuple[int, int]]]:
-    """One band's sums from its stream; also the frames without usable corners and the model pairs seen.
+    stream: source.FrameStream, accumulator: MapAccumulator, advance: Callable[[int], None]
+) -> _Placement:
+    """Add one band's stream to its accumulator; return where its frames went and the model pairs seen.
 
     A two-stage pipeline: a thread rasterises the next chunk while this one's
     coverage is added (both compiled loops run without the GIL).
     """
-    accumulator = MapAccumulator(order=settings.order, levels=settings.oversampling_levels)
-    without_corners = 0
-    pairs: set[tuple[int, int]] = set()
+    placement = _Placement()
     pending = None
+
+    def add(chunk: FrameChunk, coverage: Coverage) -> None:
+        accumulator.add(coverage, frame_values(chunk))
+        placement.count(coverage)
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="density-db-maps-rasterise") as rasteriser:
         for chunk in stream:
-            usable = np.all(np.isfinite(chunk.corner_ra), axis=1) & np.all(np.isfinite(chunk.corner_dec), axis=1)
-            unusable = int(usable.size - np.count_nonzero(usable))
-            if unusable:
-                logger.warning("%d frames without four finite corners are left out of the maps", unusable)
-                without_corners += unusable
+            usable = placeable(chunk.corner_ra, chunk.corner_dec)
+            if not np.all(usable):
+                placement.without_corners += int(usable.size - np.count_nonzero(usable))
+                placement.unplaced_ids.extend(chunk.frame_id[~usable].tolist())
                 chunk = chunk.take(usable)
-            coverage = rasteriser.submit(footprint_coverage, chunk.corner_ra, chunk.corner_dec,
-                                         order=settings.order, levels=settings.oversampling_levels)
+            coverage = rasteriser.submit(footprint_coverage, chunk.corner_ra, chunk.corner_dec, accumulator.sampling)
             if pending is not None:
-                accumulator.add(pending[1].result(), frame_values(pending[0]))
+                add(pending[0], pending[1].result())
             pending = (chunk, coverage)
-            pairs.update(zip(chunk.classifier_id.tolist(), chunk.regressor_id.tolist()))
+            placement.pairs.update(zip(chunk.classifier_id.tolist(), chunk.regressor_id.tolist()))
             advance(int(usable.size))
         if pending is not None:
-            accumulator.add(pending[1].result(), frame_values(pending[0]))
-    return accumulator, without_corners, pairs
+            add(pending[0], pending[1].result())
+    return placement
+
+
+def _report_unplaced(database: Database, band: str, frame_ids: list[int]) -> tuple[FrameName, ...]:
+    """Warn about, and name, the frames of a band that could not be placed."""
+    if not frame_ids:
+        return ()
+    names = tuple(source.frame_names(database, frame_ids))
+    shown = "; ".join(str(name) for name in names[:NAMED_FRAMES])
+    more = f"; and {len(names) - NAMED_FRAMES} more (the manifest names them all)" if len(names) > NAMED_FRAMES else ""
+    logger.warning("band %s: %d frames without four usable WCS corners cannot be placed and are left out "
+                   "of the maps: %s%s",
+                   band, len(frame_ids), shown, more)
+    return names
 
 
 def _stream(database: Database, selection: Selection, band: str, settings: MapSettings) -> source.FrameStream:
@@ -309,26 +442,59 @@ def frame_values(chunk: FrameChunk) -> FrameValues:
 
 
 def _summary(
-    band: str, frames: int, without_result: int, without_corners: int, statistics: PixelStatistics,
-    settings: MapSettings,
+    band: str, placement: _Placement, without_result: int, unplaced: tuple[FrameName, ...],
+    statistics: PixelStatistics, settings: MapSettings,
 ) -> BandSummary:
-    pixel_area = healpy.nside2pixarea(settings.nside, degrees=True)
     return BandSummary(
         band=band,
-        frames_mapped=frames,
+        frames_placed=placement.placed,
+        frames_placed_by_area=placement.placed_by_area,
         frames_without_result=without_result,
-        frames_without_corners=without_corners,
+        frames_without_corners=placement.without_corners,
         pixels=int(statistics.pixels.size),
-        covered_area_deg2=float(statistics["covered_fraction"].sum() * pixel_area),
+        covered_area_deg2=_covered_area_deg2(statistics, settings),
+        sampling_orders=dict(sorted(placement.sampling_orders.items())),
+        unplaced=unplaced,
     )
+
+
+def _all_bands_summary(
+    bands: list[BandSummary], statistics: PixelStatistics, settings: MapSettings
+) -> BandSummary:
+    orders: dict[int, int] = {}
+    for band in bands:
+        for order, frames in band.sampling_orders.items():
+            orders[order] = orders.get(order, 0) + frames
+    return BandSummary(
+        band=ALL_BANDS,
+        frames_placed=sum(band.frames_placed for band in bands),
+        frames_placed_by_area=sum(band.frames_placed_by_area for band in bands),
+        frames_without_result=sum(band.frames_without_result for band in bands),
+        frames_without_corners=sum(band.frames_without_corners for band in bands),
+        pixels=int(statistics.pixels.size),
+        covered_area_deg2=_covered_area_deg2(statistics, settings),
+        sampling_orders=dict(sorted(orders.items())),
+        unplaced=tuple(name for band in bands for name in band.unplaced),
+    )
+
+
+def _covered_area_deg2(statistics: PixelStatistics, settings: MapSettings) -> float:
+    return float(statistics["covered_fraction"].sum(dtype=np.float64) * healpy.nside2pixarea(settings.nside,
+                                                                                              degrees=True))
 
 
 def _manifest(summary: BuildSummary, settings: MapSettings) -> dict:
     selection = settings.selection
+    sampling = summary.sampling
     return {
         "nside": summary.nside,
         "order": settings.order,
-        "rasterised_at_order": settings.order + settings.oversampling_levels,
+        "sampling": {
+            "min_centres": sampling.min_centres,
+            "min_order": sampling.order + sampling.min_levels,
+            "deepest_order": max(sampling.deepest_order, sampling.order + sampling.min_levels),
+            "union_order": sampling.mask_order,
+        },
         "run": summary.run,
         "models": list(summary.models),
         "region": None if selection.region is None else selection.region.spec,

@@ -1,23 +1,42 @@
-"""Frame footprints rasterised on the HEALPix grid: pixel centres inside spherical quadrilaterals.
+"""Frame footprints sampled on the HEALPix grid: sub-pixel centres inside spherical quadrilaterals.
 
 A frame's footprint is the convex spherical polygon of its four WCS corners
 (great-circle edges).  :func:`footprint_pixels` returns, for many frames at
-once, the NESTED pixels of a (fine) order whose centres lie inside each
-polygon: the set ``hpgeom.query_polygon(..., inclusive=False)`` returns, frame
-by frame.  :func:`footprint_coverage` gathers them into the fraction of each coarser
-pixel a frame covers.
+once, the NESTED pixels of one order whose centres lie inside each polygon:
+the set ``hpgeom.query_polygon(..., inclusive=False)`` returns, frame by
+frame.  :func:`footprint_coverage` samples each frame at an order of its own
+and gathers what it finds into the fraction of each output pixel the frame
+covers, and into the sub-pixels covered for the union of frames.
 
-How: HEALPix pixel centres lie on iso-latitude rings at known longitudes.  For
-every (frame, ring) pair the longitudes inside the polygon are worked out
-exactly from the four edge constraints ``n_k . x >= 0`` (each one keeps an arc
-of the ring), inside a window given by the frame's bounding cap, so pixels are
-produced as runs of consecutive ring indices rather than tested one by one.
-Pairs where two edges cut gaps into the middle of the window (possible only
-for frames large against their distance to a pole) fall back to testing each
-candidate pixel centre.  Polygons across RA = 0 and around a pole need no
-special case.  The per-frame geometry is vectorised NumPy; the loop over
-rings and pixels is compiled with Numba (a few seconds on first use, then
-cached), since at millions of frames it visits hundreds of millions of pixels.
+Sampling order.  A frame counts in a pixel where sub-pixel centres fall
+inside it, so a frame smaller than a sub-pixel can hold none and vanish.
+decasu (``nside``) and Rubin's healsparse property maps
+(``HealSparseInputMapConfig.nside``) render every CCD at one fine nside,
+32768 by default, with the same centre-in-polygon test, and leave degrading
+to the reader.  Here each frame is sampled at the coarsest order where it
+holds at least :data:`MIN_CENTRES` sub-pixel centres (its area over a
+sub-pixel's), and never coarser than ``min_levels`` orders below the output
+(the fraction of a pixel a frame covers needs sub-pixels even when the frame
+is large): small frames stay sampled, large ones stay cheap.  Frames of one
+chunk are grouped by sampling order.  A frame that holds no
+sub-pixel centre even at :data:`DEEPEST_SAMPLING_ORDER` (or has a degenerate
+corner polygon) is placed by its area: its exact area (:func:`footprint_area_deg2`)
+goes to the output pixel holding its centre.  Every frame also counts in the
+output pixel holding its centre, with what sampling found there (nothing for a
+frame reaching into that pixel by a sliver finer than its sub-pixels).
+
+How the centres are found: HEALPix pixel centres lie on iso-latitude rings at
+known longitudes.  For every (frame, ring) pair the longitudes inside the
+polygon are worked out exactly from the four edge constraints ``n_k . x >= 0``
+(each one keeps an arc of the ring), inside a window given by the frame's
+bounding cap, so pixels are produced as runs of consecutive ring indices
+rather than tested one by one.  Pairs where two edges cut gaps into the middle
+of the window (possible only for frames large against their distance to a
+pole) fall back to testing each candidate pixel centre.  Polygons across
+RA = 0 and around a pole need no special case.  The per-frame geometry is
+vectorised NumPy; the loop over rings and pixels is compiled with Numba (a few
+seconds on first use, then cached), since at millions of frames it visits
+hundreds of millions of pixels.
 """
 
 from __future__ import annotations
@@ -25,6 +44,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import healpy
 import numba
 import numpy as np
 
@@ -34,12 +54,102 @@ MAX_ORDER = 29
 """Deepest HEALPix order of NESTED int64 indices."""
 
 MAX_SUBPIXEL_LEVELS = 3
-"""Coverage keeps a bit per sub-pixel for up to 3 orders (64 sub-pixels: one uint64)."""
+"""A mask word holds a bit per sub-pixel for up to 3 orders (64 sub-pixels: one uint64)."""
+
+MIN_CENTRES = 64
+"""Each frame is sampled at the order where its area holds at least 64 sub-pixels.
+
+With 64 centres a frame's covered fraction is good to a few per cent (the
+sub-pixels its edges cut), and a frame reaches at least one sub-pixel of the
+output pixel holding its centre even when that centre sits in a corner of it.
+"""
+
+DEEPEST_SAMPLING_ORDER = 20
+"""No frame is sampled deeper than order 20 (sub-pixels of 0.2 arcsec) unless the output nside asks for it."""
+
+SKY_AREA_DEG2 = 4 * np.pi * (180 / np.pi) ** 2
 
 _SLOPE, _PHI, _OTHER_PHI, _GAP_PHI = range(4)  # the per-edge numbers of _Polygons.edges
 
 _WINDOW_MARGIN_RAD = 1e-9
 """The bounding cap is widened by this much so that rounding cannot cut a pixel centre off."""
+
+
+def pixel_area_deg2(order: int | np.ndarray) -> float | np.ndarray:
+    """Area of one HEALPix pixel of ``order``, in square degrees."""
+    return SKY_AREA_DEG2 / (12.0 * 4.0 ** np.asarray(order, dtype=np.float64))
+
+
+def order_for_centres(area_deg2: np.ndarray, min_centres: int = MIN_CENTRES) -> np.ndarray:
+    """The coarsest order at which a footprint of ``area_deg2`` holds ``min_centres`` pixels' worth of area.
+
+    Unbounded: a zero or non-finite area gives :data:`MAX_ORDER` (callers clip).
+    """
+    area = np.asarray(area_deg2, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wanted = np.log(min_centres * SKY_AREA_DEG2 / (12.0 * area)) / np.log(4.0)
+    wanted = np.where(np.isfinite(wanted) & (area > 0), wanted, MAX_ORDER)
+    # a hair below an integer is that integer: an area of exactly 64 pixels needs no deeper order
+    return np.clip(np.ceil(wanted - 1e-9), 0, MAX_ORDER).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How deep footprints are sampled for maps of one output order.
+
+    Attributes
+    ----------
+    order
+        HEALPix order of the output maps.
+    mask_order
+        Order of the sub-pixels whose union makes each output pixel's covered
+        fraction (at least ``order + min_levels``).  Frames sampled deeper add
+        their covered fractions to it instead (see :class:`Coverage`).
+    min_levels
+        No frame is sampled coarser than this many orders below the output.
+    min_centres
+        Frames are sampled where they hold at least this many sub-pixels.
+    deepest_order
+        No frame is sampled deeper than this (unless ``order + min_levels`` is deeper).
+    """
+
+    order: int
+    mask_order: int
+    min_levels: int = 2
+    min_centres: int = MIN_CENTRES
+    deepest_order: int = DEEPEST_SAMPLING_ORDER
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.order <= MAX_ORDER:
+            raise ValueError(f"order must be between 0 and {MAX_ORDER}, got {self.order}")
+        if self.min_levels < 0 or self.order + self.min_levels > MAX_ORDER:
+            raise ValueError(f"order + min_levels must be between {self.order} and {MAX_ORDER}, "
+                             f"got {self.order + self.min_levels}")
+        if not self.order + self.min_levels <= self.mask_order <= MAX_ORDER:
+            raise ValueError(f"mask_order must be between {self.order + self.min_levels} and {MAX_ORDER}, "
+                             f"got {self.mask_order}")
+        if self.min_centres < 1:
+            raise ValueError(f"min_centres must be positive, got {self.min_centres}")
+
+    @property
+    def row_order(self) -> int:
+        """Order of the pixels whose sub-pixels one mask word holds (at most 3 orders above ``mask_order``)."""
+        return max(self.order, self.mask_order - MAX_SUBPIXEL_LEVELS)
+
+    @property
+    def mask_levels(self) -> int:
+        """Orders between ``row_order`` and ``mask_order``: each mask word has ``4**mask_levels`` bits."""
+        return self.mask_order - self.row_order
+
+    @property
+    def words(self) -> int:
+        """Mask words per output pixel."""
+        return 1 << (2 * (self.row_order - self.order))
+
+    def frame_orders(self, area_deg2: np.ndarray) -> np.ndarray:
+        """The order each frame is sampled at, from its area (int64)."""
+        fewest = self.order + self.min_levels
+        return np.clip(order_for_centres(area_deg2, self.min_centres), fewest, max(fewest, self.deepest_order))
 
 
 @dataclass(frozen=True)
@@ -64,28 +174,78 @@ class FinePixels:
 
 @dataclass(frozen=True)
 class Coverage:
-    """Fraction of coarse pixels covered by frames: one row per (frame, pixel) with a non-zero fraction.
+    """Where a chunk of frames lies on the output grid.
+
+    Cells (one per frame and output pixel it counts in) carry the statistics'
+    weights; union rows carry the sub-pixels covered, for the covered fraction.
 
     Attributes
     ----------
     frame_index
-        Index of the frame (int64, ascending).
+        Per cell: index of the frame in the arrays given to :func:`footprint_coverage` (int64).
     pixel
-        NESTED pixel index at ``order`` (int64).
+        Per cell: NESTED output pixel (int64).
     fraction
-        Fraction of the pixel's fine sub-pixel centres inside the frame, in (0, 1] (float64).
+        Per cell: fraction of the pixel's area the frame covers (float64; 0
+        for a frame that reaches the pixel holding its centre by less than a sub-pixel).
+    unmasked_fraction
+        Per cell: the part of ``fraction`` that no sub-pixel bit holds: all
+        of it for frames sampled deeper than ``sampling.mask_order`` or
+        placed by their area, otherwise 0.
     subpixels
-        Which sub-pixels: bit ``i`` set when the NESTED sub-pixel ``pixel * 4**levels + i``
-        has its centre inside the frame (dtype from :func:`subpixel_mask_dtype`).
-    order
-        HEALPix order of ``pixel``.
+        Per cell, when an output pixel's sub-pixels fit one mask word
+        (``sampling.row_order == sampling.order``): bit ``i`` set when
+        sub-pixel ``pixel * 4**mask_levels + i`` (at ``sampling.mask_order``)
+        lies inside the frame (dtype from :func:`subpixel_mask_dtype`); zeros otherwise.
+    union_pixel
+        When an output pixel needs several mask words: per union row, a NESTED
+        pixel at ``sampling.row_order`` (one word); empty otherwise.
+    union_bits
+        Per union row: its sub-pixels inside a frame, as ``subpixels``.
+    sampling_order
+        Per frame: the order it was sampled at (int64).
+    placed_by_area
+        Per frame: no sub-pixel centre was found inside it (too small for
+        the deepest order, or a degenerate polygon), so its area went to the
+        pixel holding its centre.
+    sampling
+        How the frames were sampled.
     """
 
     frame_index: np.ndarray
     pixel: np.ndarray
     fraction: np.ndarray
+    unmasked_fraction: np.ndarray
     subpixels: np.ndarray
-    order: int
+    union_pixel: np.ndarray
+    union_bits: np.ndarray
+    sampling_order: np.ndarray
+    placed_by_area: np.ndarray
+    sampling: Sampling
+
+    @property
+    def order(self) -> int:
+        """HEALPix order of the cells' pixels."""
+        return self.sampling.order
+
+
+def placeable(corner_ra: np.ndarray, corner_dec: np.ndarray) -> np.ndarray:
+    """Which frames :func:`footprint_coverage` can place: four finite corners with a mean direction.
+
+    Parameters
+    ----------
+    corner_ra, corner_dec : numpy.ndarray
+        Shape ``(n, 4)``, degrees; NaN where a corner is unknown.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean, shape ``(n,)``.
+    """
+    finite = np.all(np.isfinite(corner_ra), axis=1) & np.all(np.isfinite(corner_dec), axis=1)
+    with np.errstate(invalid="ignore"):
+        centre_norm = np.linalg.norm(_unit_corners(corner_ra, corner_dec).sum(axis=1), axis=1)
+    return finite & (centre_norm > 1e-12)
 
 
 def footprint_pixels(corner_ra: np.ndarray, corner_dec: np.ndarray, *, order: int) -> FinePixels:
@@ -112,61 +272,126 @@ def footprint_pixels(corner_ra: np.ndarray, corner_dec: np.ndarray, *, order: in
     """
     if not 0 <= order <= MAX_ORDER:
         raise ValueError(f"order must be between 0 and {MAX_ORDER}, got {order}")
-    frame_index, pixel, _ = _rasterised(*_checked_corners(corner_ra, corner_dec), order, 0)
+    polygons = _Polygons.from_corners(*_checked_corners(corner_ra, corner_dec))
+    frame_index, pixel, _, _ = _rasterised(polygons, order, order, order, order)
     return FinePixels(frame_index=frame_index, pixel=pixel, order=order)
 
 
-def footprint_coverage(corner_ra: np.ndarray, corner_dec: np.ndarray, *, order: int, levels: int) -> Coverage:
-    """Covered fraction, and covered sub-pixels, of the pixels of ``order`` inside each frame.
+def footprint_coverage(corner_ra: np.ndarray, corner_dec: np.ndarray, sampling: Sampling) -> Coverage:
+    """Covered fraction of the output pixels each frame counts in, and the sub-pixels inside frames.
 
-    The fine pixels of :func:`footprint_pixels` at ``order + levels``,
-    gathered into their pixels of ``order`` as they are found.
+    Each frame is sampled at ``sampling.frame_orders`` of its area; every
+    frame counts in the output pixel holding its centre (the normalised mean
+    of its corners), and a frame with no sub-pixel centre inside is placed
+    there by its area.
 
     Parameters
     ----------
     corner_ra, corner_dec : numpy.ndarray
         Shape ``(n, 4)``: each frame's corners in degrees, as for :func:`footprint_pixels`.
-    order : int
-        HEALPix order of the coverage.
-    levels : int
-        Orders between the coverage and the fine pixels (0-3): ``4**levels`` sub-pixels per pixel.
+    sampling : Sampling
+        Output order and sampling depths.
 
     Returns
     -------
     Coverage
-        One row per (frame, pixel) holding at least one fine pixel centre, grouped by frame.
+        At least one cell per frame.
+
+    Raises
+    ------
+    ValueError
+        If the arrays are not ``(n, 4)`` or a corner is not finite.
     """
-    if not 0 <= levels <= MAX_SUBPIXEL_LEVELS:
-        raise ValueError(f"levels must be between 0 and {MAX_SUBPIXEL_LEVELS}, got {levels}")
-    if not 0 <= order + levels <= MAX_ORDER:
-        raise ValueError(f"order + levels must be between 0 and {MAX_ORDER}, got {order + levels}")
-    frame_index, pixel, mask = _rasterised(*_checked_corners(corner_ra, corner_dec), order + levels, levels)
-    subpixels = mask.astype(subpixel_mask_dtype(levels))
+    corner_ra, corner_dec = _checked_corners(corner_ra, corner_dec)
+    polygons = _Polygons.from_corners(corner_ra, corner_dec)
+    area = polygons.area_deg2
+    orders = sampling.frame_orders(area)
+    drawable = np.all(np.isfinite(polygons.normals), axis=(1, 2)) & (area > 0)
+    row_order, mask_order = sampling.row_order, sampling.mask_order
+    groups = []
+    for order in np.unique(orders[drawable]).tolist():
+        members = np.flatnonzero(drawable & (orders == order))
+        frame, row_pixel, bits, fraction = _rasterised(polygons.take(members), order, row_order, mask_order,
+                                                        sampling.order)
+        groups.append((members[frame], row_pixel, bits, fraction))
+    frame, row_pixel, bits, fraction = (
+        np.concatenate(columns) if groups else np.zeros(0, dtype=dtype)
+        for columns, dtype in zip(zip(*groups) if groups else ((),) * 4, (np.int64, np.int64, np.uint64, np.float64))
+    )
+    mask_dtype = subpixel_mask_dtype(sampling.mask_levels)
+    if row_order == sampling.order:  # one row per frame and output pixel: the rows are the cells
+        cell_frame, cell_pixel, cell_fraction, subpixels = frame, row_pixel, fraction, bits.astype(mask_dtype)
+        union_pixel, union_bits = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=mask_dtype)
+    else:
+        cell_frame, cell_pixel, cell_fraction = _cells(frame, row_pixel, fraction, 2 * (row_order - sampling.order))
+        subpixels = np.zeros(cell_frame.size, dtype=mask_dtype)
+        kept = np.flatnonzero(bits)
+        union_pixel, union_bits = row_pixel[kept], bits[kept].astype(mask_dtype)
+    unmasked = np.where(orders[cell_frame] > mask_order, cell_fraction, 0.0)
+    cell_frame, cell_pixel, cell_fraction, unmasked, subpixels, placed_by_area = _with_centres(
+        polygons, area, sampling.order, cell_frame, cell_pixel, cell_fraction, unmasked, subpixels)
     return Coverage(
-        frame_index=frame_index, pixel=pixel, fraction=popcount(mask) / float(1 << (2 * levels)),
-        subpixels=subpixels, order=order,
+        frame_index=cell_frame, pixel=cell_pixel, fraction=cell_fraction, unmasked_fraction=unmasked,
+        subpixels=subpixels, union_pixel=union_pixel, union_bits=union_bits,
+        sampling_order=orders, placed_by_area=placed_by_area, sampling=sampling,
     )
 
 
 def _rasterised(
-    corner_ra: np.ndarray, corner_dec: np.ndarray, order: int, levels: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows (frame, pixel ``levels`` orders above ``order``, sub-pixel mask) of :func:`_rasterise`."""
-    if corner_ra.shape[0] == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
-    frames = _Polygons.from_corners(corner_ra, corner_dec)
-    arguments = (order, levels, frames.normals, frames.centre_z, frames.centre_sin_theta, frames.centre_phi,
-                 frames.cos_radius, frames.edges)
+    polygons: _Polygons, order: int, row_order: int, mask_order: int, output_order: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of :func:`_rasterise`: frame, pixel of ``row_order``, bits at ``mask_order``, fraction of a pixel."""
+    if polygons.normals.shape[0] == 0:
+        return (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64),
+                np.zeros(0, dtype=np.float64))
+    arguments = (order, row_order, mask_order, output_order, polygons.normals, polygons.centre_z,
+                 polygons.centre_sin_theta, polygons.centre_phi, polygons.cos_radius, polygons.edges)
     # Room for the rows the frames' areas promise, with a margin; a second pass if that was short.
-    fine_pixels = footprint_area_deg2(corner_ra, corner_dec) * (np.pi / 180) ** 2 / (np.pi / (3 << (2 * order)))
-    capacity = int(np.sum(1.1 * fine_pixels / 4**levels + 8 * np.sqrt(fine_pixels) / 2**levels + 16))
+    rows_each = polygons.area_deg2 / pixel_area_deg2(max(order, row_order)) * 4.0 ** max(row_order - order, 0)
+    rows_each /= 4.0 ** max(order - row_order, 0)
+    capacity = int(np.sum(1.1 * rows_each + 8 * np.sqrt(rows_each) + 16))
     while True:
         rows = (np.empty(capacity, dtype=np.int64), np.empty(capacity, dtype=np.int64),
-                np.empty(capacity, dtype=np.uint64))
+                np.empty(capacity, dtype=np.uint64), np.empty(capacity, dtype=np.float64))
         count = _rasterise(*arguments, *rows)
         if count <= capacity:
             return tuple(column[:count] for column in rows)
         capacity = count
+
+
+def _cells(
+    frame: np.ndarray, row_pixel: np.ndarray, fraction: np.ndarray, shift: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows gathered into one cell per (frame, output pixel ``row_pixel >> shift``), fractions summed."""
+    cell_frame = np.empty(frame.size, dtype=np.int64)
+    cell_pixel = np.empty(frame.size, dtype=np.int64)
+    cell_fraction = np.empty(frame.size, dtype=np.float64)
+    count = _gather_cells(frame, row_pixel, fraction, shift, cell_frame, cell_pixel, cell_fraction)
+    return cell_frame[:count], cell_pixel[:count], cell_fraction[:count]
+
+
+def _with_centres(
+    polygons: _Polygons, area: np.ndarray, order: int, frame: np.ndarray, pixel: np.ndarray,
+    fraction: np.ndarray, unmasked: np.ndarray, subpixels: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The cells, with a cell added where a frame has none in the output pixel holding its centre.
+
+    A frame with no cell at all is placed by its area there (all of it unmasked); one with
+    cells elsewhere only counts there (a sliver finer than its sub-pixels).
+    """
+    frames = area.size
+    centre_pixel = healpy.vec2pix(1 << order, *polygons.centre.T, nest=True).astype(np.int64)
+    at_centre = np.zeros(frames, dtype=bool)
+    at_centre[frame[pixel == centre_pixel[frame]]] = True
+    missing = np.flatnonzero(~at_centre)
+    placed_by_area = np.ones(frames, dtype=bool)
+    placed_by_area[frame] = False
+    if missing.size == 0:
+        return frame, pixel, fraction, unmasked, subpixels, placed_by_area
+    added = np.where(placed_by_area[missing], np.minimum(area[missing] / pixel_area_deg2(order), 1.0), 0.0)
+    return (np.concatenate([frame, missing]), np.concatenate([pixel, centre_pixel[missing]]),
+            np.concatenate([fraction, added]), np.concatenate([unmasked, added]),
+            np.concatenate([subpixels, np.zeros(missing.size, dtype=subpixels.dtype)]), placed_by_area)
 
 
 def _checked_corners(corner_ra: np.ndarray, corner_dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,9 +417,17 @@ def footprint_area_deg2(corner_ra: np.ndarray, corner_dec: np.ndarray) -> np.nda
     numpy.ndarray
         Shape ``(n,)``.
     """
+    return _polygon_area_deg2(_unit_corners(corner_ra, corner_dec))
+
+
+def _unit_corners(corner_ra: np.ndarray, corner_dec: np.ndarray) -> np.ndarray:
+    """Unit vectors of the corners, shape ``(n, 4, 3)``."""
     ra, dec = np.radians(corner_ra), np.radians(corner_dec)
     cos_dec = np.cos(dec)
-    corners = np.stack([cos_dec * np.cos(ra), cos_dec * np.sin(ra), np.sin(dec)], axis=-1)
+    return np.stack([cos_dec * np.cos(ra), cos_dec * np.sin(ra), np.sin(dec)], axis=-1)
+
+
+def _polygon_area_deg2(corners: np.ndarray) -> np.ndarray:
     first = corners[:, 0]
     area = np.zeros(corners.shape[0])
     for second, third in ((corners[:, 1], corners[:, 2]), (corners[:, 2], corners[:, 3])):
@@ -218,9 +451,11 @@ def subpixel_mask_dtype(levels: int) -> np.dtype:
 
 @dataclass(frozen=True)
 class _Polygons:
-    """Per frame: inward edge normals, centre direction and the cap around the frame."""
+    """Per frame: inward edge normals, centre direction, area and the cap around the frame."""
 
     normals: np.ndarray  # (n, 4, 3), unit, pointing inside
+    centre: np.ndarray  # (n, 3), the corners' normalised mean direction
+    area_deg2: np.ndarray
     centre_z: np.ndarray  # sin(dec) of the centre direction
     centre_sin_theta: np.ndarray  # cos(dec) of the centre direction
     centre_phi: np.ndarray  # radians
@@ -232,24 +467,25 @@ class _Polygons:
 
     @classmethod
     def from_corners(cls, corner_ra: np.ndarray, corner_dec: np.ndarray) -> _Polygons:
-        ra, dec = np.radians(corner_ra), np.radians(corner_dec)
-        cos_dec = np.cos(dec)
-        corners = np.stack([cos_dec * np.cos(ra), cos_dec * np.sin(ra), np.sin(dec)], axis=-1)
-        normals = np.cross(corners, np.roll(corners, -1, axis=1))
-        normals /= np.linalg.norm(normals, axis=2, keepdims=True)
-        # The corners' mean direction lies inside a convex polygon: it tells which side is in.
-        centre = corners.sum(axis=1)
-        centre /= np.linalg.norm(centre, axis=1, keepdims=True)
+        corners = _unit_corners(corner_ra, corner_dec)
+        with np.errstate(invalid="ignore"):  # a repeated corner leaves an edge without a normal (NaN)
+            normals = np.cross(corners, np.roll(corners, -1, axis=1))
+            normals /= np.linalg.norm(normals, axis=2, keepdims=True)
+            # The corners' mean direction lies inside a convex polygon: it tells which side is in.
+            centre = corners.sum(axis=1)
+            centre /= np.linalg.norm(centre, axis=1, keepdims=True)
         normals *= np.where(np.einsum("nkd,nd->nk", normals, centre) < 0, -1.0, 1.0)[:, :, None]
         radius = np.arccos(np.clip(np.einsum("nkd,nd->nk", corners, centre).min(axis=1), -1.0, 1.0))
         centre_phi = np.arctan2(centre[:, 1], centre[:, 0])
         edge_phi = _wrap(np.arctan2(normals[:, :, 1], normals[:, :, 0]) - centre_phi[:, None])
         horizontal = np.hypot(normals[:, :, 0], normals[:, :, 1])
         # An edge along a ring (its normal through a pole) keeps all of a ring or none of it.
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):
             slope = np.where(horizontal > 0, -normals[:, :, 2] / horizontal, -np.sign(normals[:, :, 2]) * 1e300)
         return cls(
             normals=normals,
+            centre=centre,
+            area_deg2=_polygon_area_deg2(corners),
             centre_z=centre[:, 2],
             centre_sin_theta=np.hypot(centre[:, 0], centre[:, 1]),
             centre_phi=centre_phi,
@@ -259,6 +495,10 @@ class _Polygons:
                 axis=-1,
             ),
         )
+
+    def take(self, frames: np.ndarray) -> _Polygons:
+        """The polygons of ``frames`` (indices)."""
+        return _Polygons(**{name: value[frames] for name, value in vars(self).items()})
 
 
 @numba.njit(cache=True, nogil=True)
@@ -312,15 +552,19 @@ def _ring_coordinate(z: float, nside: int) -> float:
 
 @numba.njit(cache=True, nogil=True)
 def _rasterise(
-    order, levels, normals, centre_z, centre_sin_theta, centre_phi, cos_radius, edges, frame_out, pixel_out, mask_out,
+    order, row_order, mask_order, output_order, normals, centre_z, centre_sin_theta, centre_phi, cos_radius, edges,
+    frame_out, pixel_out, mask_out, fraction_out,
 ):
-    """Pixel centres inside each frame, ring by ring, gathered into pixels ``levels`` orders coarser.
+    """Pixel centres of ``order`` inside each frame, ring by ring, as rows of pixels of ``row_order``.
 
-    Writes one row per (frame, coarse pixel) with a centre inside: frame,
-    NESTED coarse pixel and the mask of its fine pixels inside (bit ``i``:
-    fine pixel ``coarse * 4**levels + i``), frame by frame, as far as the
-    output arrays reach, and returns how many rows there are (counting on
-    past their end).  For every ring that may cross a
+    Writes rows (frame, NESTED pixel of ``row_order``, bits of its sub-pixels
+    at ``mask_order`` inside the frame, fraction of an output pixel of
+    ``output_order`` they stand for), frame by frame, as far as the output
+    arrays reach, and returns how many rows there are (counting on past their
+    end).  A pixel centre found at ``order`` covers ``4**(mask_order - order)``
+    sub-pixels when ``order <= mask_order``, and none when deeper (the rows
+    then carry only the fraction); when ``order < row_order`` it spans
+    ``4**(row_order - order)`` whole rows.  For every ring that may cross a
     frame's bounding cap, the longitudes inside are worked out from the four
     edge constraints: edge k keeps the longitudes (relative to the frame
     centre) where ``cos(u - phi_k) >= cot(theta) * slope_k``, an arc of
@@ -331,13 +575,20 @@ def _rasterise(
     pole) is tested pixel centre by pixel centre.
     """
     nside = 1 << order
-    shift = 2 * levels
-    fine_bits = (1 << shift) - 1
     capacity = frame_out.size
     found = 0
     last_ring = 4 * nside - 1
     lower_k = np.empty(4)
     upper_k = np.empty(4)
+    # How a pixel centre found at `order` becomes rows.
+    row_bits = 1 << (2 * (mask_order - row_order))  # sub-pixels (mask bits) per row pixel, at most 64
+    whole_row = _low_bits(row_bits)
+    spread = 1 << (2 * max(row_order - order, 0))  # rows one centre spans
+    row_shift = 2 * max(order - row_order, 0)  # centre index >> row_shift: its row pixel
+    run_shift = 2 * max(mask_order - order, 0)
+    run = _low_bits(1 << run_shift) if order <= mask_order else np.uint64(0)  # its sub-pixels, from the first
+    weight = 0.25 ** (max(order, row_order) - output_order)  # of an output pixel, per centre (or per spanned row)
+    shared_rows = order > row_order  # several centres fall in one row: find it before adding one
     for frame in range(centre_z.size):
         frame_start = found
         last_row = -1  # the row that took the last fine pixel (consecutive ones mostly share a coarse pixel)
@@ -435,7 +686,7 @@ def _rasterise(
                         if not inside:
                             continue
                     if found >= capacity:  # out of room: count (an upper bound of the rows) for the second pass
-                        found += 1
+                        found += spread
                         continue
                     x, y = x + 1, y - 1
                     if tested or offset == 0 or j == 0 or x >= nside or y < 0:
@@ -446,23 +697,68 @@ def _rasterise(
                         x_bits = ((x_bits | _ODD_BITS) + 1) & _EVEN_BITS
                         y_bits = ((y_bits & _ODD_BITS) - 1) & _ODD_BITS
                     fine = face_base + x_bits + y_bits
-                    coarse, bit = fine >> shift, np.uint64(1) << np.uint64(fine & fine_bits)
-                    if shift:
+                    if spread > 1:
+                        first_row = fine << (2 * (row_order - order))
+                        for part in range(spread):
+                            if found < capacity:
+                                frame_out[found] = frame
+                                pixel_out[found] = first_row + part
+                                mask_out[found] = whole_row
+                                fraction_out[found] = weight
+                            found += 1
+                        continue
+                    coarse = fine >> row_shift
+                    bits = run << np.uint64((fine << run_shift) & (row_bits - 1))
+                    if shared_rows:
                         row = last_row
                         if row < 0 or pixel_out[row] != coarse:
                             row = frame_start
                             while row < found and pixel_out[row] != coarse:
                                 row += 1
                         if row < found:
-                            mask_out[row] |= bit
+                            mask_out[row] |= bits
+                            fraction_out[row] += weight
                             last_row = row
                             continue
                     frame_out[found] = frame
                     pixel_out[found] = coarse
-                    mask_out[found] = bit
+                    mask_out[found] = bits
+                    fraction_out[found] = weight
                     last_row = found
                     found += 1
     return found
+
+
+@numba.njit(cache=True, nogil=True)
+def _low_bits(count: int) -> np.uint64:
+    """A uint64 with its ``count`` (1-64) lowest bits set."""
+    if count >= 64:
+        return np.uint64(0xFFFFFFFFFFFFFFFF)
+    return (np.uint64(1) << np.uint64(count)) - np.uint64(1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_cells(frame, row_pixel, fraction, shift, cell_frame, cell_pixel, cell_fraction) -> int:
+    """One cell per (frame, ``row_pixel >> shift``) with the rows' fractions summed; returns the cells written.
+
+    A frame's rows must be consecutive; it has few cells (output pixels coarser than its rows), found by a scan.
+    """
+    cells = 0
+    frame_start = 0
+    for row in range(frame.size):
+        if row == 0 or frame[row] != frame[row - 1]:
+            frame_start = cells
+        pixel = row_pixel[row] >> shift
+        cell = frame_start
+        while cell < cells and cell_pixel[cell] != pixel:
+            cell += 1
+        if cell == cells:
+            cell_frame[cells] = frame[row]
+            cell_pixel[cells] = pixel
+            cell_fraction[cells] = 0.0
+            cells += 1
+        cell_fraction[cell] += fraction[row]
+    return cells
 
 
 _EVEN_BITS = 0x5555555555555555

@@ -152,17 +152,67 @@ def check_run(database: Database, run_id: int) -> None:
             raise DensityDBError(f"run {run_id} does not exist (density-db query sql \"SELECT * FROM run\" lists runs)")
 
 
-def frames_per_band(database: Database, selection: Selection) -> dict[str, int]:
-    """Frames of each band in the selection's bands and region, with a result or not (bands sorted).
+@dataclass(frozen=True)
+class BandCensus:
+    """How many frames a band has in the selection, and how large they are (from ``frame.radius_deg``).
+
+    Attributes
+    ----------
+    frames
+        Frames of the band in the selection's region, with a result or not.
+    smallest_area_deg2
+        Area of the smallest frame, estimated as a square inside its
+        circumscribed circle (``2 radius**2``); NaN if no frame has a radius.
+    area_deg2
+        Summed area of the frames, estimated the same way.
+    """
+
+    frames: int
+    smallest_area_deg2: float
+    area_deg2: float
+
+
+@dataclass(frozen=True)
+class FrameName:
+    """What identifies a frame to a user: exposure, detector, band and file."""
+
+    frame_id: int
+    exposure_id: str
+    detector: int
+    band: str
+    path: str
+
+    def __str__(self) -> str:
+        return (f"frame {self.frame_id} (exposure {self.exposure_id}, detector {self.detector}, "
+                f"{self.band}: {self.path})")
+
+
+def census(database: Database, selection: Selection) -> dict[str, BandCensus]:
+    """Frames of each band in the selection's bands and region, with a result or not, and their sizes (bands sorted).
 
     One pass over ``frame``; which of them have results shows while they stream.
     """
     region_sql, parameters = _region_filter(selection)
     band_sql = "AND f.band = ANY(%(bands)s)" if selection.bands is not None else ""
-    statement = f"SELECT f.band, count(*) FROM frame f WHERE true {band_sql} {region_sql} GROUP BY f.band ORDER BY 1"
+    sized = "FILTER (WHERE f.radius_deg > 0 AND f.radius_deg < 180)"
+    statement = f"""SELECT f.band, count(*), 2 * power(min(f.radius_deg) {sized}, 2),
+                           2 * coalesce(sum(f.radius_deg * f.radius_deg) {sized}, 0)
+                    FROM frame f WHERE true {band_sql} {region_sql} GROUP BY f.band ORDER BY 1"""
     parameters = {**parameters, "bands": list(selection.bands or ())}
     with _cursor(database) as cursor:
-        return {band: int(count) for band, count in cursor.execute(statement, parameters)}
+        return {
+            band: BandCensus(int(frames), float("nan") if smallest is None else float(smallest), float(area))
+            for band, frames, smallest, area in cursor.execute(statement, parameters)
+        }
+
+
+def frame_names(database: Database, frame_ids: list[int]) -> list[FrameName]:
+    """The names of frames, in the order of ``frame_ids`` (ids not in the catalog are left out)."""
+    statement = """SELECT f.id, e.exposure_id, f.detector, f.band, f.path
+                   FROM frame f JOIN exposure e ON e.id = f.exposure_pk WHERE f.id = ANY(%(ids)s)"""
+    with _cursor(database) as cursor:
+        names = {row[0]: FrameName(*row) for row in cursor.execute(statement, {"ids": list(frame_ids)})}
+    return [names[frame_id] for frame_id in frame_ids if frame_id in names]
 
 
 def model_pair_names(database: Database, pairs: set[tuple[int, int]]) -> list[str]:

@@ -20,10 +20,10 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from density_db import sky
 from density_db.database import Database
-from density_db.maps.aggregate import STATISTIC_NAMES, STATISTICS
-from density_db.maps.build import MapSettings, build_maps
-from density_db.maps.rasterize import footprint_area_deg2, footprint_coverage, footprint_pixels
-from density_db.maps.source import Selection
+from density_db.maps.aggregate import STATISTIC_NAMES, STATISTICS, FrameValues, MapAccumulator
+from density_db.maps.build import MapSettings, build_maps, plan_sampling
+from density_db.maps.rasterize import Sampling, footprint_area_deg2, footprint_coverage, footprint_pixels
+from density_db.maps.source import BandCensus, Selection
 from density_db.models import DensityResult, Exposure, Frame, Model, Run
 from density_db.planning.flags import FLAGS
 from density_db.queries import frame_ids_in_region
@@ -31,13 +31,16 @@ from density_db.regions import ConeRegion, polygon_region, read_moc
 from geometry import tangent_to_sky
 
 NSIDE = 64
-FINE_NSIDE = 4 * NSIDE
 STATISTICS_BY_NAME = {statistic.name: statistic for statistic in STATISTICS}
 
 
 # -- frames ---------------------------------------------------------------------------------
 
+CSST_HALF_DEG = 9232 * 0.074 / 3600 / 2
+"""Half the side of a full-size CSST detector image (9232 x 9216 px of 0.074 arcsec)."""
 
+CUTOUT_HALF_DEG = 512 * 0.074 / 3600 / 2
+"""Half the side of a 512 x 520 px cut-out (about 38 arcsec)."""
 
 
 def square_corners(ra: float, dec: float, half_deg: float, angle_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -67,6 +70,42 @@ def healpy_fine_pixels(corner_ra: np.ndarray, corner_dec: np.ndarray, nside: int
     return np.sort(healpy.query_polygon(nside, vertices, inclusive=False, nest=True))
 
 
+def reference_sampling_order(corner_ra: np.ndarray, corner_dec: np.ndarray, order: int) -> int:
+    """The documented rule: at least 2 orders below the output, deep enough for 64 pixels of area, at most 20."""
+    area = footprint_area_deg2(corner_ra[None], corner_dec[None])[0]
+    sampled = order + 2
+    while sampled < 20 and area < 64 * healpy.nside2pixarea(2**sampled, degrees=True):
+        sampled += 1
+    return sampled
+
+
+def centre_pixel(corner_ra: np.ndarray, corner_dec: np.ndarray, order: int) -> int:
+    """The output pixel holding the frame's centre (the normalised mean of its corners)."""
+    return int(healpy.vec2pix(2**order, *healpy.ang2vec(corner_ra, corner_dec, lonlat=True).sum(axis=0), nest=True))
+
+
+def reference_cells(corner_ra: np.ndarray, corner_dec: np.ndarray, order: int) -> dict[int, float]:
+    """Covered fraction per output pixel by healpy at the frame's sampling order, with its centre's pixel."""
+    sampled = reference_sampling_order(corner_ra, corner_dec, order)
+    fine = healpy_fine_pixels(corner_ra, corner_dec, 2**sampled)
+    pixels, counts = np.unique(fine >> 2 * (sampled - order), return_counts=True)
+    cells = dict(zip(pixels.tolist(), (counts / 4.0 ** (sampled - order)).tolist()))
+    if not cells:  # placed by its area
+        area = footprint_area_deg2(corner_ra[None], corner_dec[None])[0]
+        return {centre_pixel(corner_ra, corner_dec, order): area / healpy.nside2pixarea(2**order, degrees=True)}
+    cells.setdefault(centre_pixel(corner_ra, corner_dec, order), 0.0)
+    return cells
+
+
+def reference_union(corner_ra: np.ndarray, corner_dec: np.ndarray, order: int, union_order: int) -> np.ndarray:
+    """The frame's sub-pixels at ``union_order`` (its centres found at its sampling order, expanded)."""
+    sampled = reference_sampling_order(corner_ra, corner_dec, order)
+    assert sampled <= union_order
+    fine = healpy_fine_pixels(corner_ra, corner_dec, 2**sampled)
+    spread = 4 ** (union_order - sampled)
+    return (fine[:, None] * spread + np.arange(spread)).ravel()
+
+
 # -- rasterisation against healpy --------------------------------------------------------------
 
 
@@ -84,22 +123,34 @@ def test_footprint_pixels_equal_healpy_query_polygon_across_ra_zero_and_the_pole
                                err_msg=f"frame {index} at order {order}")
 
 
-def test_covered_fractions_are_healpy_sub_pixel_counts() -> None:
+@pytest.mark.parametrize(("order", "union_order"), [(6, 8), (6, 9), (6, 11), (3, 10)])
+def test_covered_fractions_and_sub_pixels_are_healpy_counts_at_each_frames_sampling_order(
+    order: int, union_order: int
+) -> None:
     rng = np.random.default_rng(7)
     corner_ra, corner_dec = random_corners(rng, 60)
-    coverage = footprint_coverage(corner_ra, corner_dec, order=6, levels=3)
-    assert coverage.order == 6
-    assert np.all(np.diff(coverage.frame_index) >= 0)
+    sampling = Sampling(order=order, mask_order=union_order)
+    coverage = footprint_coverage(corner_ra, corner_dec, sampling)
+    assert coverage.order == order
+    union, unmasked = set(), 0.0
     for index in range(corner_ra.shape[0]):
-        reference = healpy_fine_pixels(corner_ra[index], corner_dec[index], 2**9)
-        pixels, counts = np.unique(reference >> 6, return_counts=True)
+        sampled = reference_sampling_order(corner_ra[index], corner_dec[index], order)
+        assert coverage.sampling_order[index] == sampled
         rows = np.flatnonzero(coverage.frame_index == index)
-        rows = rows[np.argsort(coverage.pixel[rows])]
-        assert_array_equal(coverage.pixel[rows], pixels)
-        assert_allclose(coverage.fraction[rows], counts / 64)
-        subpixels = [int(mask) for mask in coverage.subpixels[rows]]
-        expected = [sum(1 << int(fine & 63) for fine in reference[reference >> 6 == pixel]) for pixel in pixels]
-        assert subpixels == expected
+        cells = reference_cells(corner_ra[index], corner_dec[index], order)
+        assert dict(zip(coverage.pixel[rows].tolist(), coverage.fraction[rows].tolist())) == pytest.approx(cells)
+        if sampled <= union_order:
+            union.update(reference_union(corner_ra[index], corner_dec[index], order, union_order).tolist())
+        else:
+            unmasked += sum(cells.values())
+    levels = sampling.mask_levels
+    rows = (zip(coverage.pixel, coverage.subpixels) if sampling.row_order == order
+            else zip(coverage.union_pixel, coverage.union_bits))
+    found = {(int(pixel) << 2 * levels) + bit
+             for pixel, bits in rows for bit in range(4**levels) if int(bits) >> bit & 1}
+    assert found == union
+    assert coverage.unmasked_fraction.sum() == pytest.approx(unmasked)
+    assert not coverage.placed_by_area.any()
 
 
 def test_footprint_area_is_the_spherical_excess() -> None:
@@ -110,6 +161,123 @@ def test_footprint_area_is_the_spherical_excess() -> None:
     fine = healpy_fine_pixels(corner_ra, corner_dec, 2**13)
     assert_allclose(footprint_area_deg2(corner_ra[None], corner_dec[None]),
                     fine.size * healpy.nside2pixarea(2**13, degrees=True), rtol=2e-3)
+
+
+# -- every frame counts, at every nside ---------------------------------------------------------
+
+
+def scattered_frames(
+    rng: np.random.Generator, count: int, half_deg: float, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Square frames turned at random: ``anywhere`` on the sphere, ``ra0`` across RA = 0 or ``pole`` near one."""
+    corner_ra, corner_dec = np.empty((count, 4)), np.empty((count, 4))
+    for index in range(count):
+        ra, dec = rng.uniform(0, 360), np.degrees(np.arcsin(rng.uniform(-1, 1)))
+        if where == "ra0":
+            ra = rng.uniform(-2 * half_deg, 2 * half_deg) % 360
+        elif where == "pole":
+            dec = rng.choice([-1, 1]) * rng.uniform(90 - 4 * half_deg, 90)
+        corner_ra[index], corner_dec[index] = square_corners(ra, dec, half_deg, rng.uniform(0, 90))
+    return corner_ra, corner_dec
+
+
+def frame_sets(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Full-size CSST footprints, small cut-outs, and both across RA = 0 and near the poles."""
+    sets = {}
+    for name, half_deg in (("full-size", CSST_HALF_DEG), ("cut-out", CUTOUT_HALF_DEG)):
+        for where, count in (("anywhere", 2000 if name == "full-size" else 300), ("ra0", 100), ("pole", 100)):
+            sets[f"{name} {where}"] = scattered_frames(rng, count, half_deg, where)
+    return sets
+
+
+def census_of(corner_ra: np.ndarray, corner_dec: np.ndarray) -> BandCensus:
+    """What the catalog's census would say of these frames (from their circumradii)."""
+    centre = healpy.ang2vec(corner_ra.ravel(), corner_dec.ravel(), lonlat=True).reshape(-1, 4, 3).sum(axis=1)
+    centre_ra, centre_dec = healpy.vec2ang(centre, lonlat=True)
+    radius = np.array([sky.circumradius_deg(ra, dec, ras, decs)
+                       for ra, dec, ras, decs in zip(centre_ra, centre_dec, corner_ra, corner_dec)])
+    return BandCensus(frames=radius.size, smallest_area_deg2=2 * radius.min() ** 2, area_deg2=2 * np.sum(radius**2))
+
+
+def accumulated(corner_ra: np.ndarray, corner_dec: np.ndarray, classes: np.ndarray, nside: int):
+    """The maps' statistics of these frames, sampled as ``maps build`` samples them; and their coverage."""
+    sampling = plan_sampling(nside.bit_length() - 1, 2, [census_of(corner_ra, corner_dec)])
+    coverage = footprint_coverage(corner_ra, corner_dec, sampling)
+    accumulator = MapAccumulator(sampling=sampling)
+    accumulator.add(coverage, FrameValues(density_class=classes, bright_density=np.full(classes.size, 100.0),
+                                          flags=np.zeros(classes.size, dtype=np.int64)))
+    return accumulator.statistics(), coverage
+
+
+@pytest.mark.parametrize("nside", [16, 32, 64, 256, 1024])
+def test_every_frame_counts_in_frames_and_class_max_at_the_pixel_of_its_centre(nside: int) -> None:
+    rng = np.random.default_rng(nside)
+    for name, (corner_ra, corner_dec) in frame_sets(rng).items():
+        classes = rng.integers(0, 6, corner_ra.shape[0])
+        statistics, coverage = accumulated(corner_ra, corner_dec, classes, nside)
+        centres = np.array([centre_pixel(ra, dec, nside.bit_length() - 1) for ra, dec in zip(corner_ra, corner_dec)])
+        at = np.searchsorted(statistics.pixels, centres)
+        assert np.all(statistics.pixels[np.minimum(at, statistics.pixels.size - 1)] == centres), name
+        histogram = statistics["class_histogram"][at]
+        for pixel in np.unique(centres):
+            here = centres == pixel
+            expected = np.bincount(classes[here], minlength=6)
+            assert np.all(histogram[here][0] >= expected), f"{name}: frames missing at pixel {pixel}"
+        assert np.all(statistics["frames"][at] >= 1), name
+        assert np.all(statistics["class_max"][at] >= classes), name
+        assert not coverage.placed_by_area.any(), name
+
+
+def test_a_frame_too_small_for_the_deepest_order_adds_its_area_at_its_centre() -> None:
+    tiny = 0.02 / 3600  # a 0.04 arcsec square: no order-20 pixel centre (0.2 arcsec apart) falls inside
+    corner_ra, corner_dec = (np.stack(side) for side in zip(
+        square_corners(10.0, 20.0, tiny), square_corners(359.99999, 0.0, tiny), square_corners(0.0, 89.99999, tiny),
+        square_corners(200.0, -30.0, CSST_HALF_DEG),
+    ))
+    classes = np.array([3, 4, 5, 1])
+    statistics, coverage = accumulated(corner_ra, corner_dec, classes, 256)
+    assert coverage.placed_by_area.tolist() == [True, True, True, False]
+    area = footprint_area_deg2(corner_ra, corner_dec)
+    for index in range(3):
+        pixel = centre_pixel(corner_ra[index], corner_dec[index], 8)
+        at = int(np.searchsorted(statistics.pixels, pixel))
+        assert statistics.pixels[at] == pixel
+        assert statistics["class_max"][at] == classes[index]
+        pixel_area = healpy.nside2pixarea(256, degrees=True)
+        assert statistics["covered_fraction"][at] == pytest.approx(area[index] / pixel_area, rel=1e-5)
+    # The same frames added as two bands and merged, as the all-bands maps are made.
+    merged = MapAccumulator(sampling=coverage.sampling)
+    for members in ([0, 3], [1, 2]):
+        band = MapAccumulator(sampling=coverage.sampling)
+        band.add(footprint_coverage(corner_ra[members], corner_dec[members], coverage.sampling),
+                 FrameValues(density_class=classes[members], bright_density=np.full(2, 100.0),
+                             flags=np.zeros(2, dtype=np.int64)))
+        merged.merge(band)
+    merged_statistics = merged.statistics()
+    assert_array_equal(merged_statistics.pixels, statistics.pixels)
+    for name in ("covered_fraction", "class_max", "frames"):
+        assert_allclose(merged_statistics[name], statistics[name], rtol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("nside", [16, 32, 64, 256, 1024])
+def test_summed_covered_area_of_non_overlapping_frames_is_their_healpy_area(nside: int) -> None:
+    # Reference areas: healpy query_polygon at order 15 (full-size frames, about 12,000 pixels each) and
+    # order 20 (cut-outs, about 14,000 each), where counting pixel centres measures area to a few 0.1 %.
+    # Tolerance 1.5 %: each frame is sampled with at least 64 sub-pixels, whose edge errors average out.
+    rng = np.random.default_rng(100 + nside)
+    for half_deg, fine_order in ((CSST_HALF_DEG, 15), (CUTOUT_HALF_DEG, 20)):
+        frames = []
+        for band_dec in (-89.5, -45.0, 0.0, 30.0, 89.5):
+            step = 4 * half_deg / max(np.cos(np.radians(band_dec)), 0.01)
+            for column in range(-4, 5):  # a row of frames across RA = 0
+                frames.append(square_corners(column * step, band_dec, half_deg, rng.uniform(0, 90)))
+        corner_ra, corner_dec = (np.stack(side) for side in zip(*frames))
+        fine = [healpy_fine_pixels(ra, dec, 2**fine_order) for ra, dec in zip(corner_ra, corner_dec)]
+        assert np.unique(np.concatenate(fine)).size == sum(pixels.size for pixels in fine), "frames must not overlap"
+        reference = sum(pixels.size for pixels in fine) * healpy.nside2pixarea(2**fine_order, degrees=True)
+        statistics, _ = accumulated(corner_ra, corner_dec, np.zeros(len(frames), dtype=np.int64), nside)
+        covered = statistics["covered_fraction"].sum(dtype=np.float64) * healpy.nside2pixarea(nside, degrees=True)
+        assert covered == pytest.approx(reference, rel=0.015), f"half side {half_deg} deg at nside {nside}"
 
 
 # -- a catalog in PostgreSQL ---------------------------------------------------------------------
@@ -199,25 +367,31 @@ def overlapping_catalog(database: Database) -> list[dict]:
 
 
 def reference_maps(frames: list[dict], bands: set[str], run: int | None = None) -> dict:
-    """Every statistic by brute force: healpy query_polygon per frame, Python loops per pixel."""
+    """Every statistic by brute force: healpy query_polygon per frame, Python loops per pixel.
+
+    The union of frames is counted at the deepest sampling order among them
+    (exact when the maps keep it at least that deep).
+    """
+    order = NSIDE.bit_length() - 1
     per_pixel = defaultdict(list)  # pixel -> [(class, fraction, density or None, flags)]
-    fine_union = defaultdict(set)
+    chosen = []
     for frame in frames:
         if frame["band"] not in bands or not frame["results"]:
             continue
         results = frame["results"] if run is None else [result for result in frame["results"] if result[0] == run]
-        if not results:
-            continue
-        _, density_class, bright_count, flags = max(results, key=lambda result: result[0])
-        fine = healpy_fine_pixels(frame["corner_ra"], frame["corner_dec"], FINE_NSIDE)
+        if results:
+            chosen.append((frame, max(results, key=lambda result: result[0])))
+    union_order = max((reference_sampling_order(frame["corner_ra"], frame["corner_dec"], order)
+                       for frame, _ in chosen), default=order)
+    fine_union = defaultdict(set)
+    for frame, (_, density_class, bright_count, flags) in chosen:
         area = footprint_area_deg2(frame["corner_ra"][None], frame["corner_dec"][None])[0]
         valid = frame["valid_fraction"] if frame["valid_fraction"] is not None else 1.0
         density = None if bright_count is None else bright_count / (area * valid)
-        pixels, counts = np.unique(fine >> 4, return_counts=True)
-        for pixel, count in zip(pixels.tolist(), counts.tolist()):
-            per_pixel[pixel].append((density_class, count / 16, density, flags))
-        for pixel in fine.tolist():
-            fine_union[pixel >> 4].add(pixel)
+        for pixel, fraction in reference_cells(frame["corner_ra"], frame["corner_dec"], order).items():
+            per_pixel[pixel].append((density_class, fraction, density, flags))
+        for fine in reference_union(frame["corner_ra"], frame["corner_dec"], order, union_order).tolist():
+            fine_union[fine >> 2 * (union_order - order)].add(fine)
     maps: dict[str, dict[int, object]] = {name: {} for name in STATISTIC_NAMES}
     for pixel, entries in per_pixel.items():
         weights = [sum(w for c, w, _, _ in entries if c == cls) for cls in range(6)]
@@ -227,8 +401,9 @@ def reference_maps(frames: list[dict], bands: set[str], run: int | None = None) 
         maps["class_mode"][pixel] = max(range(6), key=lambda cls: (weights[cls], cls))
         maps["class_histogram"][pixel] = [sum(c == cls for c, _, _, _ in entries) for cls in range(6)]
         counted = [(w, d) for _, w, d, _ in entries if d is not None]
-        if counted:
+        if counted and sum(w for w, _ in counted) > 0:
             maps["bright_density_mean"][pixel] = sum(w * d for w, d in counted) / sum(w for w, _ in counted)
+        if counted:
             maps["bright_density_min"][pixel] = min(d for _, d in counted)
             maps["bright_density_max"][pixel] = max(d for _, d in counted)
         maps["bypassed_frames"][pixel] = sum(c == 5 for c, _, _, _ in entries)
@@ -237,7 +412,7 @@ def reference_maps(frames: list[dict], bands: set[str], run: int | None = None) 
         maps["flag_fractions"][pixel] = [
             sum(w for _, w, _, flags in entries if flags >> bit & 1) / total for bit in range(len(FLAGS))
         ]
-        maps["covered_fraction"][pixel] = len(fine_union[pixel]) / 16
+        maps["covered_fraction"][pixel] = len(fine_union[pixel]) / 4 ** (union_order - order)
     return maps
 
 
@@ -367,7 +542,7 @@ def test_run_option_maps_that_runs_results_and_the_default_the_latest(
         nside=NSIDE, out_dir=tmp_path / "2", selection=Selection(run_id=2), formats=("hsp",),
     ))
     assert [band.band for band in only_run_two.bands] == ["g"]
-    assert only_run_two.bands[0].frames_mapped == 1
+    assert only_run_two.bands[0].frames_placed == 1
     assert only_run_two.bands[0].frames_without_result == sum(frame["band"] == "g" for frame in overlapping_catalog) - 1
 
 
@@ -394,15 +569,15 @@ def test_region_maps_exactly_the_frames_that_overlap_it(
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "maps" / f"maps_nside{NSIDE}.json").read_text())
     band = manifest["bands"][0]
-    assert band["frames_mapped"] + band["frames_without_result"] == len(in_region)
+    assert band["frames_placed"] + band["frames_without_result"] == len(in_region)
     assert manifest["region"] == region.spec
     reference = reference_maps(in_region, {"g"})["frames"]
     frames = HealSparseMap.read(str(tmp_path / "maps" / f"g_frames_nside{NSIDE}.hsp"))
     assert dict(zip(frames.valid_pixels.tolist(), frames[frames.valid_pixels].tolist())) == reference
 
 
-def test_frames_without_corners_are_counted_and_left_out(
-    database: Database, overlapping_catalog: list[dict], tmp_path: Path
+def test_frames_without_corners_are_named_counted_and_left_out(
+    database: Database, overlapping_catalog: list[dict], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cornerless = overlapping_catalog[1]["id"]  # a g frame with results
     with database.engine.begin() as connection:
@@ -412,9 +587,47 @@ def test_frames_without_corners_are_counted_and_left_out(
         nside=NSIDE, out_dir=tmp_path, selection=Selection(bands=("g",)), formats=("hsp",), chunk_size=4,
     ))
     assert summary.bands[0].frames_without_corners == 1
+    assert f"frame {cornerless} (exposure 1, detector 2, g: /archive/2.fits)" in caplog.text
+    manifest = json.loads((tmp_path / f"maps_nside{NSIDE}.json").read_text())
+    assert manifest["bands"][0]["unplaced"] == [
+        {"frame_id": cornerless, "exposure_id": "1", "detector": 2, "band": "g", "path": "/archive/2.fits"}
+    ]
     reference = reference_maps([frame for frame in overlapping_catalog if frame["id"] != cornerless], {"g"})
     frames = HealSparseMap.read(str(tmp_path / f"g_frames_nside{NSIDE}.hsp"))
     assert dict(zip(frames.valid_pixels.tolist(), frames[frames.valid_pixels].tolist())) == reference["frames"]
+
+
+def test_small_frames_fill_every_map_and_the_build_reports_where_each_band_placed_them(
+    run_cli, database: Database, tmp_path: Path
+) -> None:
+    # Seven 512 x 520 px cut-outs (38 arcsec), far smaller than a pixel at nside 256 (14 arcmin).
+    rng = np.random.default_rng(3)
+    frames = [make_frame(float(rng.uniform(0, 360)), float(rng.uniform(-60, 60)), CUTOUT_HALF_DEG,
+                         "g" if index < 4 else "r", [(1, index % 6, 10.0 * index, 0)], angle_deg=index * 10.0)
+              for index in range(7)]
+    insert_catalog(database, frames)
+    result = run_cli("maps", "build", "--nside", "256", "--all-bands", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "g: 4 frames placed;" in result.output
+    assert "r: 3 frames placed;" in result.output
+    assert "all: 7 frames placed;" in result.output
+    manifest = json.loads((tmp_path / "maps_nside256.json").read_text())
+    assert [band["frames_placed"] for band in manifest["bands"]] == [4, 3, 7]
+    assert manifest["bands"][2]["sampling_orders"] == {"16": 7}
+    assert manifest["sampling"]["union_order"] == 16
+    for band, members in (("g", frames[:4]), ("r", frames[4:]), ("all", frames)):
+        for name in STATISTIC_NAMES:
+            if name.startswith("bright_density_") and all(frame["results"][0][2] == 0 for frame in members):
+                continue
+            assert HealSparseMap.read(str(tmp_path / f"{band}_{name}_nside256.hsp")).n_valid > 0, f"{band} {name}"
+        class_max = HealSparseMap.read(str(tmp_path / f"{band}_class_max_nside256.hsp"))
+        covered = HealSparseMap.read(str(tmp_path / f"{band}_covered_fraction_nside256.hsp"))
+        for frame in members:
+            pixel = centre_pixel(frame["corner_ra"], frame["corner_dec"], 8)
+            assert class_max[pixel] >= frame["results"][0][1]
+        area = sum(footprint_area_deg2(frame["corner_ra"][None], frame["corner_dec"][None])[0] for frame in members)
+        summed = float(covered[covered.valid_pixels].sum()) * healpy.nside2pixarea(256, degrees=True)
+        assert summed == pytest.approx(area, rel=0.05)
 
 
 def test_total_covered_area_is_the_sum_of_the_footprint_areas(database: Database, tmp_path: Path) -> None:
@@ -430,7 +643,7 @@ def test_total_covered_area_is_the_sum_of_the_footprint_areas(database: Database
     insert_catalog(database, frames)
     summary = build_maps(database, MapSettings(nside=NSIDE, out_dir=tmp_path, formats=("hsp",)))
     footprints = sum(footprint_area_deg2(frame["corner_ra"][None], frame["corner_dec"][None])[0] for frame in frames)
-    assert summary.bands[0].frames_mapped == len(frames)
+    assert summary.bands[0].frames_placed == len(frames)
     assert summary.bands[0].covered_area_deg2 == pytest.approx(footprints, rel=0.01)
     covered = HealSparseMap.read(str(tmp_path / f"g_covered_fraction_nside{NSIDE}.hsp"))
     assert float(covered[covered.valid_pixels].sum()) * healpy.nside2pixarea(NSIDE, degrees=True) == pytest.approx(
