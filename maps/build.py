@@ -45,7 +45,7 @@ from density_db.maps.rasterize import (
     placeable,
     subpixel_mask_dtype,
 )
-from density_db.maps.source import BandCensus, FrameChunk, FrameName, Selection
+from density_db.maps.source import Census, FrameChunk, FrameName, Selection
 from density_db.maps.writers import (
     ALL_BANDS,
     MapProvenance,
@@ -211,14 +211,14 @@ class BuildSummary:
         )
 
 
-def plan_sampling(order: int, min_levels: int, bands: Sequence[BandCensus]) -> Sampling:
+def plan_sampling(order: int, min_levels: int, census: Census) -> Sampling:
     """How deep to sample footprints for maps of ``order``, from the sizes of the frames to map.
 
-    Each frame is sampled where it holds :data:`MIN_CENTRES` sub-pixels; the
-    union of frames (the covered fraction) is kept at the order the smallest
-    frame asks for, as far as :data:`MASK_BUDGET_BYTES` allows for the pixels
-    the frames may touch.  Frames sampled deeper than that order add their
-    covered fractions to the union instead.
+    Each frame is sampled where it holds :data:`~density_db.maps.rasterize.MIN_CENTRES`
+    sub-pixels; the union of frames (the covered fraction) is kept at the
+    order the smallest frame asks for, as far as :data:`MASK_BUDGET_BYTES`
+    allows for the pixels the frames may touch.  Frames sampled deeper than
+    that order add their covered fractions to the union instead.
 
     Parameters
     ----------
@@ -226,22 +226,20 @@ def plan_sampling(order: int, min_levels: int, bands: Sequence[BandCensus]) -> S
         HEALPix order of the maps.
     min_levels : int
         Fewest orders between the output and the sampling.
-    bands : sequence of BandCensus
-        The frames of every band to map.
+    census : Census
+        The frames to map, and the sizes of the smallest and largest.
 
     Returns
     -------
     Sampling
     """
     fewest = order + min_levels
-    smallest = min((band.smallest_area_deg2 for band in bands if np.isfinite(band.smallest_area_deg2)),
-                   default=float("nan"))
-    wanted = int(np.clip(order_for_centres(smallest), fewest, max(fewest, DEEPEST_SAMPLING_ORDER)))
-    frames = sum(band.frames for band in bands)
-    area = sum(band.area_deg2 for band in bands)
+    wanted = int(np.clip(order_for_centres(census.smallest_area_deg2), fewest, max(fewest, DEEPEST_SAMPLING_ORDER)))
+    frames = sum(census.frames.values())
+    largest = census.largest_area_deg2 if np.isfinite(census.largest_area_deg2) else 0.0
     block_pixels = 1 << (2 * min(BLOCK_LEVELS, order))
-    # Pixels the frames may touch: a few blocks per frame, or their area, at most the sky.
-    pixels = min(12 << (2 * order), 4 * block_pixels * frames + 2 * area / pixel_area_deg2(order))
+    # Pixels the frames may touch: a few blocks per frame, or its area, at most the sky.
+    pixels = min(12 << (2 * order), frames * (4 * block_pixels + 2 * largest / pixel_area_deg2(order)))
     mask_order = fewest
     while mask_order < wanted and pixels * _mask_bytes_per_pixel(mask_order + 1 - order) <= MASK_BUDGET_BYTES:
         mask_order += 1
@@ -282,13 +280,13 @@ def build_maps(
         source.check_run(database, settings.selection.run_id)
     selection = source.resolve_region(database, settings.selection)
     census = source.census(database, selection)
-    sampling = plan_sampling(settings.order, settings.oversampling_levels, list(census.values()))
+    sampling = plan_sampling(settings.order, settings.oversampling_levels, census)
     logger.info("footprints sampled from order %d down, %d sub-pixels a frame; their union kept at order %d",
                 settings.order + settings.oversampling_levels, sampling.min_centres, sampling.mask_order)
     run = "latest" if selection.run_id is None else str(selection.run_id)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     writer = _Writer(settings, run)
-    grand_total, done = sum(band.frames for band in census.values()), 0
+    grand_total, done = sum(census.frames.values()), 0
 
     def advance(frames: int) -> None:
         nonlocal done
@@ -300,7 +298,7 @@ def build_maps(
     all_pairs: set[tuple[int, int]] = set()
     combined: MapAccumulator | None = None
     stream_seconds = finalize_seconds = 0.0
-    bands = list(census)
+    bands = list(census.frames)
     with contextlib.ExitStack() as streams:
         # The next band's stream starts before this band's maps are written: PostgreSQL sorts its
         # rows meanwhile.
@@ -312,7 +310,7 @@ def build_maps(
             stream.close()
             if position + 1 < len(bands):
                 stream = streams.enter_context(_stream(database, selection, bands[position + 1], settings))
-            without_result = census[band].frames - accumulator.frames - placement.without_corners
+            without_result = census.frames[band] - accumulator.frames - placement.without_corners
             advance(without_result)
             stream_seconds += time.perf_counter() - started
             if not placement.pairs:

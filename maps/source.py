@@ -153,23 +153,22 @@ def check_run(database: Database, run_id: int) -> None:
 
 
 @dataclass(frozen=True)
-class BandCensus:
-    """How many frames a band has in the selection, and how large they are (from ``frame.radius_deg``).
+class Census:
+    """How many frames each band has in the selection, and how large they are (from ``frame.radius_deg``).
 
     Attributes
     ----------
     frames
-        Frames of the band in the selection's region, with a result or not.
-    smallest_area_deg2
-        Area of the smallest frame, estimated as a square inside its
-        circumscribed circle (``2 radius**2``); NaN if no frame has a radius.
-    area_deg2
-        Summed area of the frames, estimated the same way.
+        Frames of each band in the selection's bands and region, with a result or not (bands sorted).
+    smallest_area_deg2, largest_area_deg2
+        Area of the smallest and of the largest frame of the selection,
+        estimated as a square inside its circumscribed circle (``2 radius**2``);
+        NaN if no frame has a radius.
     """
 
-    frames: int
+    frames: dict[str, int]
     smallest_area_deg2: float
-    area_deg2: float
+    largest_area_deg2: float
 
 
 @dataclass(frozen=True)
@@ -187,23 +186,22 @@ class FrameName:
                 f"{self.band}: {self.path})")
 
 
-def census(database: Database, selection: Selection) -> dict[str, BandCensus]:
-    """Frames of each band in the selection's bands and region, with a result or not, and their sizes (bands sorted).
+def census(database: Database, selection: Selection) -> Census:
+    """Frames of each band in the selection's bands and region, and the smallest and largest of them.
 
-    One pass over ``frame``; which of them have results shows while they stream.
+    The counts need one pass over ``frame`` (which of them have results shows
+    while they stream); the sizes come from the index on ``radius_deg``.
     """
     region_sql, parameters = _region_filter(selection)
     band_sql = "AND f.band = ANY(%(bands)s)" if selection.bands is not None else ""
-    sized = "FILTER (WHERE f.radius_deg > 0 AND f.radius_deg < 180)"
-    statement = f"""SELECT f.band, count(*), 2 * power(min(f.radius_deg) {sized}, 2),
-                           2 * coalesce(sum(f.radius_deg * f.radius_deg) {sized}, 0)
-                    FROM frame f WHERE true {band_sql} {region_sql} GROUP BY f.band ORDER BY 1"""
     parameters = {**parameters, "bands": list(selection.bands or ())}
+    counts = f"SELECT f.band, count(*) FROM frame f WHERE true {band_sql} {region_sql} GROUP BY f.band ORDER BY 1"
+    sizes = f"""SELECT 2 * power(min(f.radius_deg), 2), 2 * power(max(f.radius_deg), 2) FROM frame f
+                WHERE f.radius_deg > 0 AND f.radius_deg < 180 {band_sql} {region_sql}"""
     with _cursor(database) as cursor:
-        return {
-            band: BandCensus(int(frames), float("nan") if smallest is None else float(smallest), float(area))
-            for band, frames, smallest, area in cursor.execute(statement, parameters)
-        }
+        frames = {band: int(count) for band, count in cursor.execute(counts, parameters)}
+        smallest, largest = cursor.execute(sizes, parameters).fetchone()
+    return Census(frames, float("nan") if smallest is None else smallest, float("nan") if largest is None else largest)
 
 
 def frame_names(database: Database, frame_ids: list[int]) -> list[FrameName]:

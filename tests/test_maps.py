@@ -23,7 +23,7 @@ from density_db.database import Database
 from density_db.maps.aggregate import STATISTIC_NAMES, STATISTICS, FrameValues, MapAccumulator
 from density_db.maps.build import MapSettings, build_maps, plan_sampling
 from density_db.maps.rasterize import Sampling, footprint_area_deg2, footprint_coverage, footprint_pixels
-from density_db.maps.source import BandCensus, Selection
+from density_db.maps.source import Census, Selection
 from density_db.models import DensityResult, Exposure, Frame, Model, Run
 from density_db.planning.flags import FLAGS
 from density_db.queries import frame_ids_in_region
@@ -190,18 +190,19 @@ def frame_sets(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarr
     return sets
 
 
-def census_of(corner_ra: np.ndarray, corner_dec: np.ndarray) -> BandCensus:
+def census_of(corner_ra: np.ndarray, corner_dec: np.ndarray) -> Census:
     """What the catalog's census would say of these frames (from their circumradii)."""
     centre = healpy.ang2vec(corner_ra.ravel(), corner_dec.ravel(), lonlat=True).reshape(-1, 4, 3).sum(axis=1)
     centre_ra, centre_dec = healpy.vec2ang(centre, lonlat=True)
     radius = np.array([sky.circumradius_deg(ra, dec, ras, decs)
                        for ra, dec, ras, decs in zip(centre_ra, centre_dec, corner_ra, corner_dec)])
-    return BandCensus(frames=radius.size, smallest_area_deg2=2 * radius.min() ** 2, area_deg2=2 * np.sum(radius**2))
+    return Census(frames={"g": radius.size}, smallest_area_deg2=2 * radius.min() ** 2,
+                  largest_area_deg2=2 * radius.max() ** 2)
 
 
 def accumulated(corner_ra: np.ndarray, corner_dec: np.ndarray, classes: np.ndarray, nside: int):
     """The maps' statistics of these frames, sampled as ``maps build`` samples them; and their coverage."""
-    sampling = plan_sampling(nside.bit_length() - 1, 2, [census_of(corner_ra, corner_dec)])
+    sampling = plan_sampling(nside.bit_length() - 1, 2, census_of(corner_ra, corner_dec))
     coverage = footprint_coverage(corner_ra, corner_dec, sampling)
     accumulator = MapAccumulator(sampling=sampling)
     accumulator.add(coverage, FrameValues(density_class=classes, bright_density=np.full(classes.size, 100.0),
