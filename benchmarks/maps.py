@@ -10,8 +10,8 @@ every band and of all bands together are built at nside 1024 by
 resident memory (Linux's VmHWM) is the map building's alone.
 
 Figures: frames mapped per second while streaming from PostgreSQL,
-rasterising the footprints at nside 4096 and accumulating (the part that
-grows with the number of frames), the seconds spent on statistics and merging
+sampling the footprints (at nside 4096 for maps at nside 1024) and
+accumulating (the part that grows with the number of frames), the seconds spent on statistics and merging
 the bands (growing with the pixels covered), the seconds spent writing the
 files, and the child's peak RSS, against the goals (2 million frames
 aggregated in <= 60 s, peak RSS <= 4 GB).  By default only healsparse
@@ -23,6 +23,10 @@ Run from the repository root::
     .venv/bin/python benchmarks/maps.py                      # 2 million frames
     .venv/bin/python benchmarks/maps.py --frames 50000
     .venv/bin/python benchmarks/maps.py --frames 50000 --keep   # reuse the loaded database
+    .venv/bin/python benchmarks/maps.py --keep --nside 4096 --region 30,0,20   # the frames of a cone
+
+A fully covered sky at nside 4096 needs 20 GB of sums per accumulator, so
+fine maps of millions of frames are measured on a region.
 """
 
 from __future__ import annotations
@@ -108,10 +112,12 @@ def is_ready(libpq_url: str, frame_count: int) -> bool:
     return frames == results == frame_count
 
 
-def build_in_child(sqlalchemy_url: str, nside: int, formats: str, compress: bool, out_dir: Path) -> dict:
+def build_in_child(
+    sqlalchemy_url: str, nside: int, formats: str, compress: bool, region: str, out_dir: Path
+) -> dict:
     """Run the map building in a child process; return its figures and peak RSS."""
     command = [sys.executable, __file__, "--child", sqlalchemy_url, str(nside), formats, str(int(compress)),
-               str(out_dir)]
+               region, str(out_dir)]
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     output = child.stdout.read()
@@ -123,18 +129,23 @@ def build_in_child(sqlalchemy_url: str, nside: int, formats: str, compress: bool
     return {**figures, "child_wall_s": wall_s}
 
 
-def child_main(sqlalchemy_url: str, nside: int, formats: str, compress: bool, out_dir: Path) -> None:
+def child_main(sqlalchemy_url: str, nside: int, formats: str, compress: bool, region: str, out_dir: Path) -> None:
     """The child: build every band's maps and the all-bands maps, print figures as one JSON line."""
     from density_db.database import connect, sqlalchemy_url as to_url
     from density_db.maps.build import MapSettings, build_maps
+    from density_db.maps.source import Selection
+    from density_db.regions import parse_region
 
     database = connect(to_url(sqlalchemy_url))
     started = time.perf_counter()
+    selection = Selection(region=parse_region(region) if region else None)
     summary = build_maps(database, MapSettings(nside=nside, out_dir=out_dir, formats=tuple(formats.split(",")),
-                                               compress=compress))
+                                               compress=compress, selection=selection))
     total_s = time.perf_counter() - started
     print(json.dumps({
-        "frames_mapped": summary.frames_mapped,
+        "frames_placed": summary.frames_placed,
+        "sampling_orders": summary.bands[-1].sampling_orders,
+        "union_order": summary.sampling.mask_order,
         "bands": [asdict(band) for band in summary.bands],
         "files": len(summary.files),
         "output_gib": sum(path.stat().st_size for path in summary.files) / 2**30,
@@ -152,6 +163,8 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--nside", type=int, default=1024, help="nside of the maps (default 1024)")
     parser.add_argument("--formats", default="hsp", help="map formats to write: hsp, fits or hsp,fits (default hsp)")
     parser.add_argument("--compress", action="store_true", help="compress the healsparse maps (maps build --compress)")
+    parser.add_argument("--region", default="", help="map only the frames overlapping this region (maps build "
+                                                     "--region, e.g. a cone RA,DEC,RADIUS)")
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help=f"DENSITY_DB_HOME (default {DEFAULT_HOME})")
     parser.add_argument("--keep", action="store_true", help="reuse database bench_maps_N if it holds N frames")
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "maps.json", help="where to write the figures")
@@ -181,17 +194,18 @@ def main(arguments: argparse.Namespace) -> None:
     machine = describe_machine(database_software(libpq_url))
     with tempfile.TemporaryDirectory(prefix="density-db-maps-") as out_dir:
         figures = build_in_child(server.url(status, database=name, driver="psycopg"), arguments.nside,
-                                 arguments.formats, arguments.compress, Path(out_dir))
+                                 arguments.formats, arguments.compress, arguments.region, Path(out_dir))
     if not was_running:
         server.stop()
-    frames = figures["frames_mapped"]
+    frames = figures["frames_placed"]
     rows_per_s = frames / figures["stream_s"]
     projected_s = REFERENCE_FRAMES / rows_per_s
     print(f"\nmachine: {machine.describe()}")
     print(f"maps at nside {arguments.nside} of {frames:,} frames ({len(figures['bands']) - 1} bands and all together), "
           f"formats {arguments.formats}:")
-    print(f"  streaming from PostgreSQL, rasterising at nside {4 * arguments.nside} and accumulating: "
-          f"{figures['stream_s']:.1f} s = {rows_per_s:,.0f} frames/s")
+    orders = ", ".join(f"{count:,} at order {order}" for order, count in figures["sampling_orders"].items())
+    print(f"  streaming from PostgreSQL, sampling footprints ({orders}; union at order {figures['union_order']}) "
+          f"and accumulating: {figures['stream_s']:.1f} s = {rows_per_s:,.0f} frames/s")
     print(f"  statistics and merging the bands: {figures['finalize_s']:.1f} s; writing {figures['files']} files: "
           f"{figures['write_s']:.1f} s; build_maps in all: {figures['total_s']:.1f} s "
           f"(child process {figures['child_wall_s']:.1f} s)")
@@ -206,6 +220,7 @@ def main(arguments: argparse.Namespace) -> None:
         "nside": arguments.nside,
         "formats": arguments.formats,
         "compress": arguments.compress,
+        "region": arguments.region or None,
         "seed": arguments.seed,
         "load": None if load is None else asdict(load),
         "results_insert_s": results_s,
@@ -217,7 +232,7 @@ def main(arguments: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 7 and sys.argv[1] == "--child":
-        child_main(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1", Path(sys.argv[6]))
+    if len(sys.argv) == 8 and sys.argv[1] == "--child":
+        child_main(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1", sys.argv[6], Path(sys.argv[7]))
     else:
         main(parse_arguments())
