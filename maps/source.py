@@ -189,19 +189,19 @@ class FrameName:
 def census(database: Database, selection: Selection) -> Census:
     """Frames of each band in the selection's bands and region, and the smallest and largest of them.
 
-    The counts need one pass over ``frame`` (which of them have results shows
-    while they stream); the sizes come from the index on ``radius_deg``.
+    One pass over ``frame`` (which of the frames have results shows while they stream).
     """
     region_sql, parameters = _region_filter(selection)
     band_sql = "AND f.band = ANY(%(bands)s)" if selection.bands is not None else ""
+    sized = "FILTER (WHERE f.radius_deg > 0 AND f.radius_deg < 180)"
+    statement = f"""SELECT f.band, count(*), min(f.radius_deg) {sized}, max(f.radius_deg) {sized}
+                    FROM frame f WHERE true {band_sql} {region_sql} GROUP BY f.band ORDER BY 1"""
     parameters = {**parameters, "bands": list(selection.bands or ())}
-    counts = f"SELECT f.band, count(*) FROM frame f WHERE true {band_sql} {region_sql} GROUP BY f.band ORDER BY 1"
-    sizes = f"""SELECT 2 * power(min(f.radius_deg), 2), 2 * power(max(f.radius_deg), 2) FROM frame f
-                WHERE f.radius_deg > 0 AND f.radius_deg < 180 {band_sql} {region_sql}"""
     with _cursor(database) as cursor:
-        frames = {band: int(count) for band, count in cursor.execute(counts, parameters)}
-        smallest, largest = cursor.execute(sizes, parameters).fetchone()
-    return Census(frames, float("nan") if smallest is None else smallest, float("nan") if largest is None else largest)
+        rows = cursor.execute(statement, parameters).fetchall()
+    smallest = min((row[2] for row in rows if row[2] is not None), default=np.nan)
+    largest = max((row[3] for row in rows if row[3] is not None), default=np.nan)
+    return Census({band: int(count) for band, count, _, _ in rows}, 2 * smallest**2, 2 * largest**2)
 
 
 def frame_names(database: Database, frame_ids: list[int]) -> list[FrameName]:
