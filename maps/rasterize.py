@@ -764,18 +764,6 @@ def _gather_cells(frame, row_pixel, fraction, shift, cell_frame, cell_pixel, cel
 _EVEN_BITS = 0x5555555555555555
 _ODD_BITS = 0x2AAAAAAAAAAAAAAA  # the odd bits below the sign bit (indices use at most 58 bits)
 
-_POPCOUNT_16 = np.array([bin(value).count("1") for value in range(1 << 16)], dtype=np.uint8)
-
-
-def popcount(masks: np.ndarray) -> np.ndarray:
-    """Bits set in each unsigned integer (up to 64 bits)."""
-    masks = masks.astype(np.uint64)
-    total = np.zeros(masks.shape, dtype=np.int64)
-    for shift in range(0, 64, 16):
-        total += _POPCOUNT_16[(masks >> np.uint64(shift)) & np.uint64(0xFFFF)]
-    return total
-
-
 _FACE_RING = np.array([2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4], dtype=np.int64)
 """Ring of each base face's southernmost corner, in units of nside (HEALPix ``jrll``)."""
 
