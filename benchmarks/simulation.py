@@ -5,7 +5,7 @@ What it measures, on full-size CSST detectors (9216 x 9232 pixels):
 * exposures mode, for N stars on one detector (1e3, 1e4 and 2e5 by default):
   the seconds of each stage of :func:`density_db.simulate.exposures.simulate_detector`
   -- draw the truth catalog (:func:`~density_db.simulate.catalog.draw_catalog`
-  with ``star_count=N``, no galaxies), render it
+  with exactly N stars, no galaxies), render it
   (:func:`~density_db.simulate.render.render_detector`), write the image as
   exposures mode writes it (its ``_write_image``: primary, ``SCI`` and ``DQ``
   HDUs) as plain ``.fits`` and, separately, tile-compressed ``.fits.fz``, and
@@ -19,13 +19,15 @@ What it measures, on full-size CSST detectors (9216 x 9232 pixels):
   writes reach the page cache, not necessarily the disk;
 * dataset mode: images/s of :func:`density_db.simulate.dataset.preprocessed_sample`
   on the samples that :func:`~density_db.simulate.dataset.plan_samples` plans
-  for each task (``classify``: the paper's class mix, stars only, class 5
-  with 1e5-2e5 stars; ``regress``: up to 3e4 stars with galaxies) against
+  for each task (``classify``: the paper's class mix, with galaxies, class 5
+  with 1e5-2e5 detectable stars; ``regress``: up to 5e3 detectable stars,
+  with galaxies) against
   the goal of >= 2 images/s per core (cell-level noise, no full-resolution
   pixels), then for comparison the full-resolution path of the same samples,
   :func:`~density_db.simulate.dataset.simulate_sample` then
   :func:`density_db.inference.preprocessing.preprocess`; and one class-5
-  extreme (2e5 stars, undimmed, in band r), which a short plan may not draw;
+  extreme (2e5 detectable stars, undimmed, in band r, no galaxies), which a
+  short plan may not draw;
 * :func:`~density_db.simulate.dataset.write_dataset` of the ``classify``
   samples with 2 worker processes: images/s overall and its speed-up over
   the one-core time of the same samples measured before it.
@@ -72,6 +74,7 @@ import numpy as np
 from astropy.wcs import WCS
 
 from density_db.focal_plane import DETECTOR_SHAPE, detector_wcs_header
+from density_db.labels import LABEL_RULE
 from density_db.inference.preprocessing import preprocess
 from density_db.simulate.catalog import draw_catalog
 from density_db.simulate.dataset import (
@@ -146,7 +149,7 @@ def warm_up() -> None:
     field, shape = NAMED_FIELDS["default"], (256, 256)  # preprocess needs at least 224 x 224
     header = detector_wcs_header(DETECTOR, ra=sum(field.ra_range) / 2, dec=sum(field.dec_range) / 2, shape=shape)
     rng = np.random.default_rng(0)
-    catalog = draw_catalog(WCS(header), shape, BAND, rng, field=field, star_count=10, include_galaxies=True)
+    catalog = draw_catalog(WCS(header), shape, BAND, rng, field=field, counted=10, include_galaxies=True)
     image = render_detector(catalog, shape, BAND, rng)
     preprocess(image.science, image.quality)
 
@@ -208,7 +211,8 @@ def measure_exposure(stars: int, seed: int, scratch: Path) -> ExposureFigures:
     )
     stopwatch = Stopwatch()
     catalog, draw_s = stopwatch.time(lambda: draw_catalog(
-        WCS(header), DETECTOR_SHAPE, BAND, rng, field=field, star_count=stars, include_galaxies=False
+        WCS(header), DETECTOR_SHAPE, BAND, rng, field=field, counted=stars, rule="catalog-stars",
+        include_galaxies=False,
     ))
     image, render_s = stopwatch.time(lambda: render_detector(catalog, DETECTOR_SHAPE, BAND, rng))
     sizes, write_s = {}, {}
@@ -332,10 +336,11 @@ def summarise(name: str, samples: list[SampleFigures], cpu_over_wall: float) -> 
 
 
 def class5_extreme(seed: int) -> SampleSpec:
-    """The heaviest sample plan_samples can ask for: 2e5 stars, no dust, stars only."""
+    """The heaviest sample plan_samples can ask for: 2e5 detectable stars, no dust, stars only."""
     field = NAMED_FIELDS[CLASS5_EXTREME_FIELD]
     return SampleSpec(
-        index=0, seed=seed, star_count=CLASS5_EXTREME_STARS, galaxies=False, band=BAND, field=field.name,
+        index=0, seed=seed, counted=CLASS5_EXTREME_STARS, label_rule=LABEL_RULE, galaxies=False, band=BAND,
+        field=field.name,
         ra=sum(field.ra_range) / 2, dec=sum(field.dec_range) / 2, position_angle_deg=0.0, detector=DETECTOR,
     )
 
@@ -410,7 +415,7 @@ def print_dataset(tasks: list[TaskFigures], extreme: SampleFigures, write: Write
             f"{task.mean_preprocess_s:>9.2f} {task.cpu_over_wall:>9.2f}  {task.verdict}"
         )
     print(
-        f"class-5 extreme ({extreme.star_count:,} stars, {extreme.field} field, band {extreme.band}): "
+        f"class-5 extreme ({extreme.counted:,} detectable stars, {extreme.field} field, band {extreme.band}): "
         f"preprocessed_sample {extreme.sample_s:.2f} s ({1 / extreme.sample_s:.2f} images/s); "
         f"simulate_sample {extreme.simulate_s:.2f} s, preprocess {extreme.preprocess_s:.2f} s"
     )

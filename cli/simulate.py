@@ -8,6 +8,14 @@ import click
 
 from density_db.cli.context import AppContext, pass_app
 from density_db.cli.progress import progress_bar
+from density_db.errors import ConfigurationError
+from density_db.labels import LABEL_RULE, LABEL_RULES
+
+label_rule_option = click.option(
+    "--label-rule", "rule", type=click.Choice(list(LABEL_RULES)), default=LABEL_RULE, show_default=True,
+    help="Which stars the density class counts: those brighter than the image's 5-sigma depth, or every "
+         "catalogued star (the paper's wording).",
+)
 
 def _parse_shape(_ctx, _param, value: str) -> tuple[int, int]:
     """'9232x9216' (width x height, as FITS NAXIS1 x NAXIS2) -> (ny, nx)."""
@@ -45,16 +53,17 @@ def simulate() -> None:
 @click.option("--detectors", default="all", callback=_parse_detectors, show_default=True,
               help="Imaging detectors to simulate: 'all' (18) or ids such as 6,7,8.")
 @click.option("--shape", default="9232x9216", callback=_parse_shape, show_default=True,
-              help="WIDTHxHEIGHT in pixels; smaller images keep the detector's sky area.")
+              help="WIDTHxHEIGHT in pixels; smaller images are cut-outs: the same 0.074\" pixels on less sky.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-galaxies", is_flag=True, help="Stars only (as the paper's classification set).")
+@label_rule_option
 @click.option("--compress", is_flag=True, help="Tile-compressed HDUs (.fits.fz; lossy quantisation of the image).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes rendering in parallel; the output does not depend on it.")
 @click.option("--list-fields", is_flag=True, help="List the named fields and exit.")
 @pass_app
 def exposures(
-    app: AppContext, out, n_exposures, field_name, ra, dec, detectors, shape, seed, no_galaxies, compress,
+    app: AppContext, out, n_exposures, field_name, ra, dec, detectors, shape, seed, no_galaxies, rule, compress,
     workers, list_fields,
 ) -> None:
     """Write simulated exposures: one FITS file per detector, a truth catalog each, and a manifest."""
@@ -75,16 +84,22 @@ def exposures(
     count = n_exposures * (len(detectors) if detectors else 18)
     with progress_bar(app) as bar:
         task = bar.add_task("simulating detector images", total=count) if bar else None
-        rows = simulate_exposures(
-            out, pointings, detectors=detectors, shape=shape, seed=seed, field=field,
-            galaxies=not no_galaxies, compress=compress, workers=workers,
-            progress=(lambda _row: bar.advance(task)) if bar else None,
-        )
+        try:
+            rows = simulate_exposures(
+                out, pointings, detectors=detectors, shape=shape, seed=seed, field=field,
+                galaxies=not no_galaxies, compress=compress, workers=workers, rule=rule,
+                progress=(lambda _row: bar.advance(task)) if bar else None,
+            )
+        except ConfigurationError as error:
+            raise click.ClickException(str(error)) from None
     classes = sorted({row.density_class for row in rows})
+    counted = [row.counted_star_count for row in rows]
     click.echo(
         f"wrote {len(rows)} detector images of {n_exposures} exposures to {out} "
         f"(stars per image {min(r.star_count for r in rows)}-{max(r.star_count for r in rows)}, "
-        f"classes {', '.join(map(str, classes))}); labels in {out / 'manifest.ecsv'}"
+        f"of which {min(counted)}-{max(counted)} counted by the {rule!r} rule; "
+        f"classes {', '.join(map(str, classes))}); "
+        f"labels in {out / 'manifest.ecsv'}"
     )
 
 
@@ -100,13 +115,14 @@ def exposures(
 @click.option("--shape", default="9232x9216", callback=_parse_shape, show_default=True,
               help="WIDTHxHEIGHT of the simulated images before reduction to 224 x 224.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--galaxies/--no-galaxies", default=None,
-              help="Galaxies on the images or not [default: as the paper's sets, classify stars only, "
-                   "regress with galaxies].")
+@click.option("--stars-only", is_flag=True,
+              help="No galaxies on the images: the paper's stars-only classification set (galaxies are on "
+                   "by default, as on real images).")
+@label_rule_option
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes simulating in parallel; the dataset does not depend on it.")
 @pass_app
-def dataset(app: AppContext, out, count, task, balance, device, shape, seed, galaxies, workers) -> None:
+def dataset(app: AppContext, out, count, task, balance, device, shape, seed, stars_only, rule, workers) -> None:
     """Write a training set of preprocessed 2 x 224 x 224 samples with labels (no FITS files)."""
     import numpy as np
 
@@ -117,7 +133,7 @@ def dataset(app: AppContext, out, count, task, balance, device, shape, seed, gal
 
         if not torch.cuda.is_available():
             raise click.ClickException("--device cuda: no CUDA device is available on this machine")
-    specs = plan_samples(count, task=task, seed=seed, balance=balance, galaxies=galaxies)
+    specs = plan_samples(count, task=task, seed=seed, balance=balance, galaxies=not stars_only, rule=rule)
     with progress_bar(app) as bar:
         bar_task = bar.add_task("simulating samples", total=count) if bar else None
         try:
@@ -127,5 +143,5 @@ def dataset(app: AppContext, out, count, task, balance, device, shape, seed, gal
         except FileExistsError as error:
             raise click.ClickException(str(error)) from None
     counts = np.bincount(np.asarray(samples["density_class"]), minlength=6)
-    click.echo(f"wrote {len(samples)} samples to {out} (classes 0-5: {', '.join(map(str, counts))}; "
+    click.echo(f"wrote {len(samples)} samples to {out} ({rule!r} labels, classes 0-5: {', '.join(map(str, counts))}; "
                f"bright stars {int(np.min(samples['bright_star_count']))}-{int(np.max(samples['bright_star_count']))})")

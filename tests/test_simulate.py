@@ -53,7 +53,9 @@ def test_every_detector_of_every_exposure_is_written_with_its_truth(small_survey
         stars = truth["obj_type"] == "star"
         assert stars.sum() == row["star_count"] == truth.meta["NSTARS"]
         assert (truth["mag"][stars] < 23.5).sum() == row["bright_star_count"]
-        assert row["density_class"] == density_class(int(row["star_count"]))
+        counted = (truth["mag"][stars] < truth.meta["CNTLIM"]).sum()
+        assert counted == row["counted_star_count"] == truth.meta["NCOUNTED"]
+        assert row["density_class"] == density_class(int(counted)) == truth.meta["DENSCLS"]
         assert ((truth["x"] >= -0.5) & (truth["x"] < SMALL[1] - 0.5)).all()
 
 
@@ -118,18 +120,19 @@ def test_seed_decides_whatever_the_workers_and_detector_subset(tmp_path) -> None
 
 def test_classify_plan_follows_the_paper_mix_or_balances() -> None:
     paper = plan_samples(3000, task="classify", seed=1)
-    counts = np.bincount([density_class(spec.star_count) for spec in paper], minlength=6)
+    counts = np.bincount([density_class(spec.counted) for spec in paper], minlength=6)
     np.testing.assert_allclose(counts / 3000, PAPER_CLASS_MIX, atol=4 * np.sqrt(0.25 / 3000))
     uniform = plan_samples(3000, task="classify", seed=1, balance="uniform")
-    counts = np.bincount([density_class(spec.star_count) for spec in uniform], minlength=6)
+    counts = np.bincount([density_class(spec.counted) for spec in uniform], minlength=6)
     np.testing.assert_allclose(counts / 3000, 1 / 6, atol=4 * np.sqrt(0.25 / 3000))
-    assert not any(spec.galaxies for spec in paper)
+    assert all(spec.galaxies for spec in paper)  # real images hold galaxies
+    assert {spec.label_rule for spec in paper} == {"detectable-stars"}
 
 
-def test_classify_plan_with_galaxies_draws_the_same_fields() -> None:
-    stars_only = plan_samples(50, task="classify", seed=4)
-    with_galaxies = plan_samples(50, task="classify", seed=4, galaxies=True)
-    assert all(spec.galaxies for spec in with_galaxies)
+def test_stars_only_plan_draws_the_same_samples_without_galaxies() -> None:
+    with_galaxies = plan_samples(50, task="classify", seed=4)
+    stars_only = plan_samples(50, task="classify", seed=4, galaxies=False)
+    assert not any(spec.galaxies for spec in stars_only)
     assert [replace(spec, galaxies=False) for spec in with_galaxies] == stars_only
     assert not any(spec.galaxies for spec in plan_samples(5, task="regress", seed=4, galaxies=False))
 
@@ -139,11 +142,11 @@ def test_regress_plan_reaches_beyond_2000_bright_stars_with_galaxies() -> None:
 
     specs = plan_samples(400, task="regress", seed=2)
     assert all(spec.galaxies for spec in specs)
-    assert min(spec.star_count for spec in specs) == 0
-    richest = max(specs, key=lambda spec: spec.star_count)
+    assert min(spec.counted for spec in specs) == 0
+    richest = max(specs, key=lambda spec: spec.counted)
     header = detector_wcs_header(13, ra=richest.ra, dec=richest.dec, shape=DETECTOR_SHAPE)
     catalog = draw_catalog(WCS(header), DETECTOR_SHAPE, "z", np.random.default_rng(0),
-                           star_count=richest.star_count, include_galaxies=False)
+                           counted=richest.counted, include_galaxies=False)
     assert catalog.bright_star_count > 2000
 
 
@@ -179,6 +182,7 @@ def test_truth_catalog_gives_a_samples_labels_and_the_same_stars_without_galaxie
     for spec, row in zip(specs, samples, strict=True):
         catalog = truth_catalog(spec, shape=shape)
         assert (catalog.star_count, catalog.density_class) == (row["star_count"], row["density_class"])
+        assert catalog.counted_star_count == row["counted_star_count"] == spec.counted
         assert catalog.bright_star_count == row["bright_star_count"]
         assert np.count_nonzero(~catalog.is_star) == row["galaxy_count"] > 0
         stars_only = truth_catalog(replace(spec, galaxies=False), shape=shape)
@@ -194,7 +198,7 @@ def test_dataset_loads_through_pytorch_with_memory_mapping(tmp_path) -> None:
     tensors, targets = next(iter(loader))
     assert tensors.shape == (2, 2, 224, 224) and tensors.dtype == torch.float32
     assert targets.dtype == torch.int64
-    assert [int(t) for t in targets] == [density_class(spec.star_count) for spec in specs[:2]]
+    assert [int(t) for t in targets] == [density_class(spec.counted) for spec in specs[:2]]
     regression = SimulatedDataset(tmp_path / "set", target="log_bright", indices=np.array([3]))
     assert len(regression) == 1 and regression[0][1].dtype == torch.float32
     with pytest.raises(FileExistsError):
@@ -228,6 +232,25 @@ def test_several_datasets_read_as_one_in_order_when_they_share_the_model_input(t
         SimulatedDataset([tmp_path / "a", tmp_path / "nowhere"])
 
 
+def test_datasets_record_their_label_rule_and_never_mix_two(tmp_path) -> None:
+    shape = (240, 250)
+    write_dataset(tmp_path / "new", plan_samples(2, task="classify", seed=5), task="classify", balance="paper",
+                  shape=shape)
+    paper = plan_samples(2, task="classify", seed=5, galaxies=False, rule="catalog-stars")
+    samples = write_dataset(tmp_path / "paper", paper, task="classify", balance="paper", shape=shape)
+    description = json.loads((tmp_path / "paper" / DESCRIPTION_NAME).read_text())
+    assert description["label_rule"] == "catalog-stars" and not description["galaxies"]
+    assert Table.read(tmp_path / "paper" / SAMPLES_NAME, format="ascii.ecsv").meta["label_rule"] == "catalog-stars"
+    assert list(samples["counted_star_count"]) == list(samples["star_count"]) == [spec.counted for spec in paper]
+    assert SimulatedDataset(tmp_path / "new").label_rule == "detectable-stars"
+    with pytest.raises(ConfigurationError, match="count 'catalog-stars', not 'detectable-stars'"):
+        SimulatedDataset([tmp_path / "new", tmp_path / "paper"])
+    # a dataset written before label rules were recorded counted every catalogued star
+    del description["label_rule"]
+    (tmp_path / "paper" / DESCRIPTION_NAME).write_text(json.dumps(description))
+    assert SimulatedDataset(tmp_path / "paper").label_rule == "catalog-stars"
+
+
 def test_cli_lists_fields_and_simulates(tmp_path, run_cli) -> None:
     listed = run_cli("simulate", "exposures", "--out", str(tmp_path), "--list-fields")
     assert "galactic_centre" in listed.output and "fornax" in listed.output
@@ -242,7 +265,19 @@ def test_cli_lists_fields_and_simulates(tmp_path, run_cli) -> None:
     dataset = run_cli("simulate", "dataset", "--out", str(tmp_path / "set"), "--n", "2", "--task", "classify",
                       "--shape", "240x230")
     assert dataset.exit_code == 0, dataset.output
-    assert "wrote 2 samples" in dataset.output
+    assert "wrote 2 samples" in dataset.output and "'detectable-stars' labels" in dataset.output
+    assert json.loads((tmp_path / "set" / DESCRIPTION_NAME).read_text())["galaxies"]
+    paper = run_cli("simulate", "dataset", "--out", str(tmp_path / "paper"), "--n", "2", "--task", "classify",
+                    "--shape", "240x230", "--stars-only", "--label-rule", "catalog-stars")
+    assert paper.exit_code == 0, paper.output
+    described = json.loads((tmp_path / "paper" / DESCRIPTION_NAME).read_text())
+    assert (described["galaxies"], described["label_rule"]) == (False, "catalog-stars")
+    manifest = Table.read(tmp_path / "sim" / "manifest.ecsv", format="ascii.ecsv")
+    assert manifest.meta["label_rule"] == "detectable-stars"
+    assert all(manifest["counted_star_count"] <= manifest["star_count"])
+    mixed = run_cli("simulate", "exposures", "--out", str(tmp_path / "sim"), "--field", "sculptor",
+                    "--detectors", "8", "--shape", "320x300", "--label-rule", "catalog-stars")
+    assert mixed.exit_code == 1 and "labels made under the 'detectable-stars' rule" in mixed.output
 
 
 def test_full_size_detector_with_200k_stars_renders_in_under_2_gb() -> None:
@@ -259,7 +294,7 @@ from density_db.simulate.render import render_detector
 rng = np.random.default_rng(0)
 wcs = WCS(detector_wcs_header(13, ra=265.1, dec=-28.35, shape=DETECTOR_SHAPE))
 catalog = draw_catalog(wcs, DETECTOR_SHAPE, "i", rng, field=field_by_name("galactic_centre"),
-                       star_count=200_000, include_galaxies=False)
+                       counted=200_000, rule="catalog-stars", include_galaxies=False)
 image = render_detector(catalog, DETECTOR_SHAPE, "i", rng)
 peak_kib = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(catalog.star_count, image.science.shape, peak_kib)

@@ -5,13 +5,22 @@ on one detector: the image is cut into a grid of cells (at most 64 x 64),
 the model's expected count of each population is taken at every cell
 centre, one multinomial draw spreads the sources over (population, cell)
 pairs, and each source lands uniformly inside its cell.  The total is
-Poisson around the expectation, or exactly ``star_count`` for datasets that
-ask for a chosen number of stars.  Every source's centre is on the image:
-``x, y`` are 0-based pixel coordinates in ``[-0.5, n - 0.5)``.
+Poisson around the expectation.  Datasets ask instead for an exact number
+of *counted* stars (those the label rule counts, :mod:`density_db.labels`):
+stars are then drawn from the model until that many are counted, so the
+uncounted ones come with them in the model's proportion.  Every source's
+centre is on the image: ``x, y`` are 0-based pixel coordinates in
+``[-0.5, n - 0.5)``.
 
-The labels follow Lai et al. (2026) Sec. 2.4: ``star_count`` counts the
-``'star'`` entries, ``bright_star_count`` those brighter than
-``BRIGHT_MAGNITUDE_LIMIT`` in the image's band.
+The labels: ``counted_star_count`` counts the stars brighter than the
+catalog's ``counting_limit`` (the 5-sigma point-source depth of one exposure
+in the image's band under the ``detectable-stars`` rule; every star under the
+paper's ``catalog-stars`` rule, Lai et al. 2026 Sec. 2.4), the density class
+is its class, and ``bright_star_count`` counts the stars brighter than
+``BRIGHT_MAGNITUDE_LIMIT`` in the band.  The catalog keeps every star down to
+the 28 mag limit whatever the rule, and galaxies down to
+``GALAXY_RENDER_LIMIT``; fainter galaxies are smooth light
+(``unresolved_mag_arcsec2``).
 
 Galaxy shapes: Sersic index 1 (discs, 70 %) or 4 (spheroids); half-light
 radius (semi-major axis) 0.35" at r = 24, growing by 0.1 dex per magnitude
@@ -22,6 +31,7 @@ counted from the +x pixel axis towards +y.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -29,14 +39,32 @@ from astropy.table import Table
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_area
 
-from density_db.labels import BRIGHT_MAGNITUDE_LIMIT, density_class
-from density_db.simulate.fields import Field, SkyComponent, band_magnitude, galaxy_component, star_components
-from density_db.simulate.photometry import band_photometry
+from density_db.labels import (
+    BRIGHT_MAGNITUDE_LIMIT,
+    DETECTION_SIGMA,
+    LABEL_RULE,
+    counted_stars,
+    density_class,
+    label_rule,
+)
+from density_db.simulate.fields import (
+    Field,
+    SkyComponent,
+    band_magnitude,
+    galaxy_component,
+    star_components,
+    unresolved_galaxy_light,
+)
+from density_db.simulate.photometry import band_photometry, point_source_depth
 
 MAX_CELLS_PER_AXIS = 64
 """Resolution of the density grid: 11' / 64 = 10.7" cells resolve the dwarfs' profiles (r_h >= 11')."""
 
 _OBJECT_TYPES = ("star", "galaxy")
+_SCALARS = ("band", "label_rule", "counting_limit", "unresolved_mag_arcsec2")
+
+MAX_DRAWN_STARS = 1_000_000
+"""Stars drawn at most while looking for a requested number of counted stars (see :func:`draw_catalog`)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +75,12 @@ class TruthCatalog:
     ----------
     band : str
         The image's band; ``mag`` is in it.
+    label_rule : str
+        The rule of the labels (:data:`density_db.labels.LABEL_RULES`).
+    counting_limit : float
+        The stars the density class counts are brighter than this (inf: every star).
+    unresolved_mag_arcsec2 : float
+        Surface brightness of the galaxies too faint to be drawn (inf: none).
     ra, dec : numpy.ndarray
         ICRS position in degrees.
     x, y : numpy.ndarray
@@ -61,6 +95,9 @@ class TruthCatalog:
     """
 
     band: str
+    label_rule: str
+    counting_limit: float
+    unresolved_mag_arcsec2: float
     ra: np.ndarray
     dec: np.ndarray
     x: np.ndarray
@@ -74,7 +111,8 @@ class TruthCatalog:
 
     def __post_init__(self) -> None:
         band_photometry(self.band)
-        lengths = {field.name: len(getattr(self, field.name)) for field in fields(self) if field.name != "band"}
+        label_rule(self.label_rule)
+        lengths = {field.name: len(getattr(self, field.name)) for field in fields(self) if field.name not in _SCALARS}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"catalog columns differ in length: {lengths}")
         unknown = set(np.unique(self.obj_type)) - set(_OBJECT_TYPES)
@@ -88,8 +126,13 @@ class TruthCatalog:
 
     @property
     def star_count(self) -> int:
-        """Number of stars: the classification label's N."""
+        """Number of stars in the catalog, down to its limit."""
         return int(np.count_nonzero(self.is_star))
+
+    @property
+    def counted_star_count(self) -> int:
+        """Number of stars the label rule counts: the classification label's N."""
+        return counted_stars(self.mag[self.is_star], self.counting_limit)
 
     @property
     def bright_star_count(self) -> int:
@@ -98,23 +141,28 @@ class TruthCatalog:
 
     @property
     def density_class(self) -> int:
-        """Density class (0-5) of ``star_count``."""
-        return density_class(self.star_count)
+        """Density class (0-5) of ``counted_star_count``."""
+        return density_class(self.counted_star_count)
 
     def to_table(self) -> Table:
         """The catalog as an astropy Table whose meta holds the labels.
 
         ``astropy.io.fits.table_to_hdu`` turns it into a ``TRUTH`` BINTABLE
-        with the header keywords ``FILTER``, ``NSTARS``, ``NBRIGHT``,
-        ``DENSCLS`` and ``MAGLIM``.
+        with the header keywords ``FILTER``, ``NSTARS`` (every star),
+        ``LBLRULE`` (the label rule), ``CNTLIM`` (the counting limit, absent
+        when every star counts), ``NCOUNTED`` (the stars it counts),
+        ``DENSCLS``, ``NBRIGHT`` and ``MAGLIM``.
         """
-        columns = {field.name: getattr(self, field.name) for field in fields(self) if field.name != "band"}
+        columns = {field.name: getattr(self, field.name) for field in fields(self) if field.name not in _SCALARS}
         meta = {
             "EXTNAME": "TRUTH",
             "FILTER": self.band,
             "NSTARS": self.star_count,
-            "NBRIGHT": self.bright_star_count,
+            "LBLRULE": self.label_rule,
+            **({"CNTLIM": round(self.counting_limit, 3)} if np.isfinite(self.counting_limit) else {}),
+            "NCOUNTED": self.counted_star_count,
             "DENSCLS": self.density_class,
+            "NBRIGHT": self.bright_star_count,
             "MAGLIM": BRIGHT_MAGNITUDE_LIMIT,
         }
         return Table(columns, meta=meta)
@@ -127,8 +175,9 @@ def draw_catalog(
     rng: np.random.Generator,
     *,
     field: Field | None = None,
-    star_count: int | None = None,
+    counted: int | None = None,
     include_galaxies: bool = True,
+    rule: str = LABEL_RULE,
 ) -> TruthCatalog:
     """Draw the truth catalog of one detector image.
 
@@ -145,26 +194,34 @@ def draw_catalog(
         Source of randomness; the same seed gives the same catalog.
     field : Field, optional
         Named region whose dust screen applies.
-    star_count : int, optional
-        Exact number of stars to place, distributed like the model;
-        otherwise Poisson around the model's expectation.
+    counted : int, optional
+        Exact number of stars the label rule counts: stars are drawn from the
+        model, spread like it, until that many are counted (at most
+        :data:`MAX_DRAWN_STARS`, so a field and band that show very few of
+        their stars may end with fewer); otherwise Poisson around the model.
     include_galaxies : bool
-        Add galaxies (Poisson around their expected count).
+        Add galaxies (Poisson around their expected count) and the smooth
+        light of those too faint to draw.
+    rule : str
+        The label rule (:data:`density_db.labels.LABEL_RULES`).
 
     Raises
     ------
     ConfigurationError
-        If ``band`` is unknown.
+        If ``band`` or ``rule`` is unknown.
     ValueError
-        If ``star_count`` is negative.
+        If ``counted`` is negative.
     """
     band_photometry(band)
-    if star_count is not None and star_count < 0:
-        raise ValueError(f"star_count must be >= 0, got {star_count}")
+    counting_limit = label_rule(rule).counting_limit(_depth(band))
+    if counted is not None and counted < 0:
+        raise ValueError(f"counted must be >= 0, got {counted}")
     grid = _CellGrid.build(wcs, shape)
-    star_x, star_y, star_mag, star_colour = _draw_sources(
-        star_components(grid.ra, grid.dec, field=field), grid, rng, count=star_count
-    )
+    stars = star_components(grid.ra, grid.dec, field=field)
+    if counted is None:
+        star_x, star_y, star_mag, star_colour = _draw_sources(stars, grid, rng, count=None)
+    else:
+        star_x, star_y, star_mag, star_colour = _draw_counted(stars, grid, rng, band, counting_limit, counted)
     galaxy_x, galaxy_y, galaxy_mag, galaxy_colour = _draw_sources(
         [galaxy_component(grid.ra, grid.dec, field=field)], grid, rng, count=None if include_galaxies else 0
     )
@@ -174,6 +231,9 @@ def draw_catalog(
     ra, dec = wcs.pixel_to_world_values(x, y)
     return TruthCatalog(
         band=band,
+        label_rule=rule,
+        counting_limit=counting_limit,
+        unresolved_mag_arcsec2=unresolved_galaxy_light(band) if include_galaxies else float("inf"),
         ra=np.asarray(ra) % 360.0,
         dec=np.asarray(dec),
         x=x,
@@ -182,6 +242,11 @@ def draw_catalog(
         obj_type=np.repeat(np.array(_OBJECT_TYPES), [len(star_x), len(galaxy_x)]),
         **{name: np.concatenate([star_nan, column]) for name, column in shapes.items()},
     )
+
+
+@functools.cache
+def _depth(band: str) -> float:
+    return point_source_depth(band, DETECTION_SIGMA)
 
 
 @dataclass(frozen=True)
@@ -217,7 +282,9 @@ def _draw_sources(
     expected = np.stack([component.density_per_deg2 for component in components]) * grid.cell_area_deg2
     total = float(expected.sum())
     number = rng.poisson(total) if count is None else count
-    per_bin = rng.multinomial(number, expected.ravel() / total)
+    if number and total <= 0:
+        raise ValueError("the sky model puts no source here to draw")
+    per_bin = rng.multinomial(number, expected.ravel() / total) if number else np.zeros(expected.size, np.int64)
     bins = np.repeat(np.arange(per_bin.size), per_bin)
     which, cell = np.divmod(bins, grid.ra.size)
     cells_x = grid.x_edges.size - 1
@@ -230,6 +297,34 @@ def _draw_sources(
         extinction = component.extinction_mag[cell[members]]
         magnitudes[members], colours[members] = component.population.sample(rng, extinction)
     return x, y, magnitudes, colours
+
+
+def _draw_counted(
+    components: list[SkyComponent], grid: _CellGrid, rng: np.random.Generator, band: str, counting_limit: float,
+    counted: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sources drawn like the model until ``counted`` of them are brighter than ``counting_limit`` in ``band``.
+
+    Batches are drawn and the last one cut just before the next counted star,
+    so the stars the rule does not count come in the model's proportion (the
+    same as drawing one star at a time).
+    """
+    batches, found, drawn = [], 0, 0
+    batch = 2 * counted + 64
+    while True:
+        x, y, magnitudes, colours = _draw_sources(components, grid, rng, count=batch)
+        counted_at = np.flatnonzero(band_magnitude(magnitudes, colours, band) < counting_limit)
+        if found + counted_at.size > counted:  # stop before the next counted star
+            keep = counted_at[counted - found]
+            batches.append((x[:keep], y[:keep], magnitudes[:keep], colours[:keep]))
+            break
+        batches.append((x, y, magnitudes, colours))
+        found, drawn = found + counted_at.size, drawn + batch
+        if drawn >= MAX_DRAWN_STARS:
+            break
+        # the next batch should hold the rest, going by the fraction counted so far
+        batch = int(min(MAX_DRAWN_STARS - drawn, 1.3 * (counted - found + 1) * drawn / max(found, 1) + 64))
+    return tuple(np.concatenate(column) for column in zip(*batches, strict=True))
 
 
 def _galaxy_shapes(

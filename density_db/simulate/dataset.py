@@ -9,16 +9,19 @@ into shards of ``SHARD_SIZE`` float16 arrays (``shard_00000.npy`` ...,
 memory-mappable) with one row per sample in ``samples.ecsv`` (labels and
 simulation parameters) and the dataset's description in ``dataset.json``.
 
-Targets:
+Targets (the count drawn is of the stars the label rule counts,
+:mod:`density_db.labels`: by default those brighter than the image's
+5-sigma depth; the catalog then holds the fainter stars that come with them):
 
 * ``classify``: a density class is drawn from the paper's class mix
-  (Table 2, ``balance="paper"``) or uniformly (``"uniform"``), then a star
-  count log-uniform within the class (class 5: 10^5 to 2 x 10^5); stars only,
-  as the paper's classification set, unless galaxies are asked for (real
-  images always hold them, and a classifier never shown one takes galaxies
-  for stars);
-* ``regress``: a star count log-uniform from 0 to 3 x 10^4 with galaxies,
-  which puts 0 to over 2000 stars brighter than 23.5 mag on the images.
+  (Table 2, ``balance="paper"``) or uniformly (``"uniform"``), then a count
+  log-uniform within the class (class 5: 10^5 to 2 x 10^5);
+* ``regress``: a count log-uniform from 0 to 5 000, which puts 0 to over
+  2000 stars brighter than 23.5 mag on the images.
+
+Both put galaxies on the images, since real images hold them (a classifier
+never shown one takes galaxies for stars); ``galaxies=False`` makes the
+paper's stars-only classification set.
 
 Sample ``i`` of a seed is simulated from its own random stream, keyed by
 (seed, i), so a dataset does not depend on the number of workers;
@@ -43,7 +46,7 @@ from astropy.wcs import WCS
 from density_db import __version__
 from density_db.focal_plane import DETECTOR_SHAPE, detector_wcs_header
 from density_db.inference.preprocessing import PREPROCESSING_VERSION
-from density_db.labels import BRIGHT_MAGNITUDE_LIMIT, CLASS_LOWER_EDGES, INPUT_SIZE, N_CLASSES
+from density_db.labels import BRIGHT_MAGNITUDE_LIMIT, CLASS_LOWER_EDGES, INPUT_SIZE, LABEL_RULE, N_CLASSES, label_rule
 from density_db.simulate.catalog import TruthCatalog, draw_catalog
 from density_db.simulate.fields import NAMED_FIELDS
 from density_db.simulate.render import RenderedImage, render_detector, render_model_input
@@ -58,7 +61,7 @@ PAPER_CLASS_MIX = np.array([1120, 3324, 11050, 4622, 1411, 1033]) / 22560
 """Training-set class fractions of Lai et al. (2026), Table 2."""
 
 _CLASS5_MAX_STARS = 200_000
-_REGRESSION_MAX_STARS = 30_000
+_REGRESSION_MAX_STARS = 5_000
 BANDS = ("NUV", "u", "g", "r", "i", "z", "y")
 """The bands a sample is drawn in, each equally likely."""
 
@@ -69,7 +72,9 @@ class SampleSpec:
 
     index: int
     seed: int
-    star_count: int
+    counted: int
+    """Stars the label rule counts, asked for."""
+    label_rule: str
     galaxies: bool
     band: str
     field: str
@@ -84,6 +89,8 @@ class SampleLabels:
     """Labels of a simulated sample (from its truth catalog) and its statistics."""
 
     star_count: int
+    counting_limit: float
+    counted_star_count: int
     bright_star_count: int
     density_class: int
     log_bright: float
@@ -92,33 +99,35 @@ class SampleLabels:
 
 
 def plan_samples(
-    count: int, *, task: str, seed: int, balance: str = "paper", galaxies: bool | None = None
+    count: int, *, task: str, seed: int, balance: str = "paper", galaxies: bool = True, rule: str = LABEL_RULE
 ) -> list[SampleSpec]:
     """Draw the parameters of ``count`` samples for ``task``, deterministically for ``seed``.
 
-    ``galaxies`` puts galaxies on the images or not; ``None`` follows the
-    paper's datasets (classify: stars only; regress: stars and galaxies).
-    The other parameters drawn do not depend on it.
+    ``galaxies=False`` leaves galaxies off the images (the paper's
+    stars-only classification set); ``rule`` is the label rule.  The other
+    parameters drawn depend on neither.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if balance not in ("paper", "uniform"):
         raise ValueError(f"balance must be 'paper' or 'uniform', got {balance!r}")
+    label_rule(rule)
     fields = sorted(NAMED_FIELDS)
     specs = []
     for index in range(count):
         rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0xDA7A]))
         if task == "classify":
             mix = PAPER_CLASS_MIX if balance == "paper" else np.full(N_CLASSES, 1 / N_CLASSES)
-            star_count = _stars_in_class(int(rng.choice(N_CLASSES, p=mix)), rng)
+            counted = _stars_in_class(int(rng.choice(N_CLASSES, p=mix)), rng)
         else:
-            star_count = int(np.floor(10 ** rng.uniform(0, np.log10(_REGRESSION_MAX_STARS + 1)))) - 1
+            counted = int(np.floor(10 ** rng.uniform(0, np.log10(_REGRESSION_MAX_STARS + 1)))) - 1
         field = NAMED_FIELDS[fields[int(rng.integers(len(fields)))]]
         specs.append(SampleSpec(
             index=index,
             seed=seed,
-            star_count=star_count,
-            galaxies=task == "regress" if galaxies is None else galaxies,
+            counted=counted,
+            label_rule=rule,
+            galaxies=galaxies,
             band=BANDS[int(rng.integers(len(BANDS)))],
             field=field.name,
             ra=float(rng.uniform(*field.ra_range)),
@@ -145,7 +154,7 @@ def _catalog(spec: SampleSpec, shape: tuple[int, int]) -> tuple[TruthCatalog, np
     )
     catalog = draw_catalog(
         WCS(header), shape, spec.band, rng, field=NAMED_FIELDS[spec.field],
-        star_count=spec.star_count, include_galaxies=spec.galaxies,
+        counted=spec.counted, include_galaxies=spec.galaxies, rule=spec.label_rule,
     )
     return catalog, rng
 
@@ -174,6 +183,8 @@ def preprocessed_sample(
     tensor, statistics = render_model_input(catalog, shape, spec.band, rng, device=device)
     labels = SampleLabels(
         star_count=catalog.star_count,
+        counting_limit=catalog.counting_limit,
+        counted_star_count=catalog.counted_star_count,
         bright_star_count=catalog.bright_star_count,
         density_class=catalog.density_class,
         log_bright=float(np.log10(1 + catalog.bright_star_count)),
@@ -209,6 +220,10 @@ def write_dataset(
     """
     if (out / DESCRIPTION_NAME).exists():
         raise FileExistsError(f"{out} already holds a dataset ({DESCRIPTION_NAME}); choose a new directory")
+    rules = {spec.label_rule for spec in specs} or {LABEL_RULE}
+    if len(rules) > 1:
+        raise ValueError(f"the samples of one dataset share a label rule, got {sorted(rules)}")
+    rule = rules.pop()
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     context = multiprocessing.get_context("spawn" if device is not None else None)
@@ -223,6 +238,7 @@ def write_dataset(
                 if progress is not None:
                     progress()
     table = Table(rows=rows) if rows else Table()
+    table.meta["label_rule"] = rule
     table.write(out / SAMPLES_NAME, format="ascii.ecsv", overwrite=True)
     description = {
         "task": task, "balance": balance, "galaxies": any(spec.galaxies for spec in specs),
@@ -230,6 +246,7 @@ def write_dataset(
         "shards": -(-len(rows) // SHARD_SIZE), "dtype": "float16", "input_size": INPUT_SIZE,
         "image_shape": list(shape), "device": device or "cpu", "preprocessing_version": PREPROCESSING_VERSION,
         "class_lower_edges": list(CLASS_LOWER_EDGES), "bright_magnitude_limit": BRIGHT_MAGNITUDE_LIMIT,
+        "label_rule": rule, "label_rule_description": label_rule(rule).description,
         "density_db_version": __version__,
     }
     (out / DESCRIPTION_NAME).write_text(json.dumps(description, indent=1) + "\n")

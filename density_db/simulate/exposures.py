@@ -13,7 +13,8 @@ the detector's sky area, renders the image and writes
   image (ra, dec, x, y, mag, obj_type, ...) with the labels in its header
   (ECSV rather than a FITS table, so that ``density-db ingest DIR`` finds
   only the images);
-* ``DIR/manifest.ecsv``: one row per detector image with its labels.
+* ``DIR/manifest.ecsv``: one row per detector image with its labels; its
+  header records the label rule (:mod:`density_db.labels`).
 
 Every detector gets its own random stream, keyed by (seed, exposure index,
 detector), so the output for a seed does not depend on the number of workers
@@ -38,6 +39,7 @@ from astropy.wcs import WCS
 from density_db.errors import ConfigurationError
 from density_db.focal_plane import DETECTOR_SHAPE, detector_wcs_header
 from density_db.instrument import load_profile
+from density_db.labels import LABEL_RULE, label_rule, recorded_label_rule
 from density_db.simulate.catalog import draw_catalog
 from density_db.simulate.fields import Field
 from density_db.simulate.photometry import EXPOSURE_SECONDS, FULL_WELL_E, GAIN
@@ -75,6 +77,7 @@ class DetectorJob:
     galaxies: bool
     out: Path
     compress: bool
+    rule: str = LABEL_RULE
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ class ManifestRow:
     ra: float
     dec: float
     star_count: int
+    counting_limit: float
+    counted_star_count: int
     bright_star_count: int
     density_class: int
     galaxy_count: int
@@ -143,6 +148,7 @@ def simulate_exposures(
     galaxies: bool = True,
     compress: bool = False,
     workers: int = 1,
+    rule: str = LABEL_RULE,
     progress: Callable[[ManifestRow], None] | None = None,
 ) -> list[ManifestRow]:
     """Simulate and write every (pointing, detector) image; return and write the manifest rows.
@@ -152,19 +158,30 @@ def simulate_exposures(
     detectors
         Imaging detector ids (default: all 18).
     shape
-        (ny, nx) of each image; smaller than the real detector keeps its sky
-        area (so star counts per image stay realistic) with larger pixels.
+        (ny, nx) of each image.  Smaller than the real detector makes a
+        cut-out: the same 0.074" pixels on a smaller patch of sky around the
+        detector's centre, so an image holds fewer sources.
     workers
         Processes rendering in parallel (the output does not depend on it).
+    rule
+        The label rule of the manifest and truth catalogs.
+
+    Raises
+    ------
+    ConfigurationError
+        If a detector is not an imaging one, or ``out`` already holds a
+        manifest made under another label rule.
     """
+    label_rule(rule)
     bands = imaging_detectors()
     chosen = list(bands) if detectors is None else list(detectors)
     unknown = sorted(set(chosen) - set(bands))
     if unknown:
         raise ConfigurationError(f"not imaging detectors: {unknown}; choose among {sorted(bands)}")
+    _check_manifest_rule(out / MANIFEST_NAME, rule)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [
-        DetectorJob(pointing, detector, bands[detector], tuple(shape), seed, field, galaxies, out, compress)
+        DetectorJob(pointing, detector, bands[detector], tuple(shape), seed, field, galaxies, out, compress, rule)
         for pointing in pointings
         for detector in chosen
     ]
@@ -174,8 +191,18 @@ def simulate_exposures(
             rows.append(row)
             if progress is not None:
                 progress(row)
-    write_manifest(out / MANIFEST_NAME, rows)
+    write_manifest(out / MANIFEST_NAME, rows, rule)
     return rows
+
+
+def _check_manifest_rule(path: Path, rule: str) -> None:
+    """Refuse to add images labelled under ``rule`` to a manifest made under another."""
+    if path.exists():
+        earlier = recorded_label_rule(Table.read(path, format="ascii.ecsv").meta)
+        if earlier != rule:
+            raise ConfigurationError(
+                f"{path} holds labels made under the {earlier!r} rule, not {rule!r}: simulate into a new directory"
+            )
 
 
 def simulate_detector(job: DetectorJob) -> ManifestRow:
@@ -185,7 +212,8 @@ def simulate_detector(job: DetectorJob) -> ManifestRow:
     wcs_header = detector_wcs_header(
         job.detector, ra=pointing.ra, dec=pointing.dec, position_angle_deg=pointing.position_angle_deg, shape=job.shape
     )
-    catalog = draw_catalog(WCS(wcs_header), job.shape, job.band, rng, field=job.field, include_galaxies=job.galaxies)
+    catalog = draw_catalog(WCS(wcs_header), job.shape, job.band, rng, field=job.field, include_galaxies=job.galaxies,
+                           rule=job.rule)
     image = render_detector(catalog, job.shape, job.band, rng)
     directory = job.out / pointing.exposure_id
     directory.mkdir(parents=True, exist_ok=True)
@@ -206,6 +234,8 @@ def simulate_detector(job: DetectorJob) -> ManifestRow:
         ra=float(centre[0]),
         dec=float(centre[1]),
         star_count=catalog.star_count,
+        counting_limit=catalog.counting_limit,
+        counted_star_count=catalog.counted_star_count,
         bright_star_count=catalog.bright_star_count,
         density_class=catalog.density_class,
         galaxy_count=int(np.count_nonzero(catalog.obj_type == "galaxy")),
@@ -240,9 +270,10 @@ def _write_image(path: Path, job: DetectorJob, wcs_header: fits.Header, science:
     fits.HDUList(hdus).writeto(path, overwrite=True)
 
 
-def write_manifest(path: Path, rows: Sequence[ManifestRow]) -> None:
-    """Write ``rows`` to the manifest, keeping rows of earlier runs for other images."""
-    table = Table(rows=[tuple(asdict(row).values()) for row in rows], names=list(ManifestRow.__dataclass_fields__))
+def write_manifest(path: Path, rows: Sequence[ManifestRow], rule: str = LABEL_RULE) -> None:
+    """Write ``rows`` to the manifest, keeping rows of earlier runs for other images, and record the label rule."""
+    table = Table(rows=[tuple(asdict(row).values()) for row in rows], names=list(ManifestRow.__dataclass_fields__),
+                  meta={"label_rule": rule, "label_rule_description": label_rule(rule).description})
     if path.exists():
         earlier = Table.read(path, format="ascii.ecsv")
         replaced = {(str(e), int(d)) for e, d in zip(table["exposure_id"], table["detector"], strict=True)}

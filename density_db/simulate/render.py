@@ -3,7 +3,9 @@
 Model, in electrons per pixel of 0.074" (the catalog's pixels must be the
 detector's own):
 
-1. Expected electrons: sky + dark (:mod:`photometry`) plus every source.
+1. Expected electrons: sky + dark (:mod:`photometry`), the smooth light
+   of galaxies too faint to be drawn (the catalog's
+   ``unresolved_mag_arcsec2``), plus every source.
    Stars are the band's Moffat PSF sampled at pixel centres on a square
    stamp whose half-size grows with brightness until the profile drops
    below ``WING_ELECTRONS`` (0.5 e-, a tenth of the read noise): 3-4 px
@@ -53,6 +55,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from density_db.errors import InputError
+from density_db.focal_plane import PIXEL_SCALE_ARCSEC
 from density_db.inference.preprocessing import CellGrid, PixelStatistics, model_input
 from density_db.labels import INPUT_SIZE
 from density_db.simulate.catalog import TruthCatalog
@@ -216,7 +219,7 @@ def _expected_electrons(
     ``work`` (an image and a mask of ``shape``) is filled instead of new arrays.
     """
     image, quality = work if work is not None else (np.empty(shape, np.float32), np.empty(shape, np.int16))
-    image.fill(background_electrons(band, exposure_seconds))
+    image.fill(_background(catalog, band, exposure_seconds))
     for flat_index, values in _source_stamps(catalog, shape, band, exposure_seconds):
         # np.add.at, not +=, because stamps of neighbouring sources overlap
         np.add.at(image.reshape(-1), flat_index, values)
@@ -233,7 +236,7 @@ def _expected_electrons_on(
     """:func:`_expected_electrons` with the full-size arrays on a torch device (e.g. CUDA)."""
     import torch
 
-    image = torch.full(shape, background_electrons(band, exposure_seconds), dtype=torch.float32, device=device)
+    image = torch.full(shape, _background(catalog, band, exposure_seconds), dtype=torch.float32, device=device)
     flat = image.view(-1)
     for flat_index, values in _source_stamps(catalog, shape, band, exposure_seconds):
         flat.index_put_((torch.from_numpy(flat_index).to(device),), torch.from_numpy(values).to(device), accumulate=True)
@@ -241,6 +244,12 @@ def _expected_electrons_on(
     if defects:
         _flag_defects(quality, rng)
     return image, quality
+
+
+def _background(catalog: TruthCatalog, band: str, exposure_seconds: float) -> float:
+    """Expected electrons per pixel without the sources: sky, dark and the unresolved galaxies' light."""
+    unresolved = electrons(catalog.unresolved_mag_arcsec2, band, exposure_seconds) * PIXEL_SCALE_ARCSEC**2
+    return background_electrons(band, exposure_seconds) + float(unresolved)
 
 
 def _source_stamps(
