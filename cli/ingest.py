@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
 import click
 
 from density_db.cli.context import AppContext
 from density_db.cli.progress import progress_bar
+from density_db.labels import LABEL_RULE, label_rule, recorded_label_rule
 
 EXIT_SOME_INPUTS_FAILED = 3
 
@@ -99,6 +101,16 @@ def _register_only(app: AppContext, paths, from_file, options) -> int:
     return counts.failures
 
 
+def _warn_of_label_rule(classifier) -> None:
+    """Say when the classifier's classes count other stars than this density-db's labels do."""
+    if recorded_label_rule(classifier.metadata) != LABEL_RULE:
+        rule = label_rule(recorded_label_rule(classifier.metadata))
+        logging.getLogger(__name__).warning(
+            "%s was trained under the %r label rule: its classes count %s, not %s (%r)",
+            classifier.name, rule.name, rule.description, label_rule(LABEL_RULE).description, LABEL_RULE,
+        )
+
+
 def _ingest(app: AppContext, paths, from_file, options) -> int:
     """Registration and inference; returns the number of failed inputs."""
     from density_db.fits_input import discover_inputs
@@ -119,6 +131,7 @@ def _ingest(app: AppContext, paths, from_file, options) -> int:
                                architecture=options["classifier_architecture"])
     regressor = resolve_model(database, options["regressor"], stage="regressor",
                               architecture=options["regressor_architecture"])
+    _warn_of_label_rule(classifier)
     flag_rules = (FlagRules.from_rules(load_rules(options["rules_path"])) if options["rules_path"]
                   else flag_rules_in_force(database))
     with Cluster(scheduler=options["scheduler"], workers=options["workers"], device=options["device"]) as cluster:
@@ -141,6 +154,7 @@ def _ingest(app: AppContext, paths, from_file, options) -> int:
         config = {
             "paths": list(paths), "from_file": str(from_file) if from_file else None, "profile": instrument.name,
             "classifier": classifier.name, "regressor": regressor.name, "device": spec.device,
+            "label_rule": recorded_label_rule(classifier.metadata),
             "scheduler": cluster.address, "workers": cluster.workers,
             "shard_size": shard_size, "max_in_flight": ingest_options.max_in_flight, "rerun": ingest_options.rerun,
             "flag_rules": flag_rules.provenance,

@@ -41,8 +41,11 @@ def list_(app: AppContext, output_format: str | None) -> None:
     from density_db.model_registry import list_models
     from density_db.queries import QueryResult
 
-    rows = [(m.id, m.name, m.stage, m.architecture, m.sha256[:12], m.path) for m in list_models(app.open_database())]
-    write_result(QueryResult(("id", "name", "stage", "architecture", "sha256", "path"), rows),
+    from density_db.labels import recorded_label_rule
+
+    rows = [(m.id, m.name, m.stage, m.architecture, recorded_label_rule(m.metadata), m.sha256[:12], m.path)
+            for m in list_models(app.open_database())]
+    write_result(QueryResult(("id", "name", "stage", "architecture", "label_rule", "sha256", "path"), rows),
                  resolve_output_format(output_format))
 
 
@@ -50,11 +53,17 @@ def list_(app: AppContext, output_format: str | None) -> None:
 @click.argument("name")
 @pass_app
 def show(app: AppContext, name: str) -> None:
-    """Show a registered model (by name or sha256) with its metadata."""
+    """Show a registered model (by name or sha256) with its metadata and the label rule it was trained under."""
+    from density_db.labels import LABEL_RULE, label_rule, recorded_label_rule
     from density_db.model_registry import find_model
 
     model = find_model(app.open_database(), name)
     click.echo(f"{model.name}: {model.stage}, {model.architecture}")
     click.echo(f"sha256: {model.sha256}")
     click.echo(f"path: {model.path}")
+    rule = recorded_label_rule(model.metadata)
+    click.echo(f"labels: {rule} ({label_rule(rule).description})")
+    if rule != LABEL_RULE:
+        click.echo(f"note: trained under the {rule!r} rule, not this density-db's {LABEL_RULE!r}: its density classes "
+                   f"count {label_rule(rule).description}, not {label_rule(LABEL_RULE).description}")
     click.echo(json.dumps(model.metadata, indent=1, sort_keys=True))

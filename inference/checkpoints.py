@@ -6,17 +6,22 @@ A checkpoint is one ``torch.save`` file holding a dict::
      "stage": "classifier" | "regressor", "architecture": "resnet34", ...,
      "state_dict": {...},
      "metadata": {"class_lower_edges": [...], "bright_magnitude_limit": 23.5,
-                  "input_size": 224, "preprocessing_version": 1, ...}}
+                  "input_size": 224, "preprocessing_version": 1,
+                  "label_rule": "detectable-stars", ...}}
 
 The metadata records the numbers that give the outputs their meaning
-(``density_db.labels``, ``inference.preprocessing``) plus whatever training
+(``density_db.labels``, ``inference.preprocessing``), the label rule of the
+classes (training records its data's; checkpoints older than label rules
+have none and were trained under ``catalog-stars``), plus whatever training
 adds (data manifest hash, evaluation summary, ``trained_on``).  It must be
 JSON-compatible: it is stored as is in the catalog's ``model.metadata``.
 A model is identified in the catalog by the sha256 of its file.
 
 Loading never runs pickled code (``weights_only=True``) and refuses a
 checkpoint whose labels or preprocessing differ from this density-db's,
-since its classes or counts would mean something else.
+since its classes or counts would mean something else.  A checkpoint of
+another label rule loads: its classes have the same edges but count other
+stars, which ``density-db models show``, ``ingest`` and ``evaluate`` say.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from density_db.inference.architectures import (
     state_dict_mismatches,
 )
 from density_db.inference.preprocessing import PREPROCESSING_VERSION
-from density_db.labels import BRIGHT_MAGNITUDE_LIMIT, CLASS_LOWER_EDGES, INPUT_SIZE
+from density_db.labels import BRIGHT_MAGNITUDE_LIMIT, CLASS_LOWER_EDGES, INPUT_SIZE, LABEL_RULE, label_rule
 
 DEMO_MODELS_DIRECTORY = Path(__file__).parent / "demo_models"
 """The small models shipped with density-db, trained on its simulator (README, "Shipped demo models")."""
@@ -109,7 +114,8 @@ def save_checkpoint(
         What the network is; checked against its tensors.
     metadata : mapping, optional
         JSON-compatible extras (training data manifest hash, evaluation
-        summary, ``trained_on``...), recorded next to :func:`label_metadata`.
+        summary, ``trained_on``, ``label_rule`` (default: this density-db's)...),
+        recorded next to :func:`label_metadata`.
 
     Returns
     -------
@@ -127,8 +133,9 @@ def save_checkpoint(
     problems = state_dict_mismatches(build_model(stage, architecture).state_dict(), state_dict)
     if problems:
         raise ConfigurationError(f"the model is not a {stage} {architecture}: {problems}")
-    recorded = _json_compatible({**label_metadata(), **(metadata or {})})
+    recorded = _json_compatible({**label_metadata(), "label_rule": LABEL_RULE, **(metadata or {})})
     _check_labels(recorded, source="the metadata to save")
+    label_rule(recorded["label_rule"])
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,

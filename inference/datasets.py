@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from density_db.errors import ConfigurationError
 from density_db.inference.checkpoints import file_sha256
+from density_db.labels import recorded_label_rule
 from density_db.simulate.dataset import DESCRIPTION_NAME, SAMPLES_NAME
 
 # What a model learns from: datasets that differ in any of these cannot be read as one.
@@ -68,6 +69,20 @@ class SimulatedDataset(Dataset):
             raise ConfigurationError(f"target must be density_class or log_bright, got {self.target!r}")
         self.indices = np.arange(len(self.samples)) if indices is None else np.asarray(indices)
         self._shards: dict[tuple[int, int], np.ndarray] = {}
+
+    @property
+    def label_rule(self) -> str:
+        """The rule the density classes were counted under (:mod:`density_db.labels`), the same for every part."""
+        return recorded_label_rule(self.descriptions[0])
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        """Per sample (all, not only :attr:`indices`): the star count its density class was made from.
+
+        The count of stars the label rule counts; every star in datasets older than label rules.
+        """
+        column = "counted_star_count" if "counted_star_count" in self.samples.colnames else "star_count"
+        return np.asarray(self.samples[column], dtype=np.int64)
 
     @property
     def tasks(self) -> list[str]:
@@ -132,3 +147,8 @@ def _check_same_input(directories: list[Path], descriptions: list[dict]) -> None
                     f"{directory} cannot be read with {directories[0]}: its {key} is {description.get(key)!r}, "
                     f"not {first.get(key)!r}"
                 )
+        if recorded_label_rule(description) != recorded_label_rule(first):
+            raise ConfigurationError(
+                f"{directory} cannot be read with {directories[0]}: its classes count "
+                f"{recorded_label_rule(description)!r}, not {recorded_label_rule(first)!r} (label rule)"
+            )

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from density_db.errors import ConfigurationError
-from density_db.labels import CLASS_LOWER_EDGES, N_CLASSES
+from density_db.labels import CLASS_LOWER_EDGES, N_CLASSES, label_rule, recorded_label_rule
 
 if TYPE_CHECKING:
     from density_db.inference.checkpoints import LoadedModel
@@ -167,7 +167,8 @@ class EvaluationSamples:
         Rows of the dataset's ``samples.ecsv`` that were evaluated (of the
         datasets' samples one after the other, when several were given).
     true_class, star_count, true_log : arrays
-        Truth: density class, number of stars, ``log10(1 + N_bright)``.
+        Truth: density class, number of stars the label rule counts (the
+        class's), ``log10(1 + N_bright)``.
     band : array of str
         The band each image was simulated in.
     probabilities : array of float, shape (n, N_CLASSES)
@@ -185,6 +186,8 @@ class EvaluationSamples:
         Which samples: ``test`` (of ``split_indices(n, split_seed)``) or ``all``.
     data_dirs, data_manifest_sha256
         The datasets read, in order, and their hash as training records it.
+    label_rule : str
+        Which stars the classes count (:mod:`density_db.labels`).
     """
 
     indices: np.ndarray
@@ -201,6 +204,7 @@ class EvaluationSamples:
     split_seed: int | None
     data_dirs: tuple[str, ...]
     data_manifest_sha256: str
+    label_rule: str
 
     @property
     def regression_mask(self) -> np.ndarray:
@@ -242,8 +246,9 @@ def predict_samples(
     Raises
     ------
     ConfigurationError
-        If the split is unknown, the directory is not a dataset, or the
-        models are not a classifier and a regressor.
+        If the split is unknown, the directory is not a dataset, the models
+        are not a classifier and a regressor, or the classifier was trained
+        on classes counted under another label rule than the samples'.
     """
     from torch.utils.data import DataLoader
 
@@ -260,6 +265,7 @@ def predict_samples(
     if regressor is not None and regressor.stage != "regressor":
         raise ConfigurationError(f"{regressor.path} is a {regressor.stage}, not a regressor")
     everything = SimulatedDataset(data_dirs, target="density_class")
+    _check_label_rule(classifier, everything)
     samples = everything.samples
     directories = tuple(str(directory) for directory in everything.directories)
     named = ", ".join(directories)
@@ -285,7 +291,7 @@ def predict_samples(
     return EvaluationSamples(
         indices=indices,
         true_class=np.asarray(samples["density_class"], dtype=np.int64)[indices],
-        star_count=np.asarray(samples["star_count"], dtype=np.int64)[indices],
+        star_count=everything.class_counts[indices],
         true_log=np.asarray(samples["log_bright"], dtype=np.float64)[indices],
         band=np.asarray(samples["band"], dtype=str)[indices],
         probabilities=np.array([prediction.probabilities for prediction in predictions], dtype=np.float64),
@@ -300,7 +306,20 @@ def predict_samples(
         split_seed=split_seed,
         data_dirs=directories,
         data_manifest_sha256=manifest_sha256,
+        label_rule=everything.label_rule,
     )
+
+
+def _check_label_rule(classifier: LoadedModel, dataset) -> None:
+    """Refuse to score a classifier against density classes counted under another label rule."""
+    trained_under = recorded_label_rule(classifier.metadata)
+    if trained_under != dataset.label_rule:
+        raise ConfigurationError(
+            f"{classifier.path} was trained on classes counting {trained_under!r} "
+            f"({label_rule(trained_under).description}), but these samples count {dataset.label_rule!r}: the "
+            f"scores would compare different things. Evaluate it on a dataset made with "
+            f"`density-db simulate dataset --label-rule {trained_under}`"
+        )
 
 
 def summarise(
@@ -338,7 +357,7 @@ def summarise(
         "by_band": scores_by_band(samples),
         "models": {"classifier": _model_summary(classifier),
                    "regressor": _model_summary(regressor) if regressor is not None else None},
-        "labels": label_metadata(),
+        "labels": {**label_metadata(), "label_rule": samples.label_rule},
     }
 
 
@@ -513,7 +532,7 @@ def _regression_scores(true_log: np.ndarray, predicted_log: np.ndarray) -> dict[
 def _model_summary(model: LoadedModel) -> dict[str, Any]:
     return {"name": Path(model.path).name, "path": str(model.path), "stage": model.stage,
             "architecture": model.architecture, "sha256": model.sha256,
-            "split_seed": model.metadata.get("split_seed")}
+            "split_seed": model.metadata.get("split_seed"), "label_rule": recorded_label_rule(model.metadata)}
 
 
 def _device(name: str):

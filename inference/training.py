@@ -430,7 +430,8 @@ def train(
         run = _RunState(**saved["run"])
 
     def metadata() -> dict[str, Any]:
-        return {"trained_on": TRAINED_ON, "data_manifest_sha256": manifest_sha256, "split_seed": config.split_seed,
+        return {"trained_on": TRAINED_ON, "data_manifest_sha256": manifest_sha256, "label_rule": test_set.label_rule,
+                "split_seed": config.split_seed,
                 "split_sizes": split_sizes, "epochs_run": len(run.train_losses), "best_epoch": run.best_epoch,
                 "best_validation_loss": run.best_validation_loss, "config": config.as_dict()}
 
@@ -517,7 +518,7 @@ def summarise_test_split(model: nn.Module, stage: str, test_set: SimulatedDatase
     true_class = np.asarray(truth["density_class"], dtype=np.int64)
     if stage == "classifier":
         report = classification_report(true_class, torch.softmax(output, dim=1).numpy(),
-                                       np.asarray(truth["star_count"], dtype=np.int64))
+                                       test_set.class_counts[test_set.indices])
         keys = ("accuracy", "accuracy_within_one_class", "macro_f1", "brier_score", "expected_calibration_error")
     else:
         report = regression_report(np.asarray(truth["log_bright"], dtype=np.float64),

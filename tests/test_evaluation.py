@@ -146,6 +146,7 @@ def test_scores_by_band_split_the_images_by_the_band_they_were_taken_in():
         band=np.array(["r", "g", "r"]), probabilities=PROBABILITIES, predicted_class=np.array([1, 1, 5]),
         predicted_log=np.array([1.1, 1.6, np.nan]), status=np.array(["predicted", "predicted", "bypassed"]),
         regressed=True, split="all", split_seed=None, data_dirs=("set",), data_manifest_sha256="0" * 64,
+        label_rule="detectable-stars",
     )
     g, r = scores_by_band(samples)
     assert (g["band"], g["samples"], r["band"], r["samples"]) == ("g", 1, "r", 2)
@@ -217,6 +218,25 @@ def test_evaluate_command_writes_report_and_figures(tmp_path, evaluation_inputs)
         _assert_png(out / f"{name}.png")
     if report["gating"]["predicted"]:
         _assert_png(out / "regression.png")
+
+
+def test_evaluate_refuses_a_classifier_of_another_label_rule_and_reports_the_rule(tmp_path, evaluation_inputs):
+    from density_db.inference.architectures import build_model
+    from density_db.inference.checkpoints import load_checkpoint, save_checkpoint
+
+    data_dir, classifier, _ = evaluation_inputs
+    report = evaluate(data_dir, load_checkpoint(classifier), None, split="all", batch_size=8)
+    assert report["labels"]["label_rule"] == "detectable-stars"
+    assert report["models"]["classifier"]["label_rule"] == "detectable-stars"
+    paper = tmp_path / "paper.pt"
+    save_checkpoint(paper, build_model("classifier", "baseline_cnn"), stage="classifier",
+                    architecture="baseline_cnn", metadata={"label_rule": "catalog-stars"})
+    result = CliRunner().invoke(main, ["evaluate", "--data", str(data_dir), "--classifier", str(paper),
+                                       "--regressor", "none", "--out", str(tmp_path / "out"), "--split", "all"])
+    assert result.exit_code == 1
+    assert "trained on classes counting 'catalog-stars'" in result.output
+    assert "--label-rule catalog-stars" in result.output
+    assert not (tmp_path / "out" / "report.json").exists()
 
 
 def test_evaluate_test_split_uses_the_held_out_tenth(evaluation_inputs):

@@ -35,10 +35,25 @@ def test_registering_the_same_checkpoint_twice_keeps_one_row(run_cli, database: 
     with database.engine.connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM model")).scalar() == 1
     listed = run_cli("models", "list", "--format", "csv").output.splitlines()
-    assert listed[0] == "id,name,stage,architecture,sha256,path" and len(listed) == 2
+    assert listed[0] == "id,name,stage,architecture,label_rule,sha256,path" and len(listed) == 2
+    assert ",detectable-stars," in listed[1]
     shown = run_cli("models", "show", "demo-classifier").output
     assert "classifier, baseline_cnn" in shown
+    assert "labels: detectable-stars (stars brighter than the 5-sigma point-source depth" in shown
+    assert "note:" not in shown
     assert json.loads(shown[shown.index("{"):])["trained_on"] == "test"
+
+
+def test_the_shipped_demo_models_say_they_were_trained_under_the_papers_label_rule(run_cli, database) -> None:
+    from density_db.inference.checkpoints import DEMO_MODELS_DIRECTORY
+
+    for path in sorted(DEMO_MODELS_DIRECTORY.glob("*.pt")):
+        added = run_cli("models", "add", str(path))
+        assert added.exit_code == 0, added.output
+        name = added.output.split()[1]
+        shown = run_cli("models", "show", name).output
+        assert "labels: catalog-stars (every star of the truth catalog" in shown
+        assert "note: trained under the 'catalog-stars' rule, not this density-db's 'detectable-stars'" in shown
 
 
 def test_names_resolve_to_paths_and_clashes_are_refused(database: Database, checkpoint: Path, tmp_path: Path) -> None:

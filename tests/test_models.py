@@ -161,7 +161,7 @@ def test_checkpoint_round_trip_gives_identical_outputs_and_the_file_sha256(tmp_p
 
     assert sha256 == hashlib.sha256(path.read_bytes()).hexdigest() == loaded.sha256
     assert (loaded.stage, loaded.architecture, loaded.path) == ("regressor", "resnet18", path)
-    assert loaded.metadata == {**label_metadata(), **extras}
+    assert loaded.metadata == {**label_metadata(), "label_rule": "detectable-stars", **extras}
     assert loaded.metadata["class_lower_edges"] == list(CLASS_LOWER_EDGES)
     assert not loaded.model.training
     batch = _inputs(3)

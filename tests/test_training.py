@@ -134,6 +134,7 @@ def test_classifier_training_lowers_the_loss_writes_a_checkpoint_and_resumes(cla
     metadata = loaded.metadata
     assert metadata["trained_on"] == "density-db simulator dataset"
     assert metadata["data_manifest_sha256"] == file_sha256(classify_dir / SAMPLES_NAME)
+    assert metadata["label_rule"] == "detectable-stars"  # the dataset's rule
     assert metadata["epochs_run"] == 4 and metadata["split_seed"] == 0
     assert metadata["best_validation_loss"] == pytest.approx(min(resumed.validation_losses))
     assert metadata["config"]["stage"] == "classifier" and metadata["config"]["batch_size"] == 8
