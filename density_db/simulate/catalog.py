@@ -32,6 +32,7 @@ counted from the +x pixel axis towards +y.
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -56,6 +57,8 @@ from density_db.simulate.fields import (
     unresolved_galaxy_light,
 )
 from density_db.simulate.photometry import band_photometry, point_source_depth
+
+logger = logging.getLogger(__name__)
 
 MAX_CELLS_PER_AXIS = 64
 """Resolution of the density grid: 11' / 64 = 10.7" cells resolve the dwarfs' profiles (r_h >= 11')."""
@@ -321,6 +324,8 @@ def _draw_counted(
         batches.append((x, y, magnitudes, colours))
         found, drawn = found + counted_at.size, drawn + batch
         if drawn >= MAX_DRAWN_STARS:
+            logger.info("%d of the %d counted stars asked for after drawing %d stars in band %s: the catalog "
+                        "keeps %d (the field shows few of its stars there)", found, counted, drawn, band, found)
             break
         # the next batch should hold the rest, going by the fraction counted so far
         batch = int(min(MAX_DRAWN_STARS - drawn, 1.3 * (counted - found + 1) * drawn / max(found, 1) + 64))
