@@ -47,6 +47,7 @@ benchmark: install
 	$(BIN)/python benchmarks/registration.py
 	$(BIN)/python benchmarks/spatial_queries.py
 	$(BIN)/python benchmarks/simulation.py
+	$(BIN)/python benchmarks/sky_model.py
 	$(BIN)/python benchmarks/preprocessing.py
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/label_ceiling.py

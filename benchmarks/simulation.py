@@ -415,7 +415,7 @@ def print_dataset(tasks: list[TaskFigures], extreme: SampleFigures, write: Write
             f"{task.mean_preprocess_s:>9.2f} {task.cpu_over_wall:>9.2f}  {task.verdict}"
         )
     print(
-        f"class-5 extreme ({extreme.counted:,} detectable stars, {extreme.field} field, band {extreme.band}): "
+        f"class-5 extreme ({extreme.star_count:,} stars, {extreme.field} field, band {extreme.band}): "
         f"preprocessed_sample {extreme.sample_s:.2f} s ({1 / extreme.sample_s:.2f} images/s); "
         f"simulate_sample {extreme.simulate_s:.2f} s, preprocess {extreme.preprocess_s:.2f} s"
     )
