@@ -1,7 +1,7 @@
 """Noise drawn per pooling cell first, then per pixel given the cell totals.
 
 The model input only needs, per cell of the preprocessing grid
-(:class:`~density_db.inference.preprocessing.CellGrid`, ~447 x 447 cells on
+(:class:`~density_db.pooling.CellGrid`, ~447 x 447 cells on
 a detector), the sum of the valid pixels, plus the mean and standard
 deviation of all valid pixels.  So the simulator draws its noise in two
 stages, which together are exactly the per-pixel model
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from density_db.inference.preprocessing import CellGrid, PixelStatistics
+from density_db.pooling import CellGrid, PixelStatistics
 from density_db.simulate.photometry import DARK_E_PER_S, GAIN, READ_NOISE_E
 
 _READ_VARIANCE = READ_NOISE_E**2

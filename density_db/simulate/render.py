@@ -56,8 +56,9 @@ import numpy as np
 
 from density_db.errors import InputError
 from density_db.focal_plane import PIXEL_SCALE_ARCSEC
-from density_db.inference.preprocessing import CellGrid, PixelStatistics, model_input
+from density_db.inference.preprocessing import model_input
 from density_db.labels import INPUT_SIZE
+from density_db.pooling import CellGrid, PixelStatistics
 from density_db.simulate.catalog import TruthCatalog
 from density_db.simulate.noise import CellNoise
 from density_db.simulate.photometry import (
