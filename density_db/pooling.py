@@ -137,7 +137,10 @@ class CellGrid:
         column_widths = np.diff(self.columns.cuts, append=self.shape[1])
         return np.outer(row_widths, column_widths).astype(np.float64)
 
+    def bin_sums(self, cell_sums: np.ndarray) -> np.ndarray:
+        """Bin sums from per-cell sums (a cell on the pixel two bins share counts in both)."""
+        return self.columns.combine(self.rows.combine(cell_sums, axis=0), axis=1)
+
     def pool(self, cell_sums: np.ndarray) -> np.ndarray:
         """Bin means from per-cell sums."""
-        sums = self.columns.combine(self.rows.combine(cell_sums, axis=0), axis=1)
-        return sums / np.outer(self.rows.width, self.columns.width)
+        return self.bin_sums(cell_sums) / np.outer(self.rows.width, self.columns.width)

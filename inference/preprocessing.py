@@ -34,6 +34,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from density_db.errors import InputError
+from density_db.inference.point_sources import (
+    Calibration,
+    PointSourceCounts,
+    count_point_sources,
+    count_point_sources_tensor,
+)
 from density_db.labels import INPUT_SIZE
 from density_db.pooling import CellGrid, PixelStatistics
 
@@ -43,8 +49,17 @@ if TYPE_CHECKING:
 PREPROCESSING_VERSION = 1
 """Recorded with every model and result: bump it when the tensor a given image gives changes."""
 
+CHANNELS = {
+    1: ("image", "valid_fraction"),
+    2: ("image", "valid_fraction", "point_like", "bright_point_like"),
+}
+"""The input's channels by preprocessing version.  Version 1 is the paper's; version 2 adds, per pooling
+bin, the point-like sources and those brighter than the regression's limit
+(:mod:`density_db.inference.point_sources`)."""
+
 def preprocess(
-    image: np.ndarray, quality: np.ndarray | None = None, *, size: int = INPUT_SIZE
+    image: np.ndarray, quality: np.ndarray | None = None, *, size: int = INPUT_SIZE, version: int = 1,
+    calibration: Calibration | None = None, saturated_bits: int = 0,
 ) -> tuple[np.ndarray, PixelStatistics]:
     """The model input for one detector image, on the CPU.
 
@@ -56,18 +71,27 @@ def preprocess(
         Optional data-quality mask of the same shape: non-zero marks a bad pixel.
     size
         Side of the output (224 for the paper's models).
+    version
+        1, the paper's two channels, or 2, with the point-source channels (see :data:`CHANNELS`).
+    calibration, saturated_bits
+        Version 2: the image's zero point, exposure time and PSF, and the
+        data-quality bits that mean saturated.
 
     Returns
     -------
     tensor, statistics
-        float32 array ``(2, size, size)`` -- standardised image, valid fraction
-        -- and the statistics of the valid pixels.
+        float32 array ``(channels, size, size)`` -- standardised image, valid
+        fraction, and for version 2 the point-like and bright point-like
+        sources per bin -- and the statistics of the valid pixels.
 
     Raises
     ------
     InputError
         ``not_2d`` for a wrong shape, ``all_invalid`` when no pixel is valid.
+    ValueError
+        For an unknown version, or version 2 without a calibration.
     """
+    _check_version(version, calibration)
     _check_shapes(image, quality, size)
     grid = CellGrid.for_shape(image.shape, size)
     shift = _typical_value(image, quality)
@@ -99,7 +123,23 @@ def preprocess(
     centred_mean = float(centred_sums.sum()) / count
     variance = squares / count - centred_mean**2
     statistics = PixelStatistics(shift + centred_mean, _safe_std(variance), count, image.size)
-    return model_input(grid, centred_sums + shift * valid_counts, valid_counts, statistics), statistics
+    tensor = model_input(grid, centred_sums + shift * valid_counts, valid_counts, statistics)
+    if version == 2:
+        counts = count_point_sources(image, quality, grid, calibration, saturated_bits=saturated_bits)
+        tensor = np.concatenate([tensor, point_source_channels(grid, counts)])
+    return tensor, statistics
+
+
+def point_source_channels(grid: CellGrid, counts: PointSourceCounts) -> np.ndarray:
+    """Version 2's extra channels: the point-like and bright point-like sources in each pooling bin (float32)."""
+    return np.stack([grid.bin_sums(counts.point_like), grid.bin_sums(counts.bright)]).astype(np.float32)
+
+
+def _check_version(version: int, calibration: Calibration | None) -> None:
+    if version not in CHANNELS:
+        raise ValueError(f"preprocessing version must be one of {sorted(CHANNELS)}, got {version}")
+    if version == 2 and calibration is None:
+        raise ValueError("preprocessing version 2 needs the image's calibration (zero point, exposure time, PSF)")
 
 
 def _typical_value(image: np.ndarray, quality: np.ndarray | None) -> float:
@@ -127,15 +167,18 @@ def model_input(
 
 
 def preprocess_tensor(
-    image: torch.Tensor, quality: torch.Tensor | None = None, *, size: int = INPUT_SIZE
+    image: torch.Tensor, quality: torch.Tensor | None = None, *, size: int = INPUT_SIZE, version: int = 1,
+    calibration: Calibration | None = None, saturated_bits: int = 0,
 ) -> tuple[torch.Tensor, PixelStatistics]:
     """The model input for one detector image already on a torch device (e.g. CUDA).
 
-    Same result as :func:`preprocess` to float32 precision; statistics in float64.
+    Same result as :func:`preprocess` to float32 precision (the point-source
+    channels exactly); statistics in float64.
     """
     import torch
     from torch.nn.functional import adaptive_avg_pool2d
 
+    _check_version(version, calibration)
     _check_shapes(image, quality, size)
     valid = torch.isfinite(image)
     if quality is not None:
@@ -150,6 +193,10 @@ def preprocess_tensor(
     variance = float((centred * centred).sum(dtype=torch.float64)) / count
     statistics = PixelStatistics(mean, _safe_std(variance), count, image.numel())
     pooled = adaptive_avg_pool2d(torch.stack([centred / statistics.std, valid.float()])[None], size)[0]
+    if version == 2:
+        grid = CellGrid.for_shape(tuple(image.shape), size)
+        counts = count_point_sources_tensor(image, quality, grid, calibration, saturated_bits=saturated_bits)
+        pooled = torch.cat([pooled, torch.from_numpy(point_source_channels(grid, counts)).to(image.device)])
     return pooled, statistics
 
 
