@@ -35,6 +35,7 @@ import numpy as np
 
 from density_db.errors import InputError
 from density_db.inference.point_sources import (
+    Background,
     Calibration,
     PointSourceCounts,
     count_point_sources,
@@ -94,7 +95,8 @@ def preprocess(
     _check_version(version, calibration)
     _check_shapes(image, quality, size)
     grid = CellGrid.for_shape(image.shape, size)
-    shift = _typical_value(image, quality)
+    # the median of a sparse, fixed sample of valid pixels (the point-source pass takes its sky from it too)
+    shift = Background.of_image(image, quality).level
     centred_sums = np.zeros(grid.cell_shape)
     invalid_counts = np.zeros(grid.cell_shape)
     squares = 0.0
@@ -140,16 +142,6 @@ def _check_version(version: int, calibration: Calibration | None) -> None:
         raise ValueError(f"preprocessing version must be one of {sorted(CHANNELS)}, got {version}")
     if version == 2 and calibration is None:
         raise ValueError("preprocessing version 2 needs the image's calibration (zero point, exposure time, PSF)")
-
-
-def _typical_value(image: np.ndarray, quality: np.ndarray | None) -> float:
-    """Median of the valid pixels of a sparse, fixed sample of the image: the shift that centres it."""
-    step_y, step_x = max(1, image.shape[0] // 101), max(1, image.shape[1] // 103)
-    sample = np.asarray(image[::step_y, ::step_x], dtype=np.float64)
-    valid = np.isfinite(sample)
-    if quality is not None:
-        valid &= np.asarray(quality[::step_y, ::step_x]) == 0
-    return float(np.median(sample[valid])) if valid.any() else 0.0
 
 
 def model_input(
