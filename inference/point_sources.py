@@ -24,8 +24,9 @@ magnitude limit, found at native resolution:
    a galaxy, broader than the PSF, lower (0.5-0.8 for the simulator's
    galaxies at S/N > 15); a cosmic ray or hot pixel, sharper than the PSF,
    higher (1.6 for a single pixel).  Point-like is
-   :data:`SHARPNESS_RANGE`, 0.9 to 1.3.  The wide filter is evaluated at
-   the peaks only.
+   :data:`SHARPNESS_RANGE`, 0.9 to 1.3.  The CPU path evaluates the wide
+   filter at the peaks only; the torch path filters the whole image, which a
+   GPU does in one ``conv2d`` (on torch's CPU device that is its slow part).
 5. **Brightness**: a point source's flux is its filtered value over the
    filtered value of a unit Gaussian star (``kappa``), its magnitude
    ``zero_point - 2.5 log10(flux / exposure_seconds)``; it is bright when
