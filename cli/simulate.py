@@ -119,11 +119,14 @@ def exposures(
               help="No galaxies on the images: the paper's stars-only classification set (galaxies are on "
                    "by default, as on real images).")
 @label_rule_option
+@click.option("--preprocessing-version", "version", type=click.Choice(["1", "2"]), default="2", show_default=True,
+              help="The model input: 1 is the paper's (image, valid fraction), 2 adds point-like source counts.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes simulating in parallel; the dataset does not depend on it.")
 @pass_app
-def dataset(app: AppContext, out, count, task, balance, device, shape, seed, stars_only, rule, workers) -> None:
-    """Write a training set of preprocessed 2 x 224 x 224 samples with labels (no FITS files)."""
+def dataset(app: AppContext, out, count, task, balance, device, shape, seed, stars_only, rule, version,
+            workers) -> None:
+    """Write a training set of preprocessed 224 x 224 samples with labels (no FITS files)."""
     import numpy as np
 
     from density_db.simulate.dataset import plan_samples, write_dataset
@@ -138,10 +141,10 @@ def dataset(app: AppContext, out, count, task, balance, device, shape, seed, sta
         bar_task = bar.add_task("simulating samples", total=count) if bar else None
         try:
             samples = write_dataset(out, specs, task=task, balance=balance, shape=shape, workers=workers,
-                                    device=None if device == "cpu" else device,
+                                    device=None if device == "cpu" else device, version=int(version),
                                     progress=(lambda: bar.advance(bar_task)) if bar else None)
         except FileExistsError as error:
             raise click.ClickException(str(error)) from None
     counts = np.bincount(np.asarray(samples["density_class"]), minlength=6)
-    click.echo(f"wrote {len(samples)} samples to {out} ({rule!r} labels, classes 0-5: {', '.join(map(str, counts))}; "
+    click.echo(f"wrote {len(samples)} samples to {out} (preprocessing version {version}, {rule!r} labels, classes 0-5: {', '.join(map(str, counts))}; "
                f"bright stars {int(np.min(samples['bright_star_count']))}-{int(np.max(samples['bright_star_count']))})")

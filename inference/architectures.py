@@ -6,6 +6,9 @@ torchvision ResNet-34 whose first convolution takes the 2-channel input
 per density class; stage 2 (``regressor``) is a ResNet-50 with the same first
 convolution and a regression head 2048 -> 512 -> 256 -> 128 -> 1 with batch
 normalisation, ReLU and dropout, predicting ``log10(1 + N_bright)``.
+The first convolution takes as many channels as the model input has: 2 for
+the paper's (preprocessing version 1), 4 for version 2, which adds the
+point-source counts (``inference.preprocessing.CHANNELS``).
 
 Smaller stand-ins share the same inputs and outputs, for laptops and tests:
 ``resnet18`` for either stage and ``baseline_cnn``, a compact plain CNN in the
@@ -31,7 +34,7 @@ from density_db.errors import ConfigurationError
 from density_db.labels import N_CLASSES
 
 INPUT_CHANNELS = 2
-"""Standardised image and valid-pixel mask (``inference.preprocessing``)."""
+"""The paper's input: standardised image and valid-pixel mask (preprocessing version 1); version 2 has 4."""
 
 REGRESSION_HEAD_WIDTHS = (512, 256, 128)
 """Hidden layers of the regression head (paper Sec. 3.1.3)."""
@@ -58,7 +61,7 @@ ARCHITECTURES: dict[str, tuple[str, ...]] = {
 _BASELINE_WIDTHS = (16, 32, 64, 128)
 
 
-def build_model(stage: str, architecture: str) -> nn.Module:
+def build_model(stage: str, architecture: str, *, in_channels: int = INPUT_CHANNELS) -> nn.Module:
     """A freshly initialised network of one stage (no pretrained weights, no network access).
 
     Parameters
@@ -67,12 +70,15 @@ def build_model(stage: str, architecture: str) -> nn.Module:
         ``"classifier"`` (6 logits) or ``"regressor"`` (``log10(1 + N_bright)``).
     architecture : str
         One of ``ARCHITECTURES[stage]``.
+    in_channels : int
+        Channels of the model input: 2 for preprocessing version 1 (the
+        paper's), 4 for version 2 (``inference.preprocessing.CHANNELS``).
 
     Returns
     -------
     torch.nn.Module
-        Takes ``(batch, 2, 224, 224)`` float32; returns ``(batch, 6)`` logits
-        for a classifier, ``(batch,)`` for a regressor.
+        Takes ``(batch, in_channels, 224, 224)`` float32; returns ``(batch, 6)``
+        logits for a classifier, ``(batch,)`` for a regressor.
 
     Raises
     ------
@@ -81,13 +87,20 @@ def build_model(stage: str, architecture: str) -> nn.Module:
     """
     check_architecture(stage, architecture)
     outputs = N_CLASSES if stage == "classifier" else 1
+    if in_channels < 1:
+        raise ConfigurationError(f"a model needs at least one input channel, got {in_channels}")
     if architecture == "baseline_cnn":
-        return _baseline_cnn(outputs)
+        return _baseline_cnn(outputs, in_channels)
     network = _RESNETS[architecture](weights=None)
-    network.conv1 = _two_channel_conv(network.conv1)
+    network.conv1 = _input_conv(network.conv1, in_channels)
     features = network.fc.in_features
     network.fc = nn.Linear(features, outputs) if stage == "classifier" else _regression_head(features)
     return network
+
+
+def input_channels(model: nn.Module) -> int | None:
+    """The number of input channels a network takes: those of its first convolution (None without one)."""
+    return next((module.in_channels for module in model.modules() if isinstance(module, nn.Conv2d)), None)
 
 
 def check_architecture(stage: str, architecture: str) -> None:
@@ -100,10 +113,10 @@ def check_architecture(stage: str, architecture: str) -> None:
         )
 
 
-def adapt_first_conv_from_rgb(weight: torch.Tensor) -> torch.Tensor:
-    """Turn RGB first-convolution weights into weights for the 2-channel input.
+def adapt_first_conv_from_rgb(weight: torch.Tensor, in_channels: int = INPUT_CHANNELS) -> torch.Tensor:
+    """Turn RGB first-convolution weights into weights for the model input's channels.
 
-    Each of the two input channels (image, mask) gets the mean of the kernel
+    Each input channel (image, mask, and version 2's point-source counts) gets the mean of the kernel
     over the red, green and blue channels.  The mean, not the sum, keeps every
     weight at the magnitude of one pretrained input channel, so one
     standardised input channel excites the filter about as strongly as one
@@ -115,10 +128,13 @@ def adapt_first_conv_from_rgb(weight: torch.Tensor) -> torch.Tensor:
     weight : torch.Tensor
         Shape ``(out_channels, 3, kh, kw)``.
 
+    in_channels : int
+        Channels of the model input.
+
     Returns
     -------
     torch.Tensor
-        Shape ``(out_channels, 2, kh, kw)``, a new tensor.
+        Shape ``(out_channels, in_channels, kh, kw)``, a new tensor.
 
     Raises
     ------
@@ -129,7 +145,7 @@ def adapt_first_conv_from_rgb(weight: torch.Tensor) -> torch.Tensor:
         raise ConfigurationError(
             f"expected first-convolution weights of shape (out, 3, kh, kw), got {tuple(weight.shape)}"
         )
-    return weight.mean(dim=1, keepdim=True).repeat(1, INPUT_CHANNELS, 1, 1)
+    return weight.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1)
 
 
 def load_imagenet_weights(model: nn.Module, path: str | Path) -> None:
@@ -159,7 +175,7 @@ def load_imagenet_weights(model: nn.Module, path: str | Path) -> None:
     pretrained = {name: tensor for name, tensor in _read_state_dict(path).items() if not name.startswith("fc.")}
     first_conv = pretrained.get("conv1.weight")
     if first_conv is not None and first_conv.ndim == 4 and first_conv.shape[1] == 3:
-        pretrained["conv1.weight"] = adapt_first_conv_from_rgb(first_conv)
+        pretrained["conv1.weight"] = adapt_first_conv_from_rgb(first_conv, model.conv1.in_channels)
     backbone = {name: tensor for name, tensor in model.state_dict().items() if not name.startswith("fc.")}
     problems = state_dict_mismatches(backbone, pretrained)
     if problems:
@@ -217,9 +233,9 @@ def is_state_dict(value: object) -> bool:
     )
 
 
-def _two_channel_conv(rgb_conv: nn.Conv2d) -> nn.Conv2d:
+def _input_conv(rgb_conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     return nn.Conv2d(
-        INPUT_CHANNELS,
+        in_channels,
         rgb_conv.out_channels,
         kernel_size=rgb_conv.kernel_size,
         stride=rgb_conv.stride,
@@ -251,7 +267,7 @@ class SignedLog(nn.Module):
         return torch.asinh(inputs)
 
 
-def _baseline_cnn(outputs: int) -> nn.Sequential:
+def _baseline_cnn(outputs: int, in_channels: int) -> nn.Sequential:
     """``SignedLog``, four blocks of 3x3 convolution, batch norm, ReLU and 2x2 max pooling, global average.
 
     The first convolution has stride 2 (every pixel still falls under a
@@ -260,7 +276,6 @@ def _baseline_cnn(outputs: int) -> nn.Sequential:
     on a CPU.
     """
     layers: list[nn.Module] = [SignedLog()]
-    in_channels = INPUT_CHANNELS
     for index, width in enumerate(_BASELINE_WIDTHS):
         layers += [nn.Conv2d(in_channels, width, kernel_size=3, stride=2 if index == 0 else 1, padding=1, bias=False),
                    nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(2)]

@@ -2,8 +2,9 @@
 
 Each training sample is shown ``copies`` times per epoch: copy 0 as it is,
 every other copy with a random horizontal flip, a rotation by a random
-multiple of 90 degrees (both channels, so the mask still marks the valid
-pixels) and a brightness/contrast jitter of the image channel only.  The
+multiple of 90 degrees (every channel, so the mask still marks the valid
+pixels and version 2's point-source counts stay on their bins) and a
+brightness/contrast jitter of the image channel only.  The
 validation and test splits are never augmented.
 
 The draws depend only on ``(seed, epoch, index)``: a run is reproducible and
@@ -33,7 +34,7 @@ def augment(
     brightness: float = BRIGHTNESS_JITTER,
     contrast: float = CONTRAST_JITTER,
 ) -> torch.Tensor:
-    """One random augmentation of a ``(2, H, W)`` sample (image, mask); a new tensor.
+    """One random augmentation of a ``(channels, H, W)`` sample (image, mask, then any point-source counts).
 
     The jitter is ``image * c + b * mask``: invalid pixels (0 in both
     channels) stay 0, and since preprocessing area-averages, adding ``b`` to
@@ -45,7 +46,8 @@ def augment(
     scale = 1.0 + rng.uniform(-contrast, contrast)
     offset = rng.uniform(-brightness, brightness)
     image = sample[0] * scale + offset * sample[1]
-    return torch.stack((image, sample[1])).contiguous()
+    # the mask and version 2's point-source counts turn with the image and are not jittered
+    return torch.cat((image[None], sample[1:])).contiguous()
 
 
 class Augmented(Dataset):

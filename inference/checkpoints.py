@@ -6,22 +6,30 @@ A checkpoint is one ``torch.save`` file holding a dict::
      "stage": "classifier" | "regressor", "architecture": "resnet34", ...,
      "state_dict": {...},
      "metadata": {"class_lower_edges": [...], "bright_magnitude_limit": 23.5,
-                  "input_size": 224, "preprocessing_version": 1,
-                  "label_rule": "detectable-stars", ...}}
+                  "input_size": 224, "preprocessing_version": 2,
+                  "input_channels": ["image", "valid_fraction", "point_like", "bright_point_like"],
+                  "label_rule": "detectable-stars",
+                  "training_domain": {"image_shape": [9216, 9232], "pixel_scale_arcsec": 0.074}, ...}}
 
 The metadata records the numbers that give the outputs their meaning
-(``density_db.labels``, ``inference.preprocessing``), the label rule of the
-classes (training records its data's; checkpoints older than label rules
-have none and were trained under ``catalog-stars``), plus whatever training
-adds (data manifest hash, evaluation summary, ``trained_on``).  It must be
-JSON-compatible: it is stored as is in the catalog's ``model.metadata``.
-A model is identified in the catalog by the sha256 of its file.
+(``density_db.labels``, ``inference.preprocessing``), the preprocessing
+version and channels of the model input (version 1, the paper's, for
+checkpoints older than version 2; the network's first layer takes that many
+channels), the label rule of the classes (training records its data's;
+checkpoints older than label rules have none and were trained under
+``catalog-stars``), the shape and pixel scale of the images it was trained
+on (``training_domain``; absent from checkpoints that do not know it), plus
+whatever training adds (data manifest hash, evaluation summary,
+``trained_on``).  It must be JSON-compatible: it is stored as is in the
+catalog's ``model.metadata``.  A model is identified in the catalog by the
+sha256 of its file.
 
 Loading never runs pickled code (``weights_only=True``) and refuses a
-checkpoint whose labels or preprocessing differ from this density-db's,
-since its classes or counts would mean something else.  A checkpoint of
-another label rule loads: its classes have the same edges but count other
-stars, which ``density-db models show``, ``ingest`` and ``evaluate`` say.
+checkpoint whose labels differ from this density-db's, or whose
+preprocessing version it does not know, since its classes or counts would
+mean something else.  A checkpoint of another label rule loads: its classes
+have the same edges but count other stars, which ``density-db models
+show``, ``ingest`` and ``evaluate`` say.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from density_db.inference.architectures import (
     read_torch_file,
     state_dict_mismatches,
 )
-from density_db.inference.preprocessing import PREPROCESSING_VERSION
+from density_db.inference.preprocessing import CHANNELS, PAPER_PREPROCESSING_VERSION
 from density_db.labels import BRIGHT_MAGNITUDE_LIMIT, CLASS_LOWER_EDGES, INPUT_SIZE, LABEL_RULE, label_rule
 
 DEMO_MODELS_DIRECTORY = Path(__file__).parent / "demo_models"
@@ -83,14 +91,62 @@ class LoadedModel:
     sha256: str
     path: Path
 
+    @property
+    def preprocessing_version(self) -> int:
+        """The version of the model input the network takes (:func:`recorded_preprocessing_version`)."""
+        return recorded_preprocessing_version(self.metadata)
 
-def label_metadata() -> dict[str, Any]:
-    """The numbers every model and result records: class edges, magnitude limit, input size, preprocessing version."""
+    @property
+    def training_domain(self) -> TrainingDomain | None:
+        """The shape and pixel scale of its training images, when the checkpoint records them."""
+        return TrainingDomain.from_metadata(self.metadata)
+
+
+@dataclass(frozen=True)
+class TrainingDomain:
+    """The images a model was trained on: their shape and pixel scale.
+
+    A frame of another shape or pixel scale is outside what the model has
+    seen (its pooling bins hold other areas of sky and other numbers of
+    stars), and its result is flagged ``outside_training_domain``.
+    """
+
+    image_shape: tuple[int, int]
+    pixel_scale_arcsec: float
+
+    SCALE_TOLERANCE = 0.02
+    """Relative pixel-scale difference still taken as the same scale (WCS rounding, distortion)."""
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> TrainingDomain | None:
+        domain = metadata.get("training_domain")
+        if not isinstance(domain, Mapping):
+            return None
+        return cls(tuple(int(side) for side in domain["image_shape"]), float(domain["pixel_scale_arcsec"]))
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {"image_shape": list(self.image_shape), "pixel_scale_arcsec": self.pixel_scale_arcsec}
+
+    def holds(self, shape: tuple[int, int], pixel_scale_arcsec: float | None) -> bool:
+        """Whether a frame of ``shape`` and pixel scale is like the training images (an unknown scale passes)."""
+        same_scale = (pixel_scale_arcsec is None
+                      or abs(pixel_scale_arcsec / self.pixel_scale_arcsec - 1) <= self.SCALE_TOLERANCE)
+        return tuple(shape) == self.image_shape and same_scale
+
+
+def recorded_preprocessing_version(metadata: Mapping[str, Any]) -> int:
+    """The preprocessing version a checkpoint's metadata records (1, the paper's, when it records none)."""
+    return int(metadata.get("preprocessing_version", PAPER_PREPROCESSING_VERSION))
+
+
+def label_metadata(preprocessing_version: int = PAPER_PREPROCESSING_VERSION) -> dict[str, Any]:
+    """The numbers every model records: class edges, magnitude limit, input size, preprocessing version and channels."""
     return {
         "class_lower_edges": list(CLASS_LOWER_EDGES),
         "bright_magnitude_limit": BRIGHT_MAGNITUDE_LIMIT,
         "input_size": INPUT_SIZE,
-        "preprocessing_version": PREPROCESSING_VERSION,
+        "preprocessing_version": preprocessing_version,
+        "input_channels": list(CHANNELS[preprocessing_version]),
     }
 
 
@@ -109,12 +165,13 @@ def save_checkpoint(
     path : str or pathlib.Path
         Where to write; parent folders are created.
     model : torch.nn.Module
-        A network built by ``build_model(stage, architecture)``, on any device.
+        A network built by ``build_model(stage, architecture, in_channels=...)``, on any device.
     stage, architecture : str
         What the network is; checked against its tensors.
     metadata : mapping, optional
         JSON-compatible extras (training data manifest hash, evaluation
-        summary, ``trained_on``, ``label_rule`` (default: this density-db's)...),
+        summary, ``trained_on``, ``label_rule`` (default: this density-db's),
+        ``preprocessing_version`` (default 1, the paper's), ``training_domain``...),
         recorded next to :func:`label_metadata`.
 
     Returns
@@ -129,11 +186,16 @@ def save_checkpoint(
         them, the metadata is not JSON-compatible or contradicts the labels.
     """
     check_architecture(stage, architecture)
+    version = recorded_preprocessing_version(metadata or {})
+    _check_version(version, source="the metadata to save")
     state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    problems = state_dict_mismatches(build_model(stage, architecture).state_dict(), state_dict)
+    expected = build_model(stage, architecture, in_channels=len(CHANNELS[version])).state_dict()
+    problems = state_dict_mismatches(expected, state_dict)
     if problems:
-        raise ConfigurationError(f"the model is not a {stage} {architecture}: {problems}")
-    recorded = _json_compatible({**label_metadata(), "label_rule": LABEL_RULE, **(metadata or {})})
+        raise ConfigurationError(
+            f"the model is not a {stage} {architecture} for preprocessing version {version}: {problems}"
+        )
+    recorded = _json_compatible({**label_metadata(version), "label_rule": LABEL_RULE, **(metadata or {})})
     _check_labels(recorded, source="the metadata to save")
     label_rule(recorded["label_rule"])
     checkpoint = {
@@ -194,7 +256,8 @@ def load_checkpoint(
         state_dict, metadata = content, {**label_metadata(), "checkpoint_format": "plain state dict"}
     else:
         raise ConfigurationError(f"{path} is neither a density-db checkpoint nor a state dict")
-    model = build_model(stage, architecture).to(map_location)
+    in_channels = len(CHANNELS[recorded_preprocessing_version(metadata)])
+    model = build_model(stage, architecture, in_channels=in_channels).to(map_location)
     problems = state_dict_mismatches(model.state_dict(), state_dict)
     if problems:
         raise ConfigurationError(f"{path} does not fit a {stage} {architecture}: {problems}")
@@ -249,14 +312,29 @@ def _unwrap(
 
 
 def _check_labels(metadata: Mapping[str, Any], *, source: str) -> None:
-    """Raise unless ``metadata`` records this density-db's labels and preprocessing version."""
+    """Raise unless ``metadata`` records this density-db's labels and a preprocessing version it knows.
+
+    Checkpoints older than version 2 record no channels: those of their version are implied.
+    """
+    version = recorded_preprocessing_version(metadata)
+    _check_version(version, source=source)
+    expected_metadata = label_metadata(version)
+    recorded = {"input_channels": expected_metadata["input_channels"], **metadata}
     mismatches = [
-        f"{key} is {_normalise(metadata.get(key))!r}, this density-db uses {_normalise(expected)!r}"
-        for key, expected in label_metadata().items()
-        if _normalise(metadata.get(key)) != _normalise(expected)
+        f"{key} is {_normalise(recorded.get(key))!r}, this density-db uses {_normalise(expected)!r}"
+        for key, expected in expected_metadata.items()
+        if _normalise(recorded.get(key)) != _normalise(expected)
     ]
     if mismatches:
         raise ConfigurationError(f"{source} does not match this density-db's labels: {'; '.join(mismatches)}")
+
+
+def _check_version(version: int, *, source: str) -> None:
+    if version not in CHANNELS:
+        raise ConfigurationError(
+            f"{source} records preprocessing_version {version}; this density-db knows versions "
+            f"{', '.join(map(str, sorted(CHANNELS)))}"
+        )
 
 
 def _normalise(value: Any) -> Any:

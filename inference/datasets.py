@@ -20,12 +20,15 @@ from astropy.table import Table, vstack
 from torch.utils.data import Dataset
 
 from density_db.errors import ConfigurationError
-from density_db.inference.checkpoints import file_sha256
+from density_db.focal_plane import PIXEL_SCALE_ARCSEC
+from density_db.inference.checkpoints import TrainingDomain, file_sha256
+from density_db.inference.preprocessing import PAPER_PREPROCESSING_VERSION
 from density_db.labels import recorded_label_rule
 from density_db.simulate.dataset import DESCRIPTION_NAME, SAMPLES_NAME
 
 # What a model learns from: datasets that differ in any of these cannot be read as one.
-INPUT_KEYS = ("input_size", "preprocessing_version", "class_lower_edges", "bright_magnitude_limit")
+INPUT_KEYS = ("input_size", "preprocessing_version", "class_lower_edges", "bright_magnitude_limit", "image_shape",
+              "pixel_scale_arcsec")
 
 
 class SimulatedDataset(Dataset):
@@ -74,6 +77,17 @@ class SimulatedDataset(Dataset):
     def label_rule(self) -> str:
         """The rule the density classes were counted under (:mod:`density_db.labels`), the same for every part."""
         return recorded_label_rule(self.descriptions[0])
+
+    @property
+    def preprocessing_version(self) -> int:
+        """The version of the model input the samples hold (``inference.preprocessing.CHANNELS``)."""
+        return int(self.descriptions[0].get("preprocessing_version", PAPER_PREPROCESSING_VERSION))
+
+    @property
+    def training_domain(self) -> TrainingDomain:
+        """The shape and pixel scale of the simulated images (datasets older than the record: the detector's pixels)."""
+        first = self.descriptions[0]
+        return TrainingDomain(tuple(first["image_shape"]), float(first.get("pixel_scale_arcsec", PIXEL_SCALE_ARCSEC)))
 
     @property
     def class_counts(self) -> np.ndarray:

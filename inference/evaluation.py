@@ -266,6 +266,9 @@ def predict_samples(
         raise ConfigurationError(f"{regressor.path} is a {regressor.stage}, not a regressor")
     everything = SimulatedDataset(data_dirs, target="density_class")
     _check_label_rule(classifier, everything)
+    for model in (classifier, regressor):
+        if model is not None:
+            _check_preprocessing(model, everything)
     samples = everything.samples
     directories = tuple(str(directory) for directory in everything.directories)
     named = ", ".join(directories)
@@ -308,6 +311,16 @@ def predict_samples(
         data_manifest_sha256=manifest_sha256,
         label_rule=everything.label_rule,
     )
+
+
+def _check_preprocessing(model: LoadedModel, dataset) -> None:
+    """Refuse samples preprocessed otherwise than the model's input: it would read other channels."""
+    if model.preprocessing_version != dataset.preprocessing_version:
+        raise ConfigurationError(
+            f"the {model.stage} {model.path} takes preprocessing version {model.preprocessing_version} inputs, "
+            f"but these samples hold version {dataset.preprocessing_version}: make a dataset with "
+            f"`density-db simulate dataset --preprocessing-version {model.preprocessing_version}`"
+        )
 
 
 def _check_label_rule(classifier: LoadedModel, dataset) -> None:
@@ -357,7 +370,7 @@ def summarise(
         "by_band": scores_by_band(samples),
         "models": {"classifier": _model_summary(classifier),
                    "regressor": _model_summary(regressor) if regressor is not None else None},
-        "labels": {**label_metadata(), "label_rule": samples.label_rule},
+        "labels": {**label_metadata(classifier.preprocessing_version), "label_rule": samples.label_rule},
     }
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from density_db.inference.architectures import INPUT_CHANNELS
+from density_db.inference.architectures import input_channels
 from density_db.labels import INPUT_SIZE, N_CLASSES
 
 EMPTY_CLASS = 0
@@ -88,6 +88,10 @@ class TwoStagePredictor:
         self._on_cuda = self.device.type == "cuda"
         self._mixed_precision = self._on_cuda if mixed_precision is None else mixed_precision
         memory_format = torch.channels_last if self._on_cuda else torch.contiguous_format
+        self.channels = input_channels(classifier)
+        if input_channels(regressor) not in (None, self.channels):
+            raise ValueError(f"the classifier takes {self.channels} input channels and the regressor "
+                             f"{input_channels(regressor)}: the two stages must share one preprocessing version")
         self.classifier = classifier.to(self.device, memory_format=memory_format).eval()
         self.regressor = regressor.to(self.device, memory_format=memory_format).eval()
         if self._mixed_precision:
@@ -99,8 +103,8 @@ class TwoStagePredictor:
         Parameters
         ----------
         batch : torch.Tensor or numpy.ndarray
-            Preprocessed inputs of shape ``(n, 2, 224, 224)``
-            (``inference.preprocessing``), on any device.
+            Preprocessed inputs of shape ``(n, channels, 224, 224)``
+            (``inference.preprocessing``, the models' version), on any device.
 
         Returns
         -------
@@ -125,8 +129,8 @@ class TwoStagePredictor:
 
     def _inputs(self, batch: torch.Tensor | np.ndarray) -> torch.Tensor:
         inputs = torch.as_tensor(batch)
-        expected = (INPUT_CHANNELS, INPUT_SIZE, INPUT_SIZE)
-        if inputs.ndim != 4 or tuple(inputs.shape[1:]) != expected:
+        expected = (self.channels, INPUT_SIZE, INPUT_SIZE)
+        if inputs.ndim != 4 or (self.channels is not None and tuple(inputs.shape[1:]) != expected):
             raise ValueError(f"expected a batch of shape (n, {', '.join(map(str, expected))}), "
                              f"got {tuple(inputs.shape)}")
         return inputs.to(self.device, dtype=torch.float32, non_blocking=True)

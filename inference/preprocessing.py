@@ -47,16 +47,19 @@ from density_db.pooling import CellGrid, PixelStatistics
 if TYPE_CHECKING:
     import torch
 
-PREPROCESSING_VERSION = 1
-"""Recorded with every model and result: bump it when the tensor a given image gives changes."""
+PAPER_PREPROCESSING_VERSION = 1
+"""The paper's input (Sec. 2.3): the version of checkpoints that record none."""
+
+DEFAULT_PREPROCESSING_VERSION = 2
+"""What ``simulate dataset`` makes by default, and so what new models take; ingest follows each model's own."""
 
 CHANNELS = {
     1: ("image", "valid_fraction"),
     2: ("image", "valid_fraction", "point_like", "bright_point_like"),
 }
-"""The input's channels by preprocessing version.  Version 1 is the paper's; version 2 adds, per pooling
-bin, the point-like sources and those brighter than the regression's limit
-(:mod:`density_db.inference.point_sources`)."""
+"""The input's channels by preprocessing version, recorded with every model and dataset.  Version 1 is the
+paper's; version 2 adds, per pooling bin, the point-like sources and those brighter than the regression's
+limit (:mod:`density_db.inference.point_sources`).  A change to the tensor an image gives is a new version."""
 
 def preprocess(
     image: np.ndarray, quality: np.ndarray | None = None, *, size: int = INPUT_SIZE, version: int = 1,

@@ -43,11 +43,12 @@ from torch.utils.data import DataLoader
 
 from density_db.errors import ConfigurationError, TrainingDivergedError
 from density_db.inference.architectures import (
-    build_model, check_architecture, load_imagenet_weights, state_dict_mismatches,
+    build_model, check_architecture, input_channels, load_imagenet_weights, state_dict_mismatches,
 )
 from density_db.inference.augmentation import COPIES, Augmented
 from density_db.inference.checkpoints import load_checkpoint, save_checkpoint
 from density_db.inference.datasets import SimulatedDataset
+from density_db.inference.preprocessing import CHANNELS
 
 logger = logging.getLogger(__name__)
 
@@ -292,14 +293,20 @@ def load_backbone(model: nn.Module, path: str | Path, *, architecture: str) -> N
     Raises
     ------
     ConfigurationError
-        If the file is not a checkpoint of ``architecture`` or its backbone
-        tensors do not match the model's.
+        If the file is not a checkpoint of ``architecture``, takes another
+        preprocessing version's input, or its backbone tensors do not match the model's.
     """
     source = load_checkpoint(path)
     if source.architecture != architecture:
         raise ConfigurationError(
             f"{path} is a {source.architecture} {source.stage}; a {architecture} backbone needs a {architecture} "
             "checkpoint"
+        )
+    if input_channels(source.model) != input_channels(model):
+        raise ConfigurationError(
+            f"{path} takes preprocessing version {source.preprocessing_version} inputs "
+            f"({input_channels(source.model)} channels); this model takes {input_channels(model)}: "
+            "start from a checkpoint trained on data of the same preprocessing version"
         )
     head = tuple({name.split(".")[0] + "." for name, _ in parameter_groups(model)["head"]})
     backbone = {name: tensor for name, tensor in source.model.state_dict().items() if not name.startswith(head)}
@@ -412,7 +419,8 @@ def train(
     split_sizes = {"train": len(train_set.dataset), "validation": len(validation_set), "test": len(test_set)}
     manifest_sha256 = test_set.manifest_sha256()
     torch.manual_seed(config.seed)
-    model = build_model(config.stage, config.architecture)
+    version = test_set.preprocessing_version
+    model = build_model(config.stage, config.architecture, in_channels=len(CHANNELS[version]))
     if config.pretrained_weights:
         load_imagenet_weights(model, config.pretrained_weights)
     if config.backbone_checkpoint:
@@ -431,6 +439,7 @@ def train(
 
     def metadata() -> dict[str, Any]:
         return {"trained_on": TRAINED_ON, "data_manifest_sha256": manifest_sha256, "label_rule": test_set.label_rule,
+                "preprocessing_version": version, "training_domain": test_set.training_domain.as_metadata(),
                 "split_seed": config.split_seed,
                 "split_sizes": split_sizes, "epochs_run": len(run.train_losses), "best_epoch": run.best_epoch,
                 "best_validation_loss": run.best_validation_loss, "config": config.as_dict()}

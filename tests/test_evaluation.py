@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from numpy.testing import assert_allclose
 
 from density_db.cli import main
+from density_db.errors import ConfigurationError
 from density_db.inference.evaluation import (
     EvaluationSamples,
     classification_report,
@@ -190,9 +191,25 @@ def evaluation_inputs(tmp_path_factory) -> tuple[Path, Path, Path]:
     checkpoints = []
     for stage in ("classifier", "regressor"):
         path = root / f"{stage}.pt"
-        save_checkpoint(path, build_model(stage, "baseline_cnn"), stage=stage, architecture="baseline_cnn")
+        save_checkpoint(path, build_model(stage, "baseline_cnn", in_channels=4), stage=stage,
+                        architecture="baseline_cnn", metadata={"preprocessing_version": 2})
         checkpoints.append(path)
     return data_dir, checkpoints[0], checkpoints[1]
+
+
+def test_evaluate_refuses_samples_of_another_preprocessing_version(tmp_path, evaluation_inputs) -> None:
+    """A model of the paper's input on version 2 samples would read other channels: the error names the fix."""
+    from density_db.inference.architectures import build_model
+    from density_db.inference.checkpoints import load_checkpoint, save_checkpoint
+    from density_db.inference.evaluation import predict_samples
+
+    data_dir, _, regressor = evaluation_inputs
+    save_checkpoint(tmp_path / "v1.pt", build_model("classifier", "baseline_cnn"), stage="classifier",
+                    architecture="baseline_cnn")
+    with pytest.raises(ConfigurationError, match="takes preprocessing version 1 inputs, but these samples hold "
+                                                 "version 2: make a dataset with .*--preprocessing-version 1"):
+        predict_samples(data_dir, load_checkpoint(tmp_path / "v1.pt"), load_checkpoint(regressor), split="all",
+                         device="cpu")
 
 
 def test_evaluate_command_writes_report_and_figures(tmp_path, evaluation_inputs):
@@ -274,8 +291,9 @@ def test_evaluate_reads_several_datasets_and_warns_when_their_test_split_was_not
 
     def trained_on(manifest: str) -> Path:
         path = tmp_path / f"{manifest[:8]}.pt"
-        save_checkpoint(path, build_model("classifier", "baseline_cnn"), stage="classifier",
-                        architecture="baseline_cnn", metadata={"data_manifest_sha256": manifest, "split_seed": 0})
+        save_checkpoint(path, build_model("classifier", "baseline_cnn", in_channels=4), stage="classifier",
+                        architecture="baseline_cnn", metadata={"data_manifest_sha256": manifest, "split_seed": 0,
+                                                               "preprocessing_version": 2})
         return path
 
     own = trained_on(SimulatedDataset(data_dir).manifest_sha256())

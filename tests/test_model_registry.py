@@ -98,7 +98,7 @@ def test_evaluate_accepts_a_registered_name(run_cli, checkpoint: Path, tmp_path:
     from density_db.simulate.dataset import plan_samples, write_dataset
 
     write_dataset(tmp_path / "set", plan_samples(6, task="classify", seed=2, balance="uniform"),
-                  task="classify", balance="uniform", shape=(240, 250))
+                  task="classify", balance="uniform", shape=(240, 250), version=1)  # the checkpoint's input
     run_cli("models", "add", str(checkpoint), "--name", "my-classifier")
     result = run_cli("evaluate", "--data", str(tmp_path / "set"), "--classifier", "my-classifier",
                      "--regressor", "none", "--out", str(tmp_path / "report"), "--split", "all")

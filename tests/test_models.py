@@ -213,7 +213,7 @@ def test_plain_state_dict_loads_only_with_its_architecture(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("key", "value"),
     [("class_lower_edges", [0, 1, 10, 1_000, 10_000, 100_000]), ("bright_magnitude_limit", 24.0),
-     ("input_size", 256), ("preprocessing_version", 0)],
+     ("input_size", 256), ("preprocessing_version", 0), ("input_channels", ["image"])],
 )
 def test_checkpoint_with_other_labels_is_refused_naming_the_mismatch(tmp_path: Path, key: str, value: object) -> None:
     path = tmp_path / "classifier.pt"
@@ -223,6 +223,30 @@ def test_checkpoint_with_other_labels_is_refused_naming_the_mismatch(tmp_path: P
     torch.save(checkpoint, path)
     with pytest.raises(ConfigurationError, match=key):
         load_checkpoint(path)
+
+
+def test_a_version_2_checkpoint_takes_four_channels_and_records_its_input_and_domain(tmp_path: Path) -> None:
+    """The checkpoint says what its network reads; loading builds the 4-channel network from it."""
+    model = build_model("classifier", "baseline_cnn", in_channels=4)
+    with pytest.raises(ConfigurationError, match="for preprocessing version 1"):
+        save_checkpoint(tmp_path / "wrong.pt", model, stage="classifier", architecture="baseline_cnn")
+    domain = {"image_shape": [9216, 9232], "pixel_scale_arcsec": 0.074}
+    save_checkpoint(tmp_path / "v2.pt", model, stage="classifier", architecture="baseline_cnn",
+                    metadata={"preprocessing_version": 2, "training_domain": domain})
+    loaded = load_checkpoint(tmp_path / "v2.pt")
+    assert loaded.preprocessing_version == 2
+    assert loaded.metadata["input_channels"] == ["image", "valid_fraction", "point_like", "bright_point_like"]
+    assert loaded.training_domain.holds((9216, 9232), 0.0741)
+    assert not loaded.training_domain.holds((1024, 1024), 0.074)
+    assert not loaded.training_domain.holds((9216, 9232), 0.3)
+    with torch.inference_mode():
+        assert loaded.model(torch.zeros(2, 4, 224, 224)).shape == (2, 6)
+    old = tmp_path / "old.pt"  # the paper's input, from before channels were recorded
+    save_checkpoint(old, build_model("classifier", "baseline_cnn"), stage="classifier", architecture="baseline_cnn")
+    checkpoint = torch.load(old, weights_only=True)
+    del checkpoint["metadata"]["input_channels"]
+    torch.save(checkpoint, old)
+    assert load_checkpoint(old).preprocessing_version == 1 and load_checkpoint(old).training_domain is None
 
 
 def test_save_refuses_mislabelled_models_and_unstorable_metadata(tmp_path: Path) -> None:

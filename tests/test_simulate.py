@@ -18,7 +18,7 @@ from density_db.errors import ConfigurationError
 from density_db.focal_plane import DETECTOR_SHAPE, detector_wcs_header
 from density_db.inference.checkpoints import file_sha256
 from density_db.inference.datasets import SimulatedDataset
-from density_db.inference.preprocessing import preprocess
+from density_db.inference.preprocessing import CHANNELS, preprocess
 from density_db.labels import density_class
 from density_db.simulate.dataset import (
     DESCRIPTION_NAME,
@@ -31,6 +31,8 @@ from density_db.simulate.dataset import (
 )
 from density_db.simulate.exposures import imaging_detectors, plan_pointings, simulate_exposures
 from density_db.simulate.fields import field_by_name
+from density_db.simulate.photometry import image_calibration
+from density_db.simulate.render import QUALITY_SATURATED
 
 SMALL = (300, 320)
 
@@ -150,28 +152,36 @@ def test_regress_plan_reaches_beyond_2000_bright_stars_with_galaxies() -> None:
     assert catalog.bright_star_count > 2000
 
 
-def test_dataset_mode_equals_writing_the_fits_file_and_preprocessing_it(tmp_path) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_dataset_mode_equals_writing_the_fits_file_and_preprocessing_it(tmp_path, version) -> None:
     """Same seed, same tensor: the shortcut (cell-level noise, expected pixel variance) against the file.
 
-    Tolerance: 2e-3 absolute plus 1e-3 relative, which covers float16 storage
-    (1e-3 relative) and the expected-versus-realised standard deviation of
-    the valid pixels (about 1e-3 at most on these images).
+    Tolerance of the image channels: 2e-3 absolute plus 1e-3 relative, which
+    covers float16 storage (1e-3 relative) and the expected-versus-realised
+    standard deviation of the valid pixels (about 1e-3 at most on these
+    images).  Version 2's point-source counts are equal: the same pixels,
+    and small counts (and their quarters) are exact in float16.
     """
     shape = (450, 460)
     specs = plan_samples(3, task="regress", seed=7)
-    samples = write_dataset(tmp_path / "set", specs, task="regress", balance="paper", shape=shape)
+    samples = write_dataset(tmp_path / "set", specs, task="regress", balance="paper", shape=shape, version=version)
     shard = np.load(tmp_path / "set" / "shard_00000.npy")
-    assert shard.dtype == np.float16 and shard.shape == (3, 2, 224, 224)
+    assert shard.dtype == np.float16 and shard.shape == (3, len(CHANNELS[version]), 224, 224)
     for spec, row in zip(specs, samples, strict=True):
         catalog, image = simulate_sample(spec, shape=shape)
         path = tmp_path / f"sample_{spec.index}.fits"
         fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image.science, name="SCI"),
                       fits.ImageHDU(image.quality, name="DQ")]).writeto(path)
         with fits.open(path) as hdus:
-            from_file, _ = preprocess(hdus["SCI"].data, hdus["DQ"].data)
-        np.testing.assert_allclose(shard[row["offset"]].astype(np.float32), from_file, atol=2e-3, rtol=1e-3)
+            from_file, _ = preprocess(hdus["SCI"].data, hdus["DQ"].data, version=version,
+                                      calibration=image_calibration(spec.band), saturated_bits=QUALITY_SATURATED)
+        stored = shard[row["offset"]].astype(np.float32)
+        np.testing.assert_allclose(stored[:2], from_file[:2], atol=2e-3, rtol=1e-3)
+        np.testing.assert_array_equal(stored[2:], from_file[2:])
         assert row["star_count"] == catalog.star_count
         assert row["log_bright"] == pytest.approx(np.log10(1 + catalog.bright_star_count))
+    if version == 2:
+        assert shard[:, 2].astype(np.float64).sum() > 100  # point-like sources were found, and compared
 
 
 def test_truth_catalog_gives_a_samples_labels_and_the_same_stars_without_galaxies(tmp_path) -> None:
@@ -196,7 +206,7 @@ def test_dataset_loads_through_pytorch_with_memory_mapping(tmp_path) -> None:
     dataset = SimulatedDataset(tmp_path / "set")
     loader = torch.utils.data.DataLoader(dataset, batch_size=2)
     tensors, targets = next(iter(loader))
-    assert tensors.shape == (2, 2, 224, 224) and tensors.dtype == torch.float32
+    assert tensors.shape == (2, 4, 224, 224) and tensors.dtype == torch.float32  # version 2 by default
     assert targets.dtype == torch.int64
     assert [int(t) for t in targets] == [density_class(spec.counted) for spec in specs[:2]]
     regression = SimulatedDataset(tmp_path / "set", target="log_bright", indices=np.array([3]))
@@ -226,7 +236,7 @@ def test_several_datasets_read_as_one_in_order_when_they_share_the_model_input(t
     shutil.copytree(tmp_path / "b", tmp_path / "old")
     description = json.loads((tmp_path / "old" / DESCRIPTION_NAME).read_text())
     (tmp_path / "old" / DESCRIPTION_NAME).write_text(json.dumps({**description, "preprocessing_version": 0}))
-    with pytest.raises(ConfigurationError, match="its preprocessing_version is 0, not 1"):
+    with pytest.raises(ConfigurationError, match="its preprocessing_version is 0, not 2"):
         SimulatedDataset([tmp_path / "a", tmp_path / "old"], target="density_class")
     with pytest.raises(ConfigurationError, match="does not exist"):
         SimulatedDataset([tmp_path / "a", tmp_path / "nowhere"])

@@ -193,10 +193,11 @@ def test_regressor_trains_through_its_three_stages(regress_dir, tmp_path) -> Non
 
 def test_regressor_starts_from_the_classifier_backbone_and_keeps_its_own_head(regress_dir, tmp_path) -> None:
     torch.manual_seed(7)
-    classifier = build_model("classifier", "baseline_cnn")
-    save_checkpoint(tmp_path / "classifier.pt", classifier, stage="classifier", architecture="baseline_cnn")
+    classifier = build_model("classifier", "baseline_cnn", in_channels=4)
+    save_checkpoint(tmp_path / "classifier.pt", classifier, stage="classifier", architecture="baseline_cnn",
+                    metadata={"preprocessing_version": 2})
     torch.manual_seed(8)
-    regressor = build_model("regressor", "baseline_cnn")
+    regressor = build_model("regressor", "baseline_cnn", in_channels=4)
     head = f"{max(i for i, layer in enumerate(regressor) if isinstance(layer, torch.nn.Linear))}."  # the last linear layer
     fresh_head = {name: tensor.clone() for name, tensor in regressor.state_dict().items() if name.startswith(head)}
     load_backbone(regressor, tmp_path / "classifier.pt", architecture="baseline_cnn")
@@ -211,6 +212,16 @@ def test_regressor_starts_from_the_classifier_backbone_and_keeps_its_own_head(re
     assert result.epochs_run == 3
     trained = load_checkpoint(tmp_path / "regressor.pt")
     assert trained.metadata["config"]["backbone_checkpoint"] == str(tmp_path / "classifier.pt")
+
+
+def test_a_backbone_of_another_preprocessing_version_is_refused(regress_dir, tmp_path) -> None:
+    """The paper's 2-channel classifier cannot start a regressor of version 2's 4-channel data."""
+    save_checkpoint(tmp_path / "v1.pt", build_model("classifier", "baseline_cnn"), stage="classifier",
+                    architecture="baseline_cnn")
+    with pytest.raises(ConfigurationError, match="takes preprocessing version 1 inputs .2 channels.; this model "
+                                                 "takes 4"):
+        train(_config("regressor", epochs=3, backbone_checkpoint=str(tmp_path / "v1.pt")), regress_dir,
+              tmp_path / "regressor.pt")
 
 
 def test_a_backbone_of_another_architecture_or_with_imagenet_weights_is_refused(tmp_path) -> None:
@@ -274,8 +285,8 @@ def test_cli_starts_from_given_weights_and_names_a_bad_source(classify_dir, regr
     monkeypatch.delenv("DENSITY_DB_URL", raising=False)
     monkeypatch.setenv("DENSITY_DB_HOME", str(tmp_path / "home"))
     classifier = tmp_path / "classifier.pt"
-    save_checkpoint(classifier, build_model("classifier", "baseline_cnn"), stage="classifier",
-                    architecture="baseline_cnn")
+    save_checkpoint(classifier, build_model("classifier", "baseline_cnn", in_channels=4), stage="classifier",
+                    architecture="baseline_cnn", metadata={"preprocessing_version": 2})
     common = ["train", "regressor", "--data", str(regress_dir), "--arch", "baseline_cnn", "--epochs", "3",
               "--batch-size", "8", "--device", "cpu"]
     started = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "r.pt"), "--init", f"backbone:{classifier}"])

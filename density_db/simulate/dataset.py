@@ -2,9 +2,12 @@
 
 Each sample is a full-size detector image simulated with the same catalog
 and rendering code as exposures mode, reduced to the 2 x 224 x 224 model
-input through the preprocessing module's cell sums without drawing the
-per-pixel noise (:func:`density_db.simulate.render.render_model_input`;
-the tensor equals preprocessing the full-resolution image of the same seed).  Samples go
+input through the preprocessing module's cell sums
+(:func:`density_db.simulate.render.render_model_input`; the tensor equals
+preprocessing the full-resolution image of the same seed).  The paper's
+input (preprocessing version 1) never needs the per-pixel noise; version 2
+(the default) counts point-like sources on the pixels, so it draws their
+noise, which costs about as much as the rest of the sample.  Samples go
 into shards of ``SHARD_SIZE`` float16 arrays (``shard_00000.npy`` ...,
 memory-mappable) with one row per sample in ``samples.ecsv`` (labels and
 simulation parameters) and the dataset's description in ``dataset.json``.
@@ -45,7 +48,8 @@ from astropy.wcs import WCS
 
 from density_db import __version__
 from density_db.focal_plane import DETECTOR_SHAPE, detector_wcs_header
-from density_db.inference.preprocessing import PREPROCESSING_VERSION
+from density_db.focal_plane import PIXEL_SCALE_ARCSEC
+from density_db.inference.preprocessing import CHANNELS, DEFAULT_PREPROCESSING_VERSION
 from density_db.labels import BRIGHT_MAGNITUDE_LIMIT, CLASS_LOWER_EDGES, INPUT_SIZE, LABEL_RULE, N_CLASSES, label_rule
 from density_db.simulate.catalog import TruthCatalog, draw_catalog
 from density_db.simulate.fields import NAMED_FIELDS
@@ -171,16 +175,19 @@ def simulate_sample(spec: SampleSpec, *, shape: tuple[int, int] = DETECTOR_SHAPE
 
 
 def preprocessed_sample(
-    spec: SampleSpec, shape: tuple[int, int] = DETECTOR_SHAPE, *, device: str | None = None
+    spec: SampleSpec, shape: tuple[int, int] = DETECTOR_SHAPE, *, device: str | None = None,
+    version: int = DEFAULT_PREPROCESSING_VERSION,
 ) -> tuple[np.ndarray, SampleLabels]:
-    """One sample as the model sees it, with its labels, without making the full-resolution noise.
+    """One sample as the model sees it (preprocessing ``version``), with its labels, without writing a file.
 
     Equal to ``preprocess`` of :func:`simulate_sample`'s image for the same
-    spec, to the precision stated in :mod:`density_db.simulate.noise`;
-    ``device`` (a torch device) does the full-size work there, same result.
+    spec: the image channels to the precision stated in
+    :mod:`density_db.simulate.noise` (version 1 never draws the pixel
+    noise), version 2's point-source counts exactly; ``device`` (a torch
+    device) does the full-size work there, same result.
     """
     catalog, rng = _catalog(spec, shape)
-    tensor, statistics = render_model_input(catalog, shape, spec.band, rng, device=device)
+    tensor, statistics = render_model_input(catalog, shape, spec.band, rng, device=device, version=version)
     labels = SampleLabels(
         star_count=catalog.star_count,
         counting_limit=catalog.counting_limit,
@@ -194,9 +201,9 @@ def preprocessed_sample(
     return tensor, labels
 
 
-def _preprocessed(job: tuple[SampleSpec, tuple[int, int], str | None]) -> tuple[np.ndarray, SampleLabels]:
-    spec, shape, device = job
-    tensor, labels = preprocessed_sample(spec, shape, device=device)
+def _preprocessed(job: tuple[SampleSpec, tuple[int, int], str | None, int]) -> tuple[np.ndarray, SampleLabels]:
+    spec, shape, device, version = job
+    tensor, labels = preprocessed_sample(spec, shape, device=device, version=version)
     return tensor.astype(np.float16), labels
 
 
@@ -209,15 +216,19 @@ def write_dataset(
     shape: tuple[int, int] = DETECTOR_SHAPE,
     workers: int = 1,
     device: str | None = None,
+    version: int = DEFAULT_PREPROCESSING_VERSION,
     progress: Callable[[], None] | None = None,
 ) -> Table:
-    """Simulate, preprocess and store every sample; return the samples table.
+    """Simulate, preprocess (``version``, :data:`~density_db.inference.preprocessing.CHANNELS`) and store
+    every sample; return the samples table.
 
     ``device`` (a torch device such as ``"cuda"``) does each sample's
     full-size work there; worker processes are then spawned, not forked,
     as CUDA requires.  Refuses to write into a directory that already holds
     a dataset, so that shards of two datasets are never mixed.
     """
+    if version not in CHANNELS:
+        raise ValueError(f"preprocessing version must be one of {sorted(CHANNELS)}, got {version}")
     if (out / DESCRIPTION_NAME).exists():
         raise FileExistsError(f"{out} already holds a dataset ({DESCRIPTION_NAME}); choose a new directory")
     rules = {spec.label_rule for spec in specs} or {LABEL_RULE}
@@ -229,7 +240,7 @@ def write_dataset(
     context = multiprocessing.get_context("spawn" if device is not None else None)
     pool_or_none = ProcessPoolExecutor(max_workers=workers, mp_context=context) if workers > 1 else None
     with pool_or_none or contextlib.nullcontext() as pool:
-        results = (pool.map if pool is not None else map)(_preprocessed, ((spec, shape, device) for spec in specs))
+        results = (pool.map if pool is not None else map)(_preprocessed, ((spec, shape, device, version) for spec in specs))
         for shard_index, shard in enumerate(_chunks(zip(specs, results, strict=True), SHARD_SIZE)):
             tensors = np.stack([tensor for _, (tensor, _) in shard])
             np.save(out / f"shard_{shard_index:05d}.npy", tensors)
@@ -244,7 +255,8 @@ def write_dataset(
         "task": task, "balance": balance, "galaxies": any(spec.galaxies for spec in specs),
         "samples": len(rows), "shard_size": SHARD_SIZE,
         "shards": -(-len(rows) // SHARD_SIZE), "dtype": "float16", "input_size": INPUT_SIZE,
-        "image_shape": list(shape), "device": device or "cpu", "preprocessing_version": PREPROCESSING_VERSION,
+        "image_shape": list(shape), "pixel_scale_arcsec": PIXEL_SCALE_ARCSEC, "device": device or "cpu",
+        "preprocessing_version": version, "input_channels": list(CHANNELS[version]),
         "class_lower_edges": list(CLASS_LOWER_EDGES), "bright_magnitude_limit": BRIGHT_MAGNITUDE_LIMIT,
         "label_rule": rule, "label_rule_description": label_rule(rule).description,
         "density_db_version": __version__,

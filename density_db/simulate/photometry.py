@@ -71,6 +71,7 @@ import numpy as np
 
 from density_db.errors import ConfigurationError
 from density_db.focal_plane import PIXEL_SCALE_ARCSEC
+from density_db.inference.point_sources import Calibration
 
 EXPOSURE_SECONDS = 150.0
 GAIN = 1.0
@@ -150,6 +151,15 @@ BANDS: dict[str, BandPhotometry] = {
     )
 }
 """The seven imaging bands, in wavelength order."""
+
+
+def image_calibration(band: str, exposure_seconds: float = EXPOSURE_SECONDS) -> Calibration:
+    """What the point-source pass needs of a simulated image: zero point (of 1 ADU/s), exposure time and PSF."""
+    photometry = band_photometry(band)
+    return Calibration(
+        zero_point=photometry.zero_point + 2.5 * float(np.log10(GAIN)), exposure_seconds=exposure_seconds,
+        fwhm_px=photometry.fwhm_px, moffat_beta=photometry.moffat_beta,
+    )
 
 
 def band_photometry(band: str) -> BandPhotometry:

@@ -56,7 +56,8 @@ import numpy as np
 
 from density_db.errors import InputError
 from density_db.focal_plane import PIXEL_SCALE_ARCSEC
-from density_db.inference.preprocessing import model_input
+from density_db.inference.point_sources import count_point_sources
+from density_db.inference.preprocessing import model_input, point_source_channels
 from density_db.labels import INPUT_SIZE
 from density_db.pooling import CellGrid, PixelStatistics
 from density_db.simulate.catalog import TruthCatalog
@@ -69,6 +70,7 @@ from density_db.simulate.photometry import (
     background_electrons,
     band_photometry,
     electrons,
+    image_calibration,
 )
 
 QUALITY_SATURATED = 1
@@ -161,17 +163,25 @@ def render_model_input(
     exposure_seconds: float = EXPOSURE_SECONDS,
     defects: bool = True,
     device: str | None = None,
+    version: int = 1,
 ) -> tuple[np.ndarray, PixelStatistics]:
-    """The 2 x 224 x 224 model input of the image :func:`render_detector` would make, without its pixels.
+    """The model input of the image :func:`render_detector` would make, without writing it.
 
     Same sources, defects and cell noise totals from the same random
-    stream; the per-pixel noise, which pooling would average away, is never
-    drawn.  Equals preprocessing the rendered image to the precision of the
+    stream.  The paper's two channels (``version=1``) need no per-pixel
+    noise, which pooling would average away: it is never drawn, and the
+    tensor equals preprocessing the rendered image to the precision of the
     standard deviation (see :mod:`noise`), for a fraction of the time.
+
+    Version 2's point-source channels are counted on the pixels, so their
+    noise is drawn (stage 2, the same stream as :func:`render_detector`) and
+    the counts are those of preprocessing the rendered image, exactly; the
+    first two channels are still made from the cells.
 
     ``device`` (a torch device such as ``"cuda"``) puts the full-size work --
     the image, the stamps, the per-cell sums -- on that device; every random
-    draw stays in NumPy, so the result is the same as without it.
+    draw stays in NumPy, so the result is the same as without it (version 2
+    draws the pixel noise and counts on the host).
 
     Raises
     ------
@@ -192,7 +202,15 @@ def render_model_input(
     if not noise.valid_counts.any():
         raise InputError("all_invalid", "no valid pixel in the simulated image")
     statistics = noise.statistics(exposure_seconds, shape[0] * shape[1])
-    return model_input(grid, noise.value_sums(exposure_seconds), noise.valid_counts, statistics), statistics
+    tensor = model_input(grid, noise.value_sums(exposure_seconds), noise.valid_counts, statistics)
+    if version == 1:
+        return tensor, statistics
+    if device is not None:
+        expected, quality = expected.cpu().numpy(), quality.cpu().numpy()
+    noise.observe(expected, quality, rng, exposure_seconds)
+    counts = count_point_sources(expected, quality, grid, image_calibration(band, exposure_seconds),
+                                 saturated_bits=QUALITY_SATURATED)
+    return np.concatenate([tensor, point_source_channels(grid, counts)]), statistics
 
 
 _WORK: dict = {}
