@@ -30,13 +30,14 @@ demo: install
 	    "SELECT exposure_id, detector, band, round(ra::numeric, 3) AS ra, round(dec::numeric, 3) AS dec, \
 	            density_class, round(class_confidence::numeric, 3) AS confidence, round(bright_count::numeric) AS bright_count, \
 	            regression_status, flag_names(flags) AS flags FROM field_density ORDER BY density_class, exposure_id, detector"
+	$(BIN)/density-db simulate truth $(DEMO_DIR)/sparse $(DEMO_DIR)/medium $(DEMO_DIR)/crowded --format table
 	$(BIN)/density-db query cone 265.1 -28.35 1.0 --band g --format table
 	$(BIN)/density-db -q maps build --nside 256 --out $(DEMO_DIR)/maps --png --moc > /dev/null
 	@$(BIN)/density-db -q plan delete demo --yes > /dev/null 2>&1 || true
 	$(BIN)/density-db plan create demo
 	$(BIN)/density-db plan show demo --format table
 	@echo
-	@echo "Simulated truth per detector: $(DEMO_DIR)/*/manifest.ecsv"
+	@echo "Simulated truth per detector: $(DEMO_DIR)/*/manifest.ecsv (beside the answers: density-db simulate truth DIR...)"
 	@echo "HEALPix maps (healsparse, healpy FITS, PNG, MOC) of the demo survey: $(DEMO_DIR)/maps/"
 	@echo "The campaign's frames: $(BIN)/density-db plan export demo --format csv   (--format moc --out DIR for Aladin)"
 	@echo "The catalog is in the embedded PostgreSQL server; open it with:"

@@ -98,7 +98,27 @@ def _register_only(app: AppContext, paths, from_file, options) -> int:
         f"{counts.frames_known} already known, {counts.failures} failures"
     )
     _point_at_failures(run.id, counts.failures)
+    _warn_of_domain(database, run.id)
     return counts.failures
+
+
+def _warn_of_domain(database, run_id: int) -> None:
+    """Say how many of the run's answers are for frames unlike the models' training images."""
+    import sqlalchemy as sa
+
+    from density_db.planning.flags import flag_mask
+
+    with database.engine.connect() as connection:
+        outside = connection.execute(
+            sa.text("SELECT count(*) FROM density_result WHERE run_id = :run AND (flags & :mask) <> 0"),
+            {"run": run_id, "mask": flag_mask(["outside_training_domain"])},
+        ).scalar_one()
+    if outside:
+        click.echo(
+            f"warning: {outside} frames differ in shape or pixel scale from the models' training images: their "
+            "results carry the flag outside_training_domain (classes and counts there are extrapolations)",
+            err=True,
+        )
 
 
 def _warn_of_label_rule(classifier) -> None:
@@ -109,6 +129,19 @@ def _warn_of_label_rule(classifier) -> None:
             "%s was trained under the %r label rule: its classes count %s, not %s (%r)",
             classifier.name, rule.name, rule.description, label_rule(LABEL_RULE).description, LABEL_RULE,
         )
+
+
+def _shared_preprocessing_version(classifier, regressor) -> int:
+    """The model input both stages take; they must agree, since each frame is reduced once for both."""
+    from density_db.inference.checkpoints import recorded_preprocessing_version
+
+    versions = {model.name: recorded_preprocessing_version(model.metadata) for model in (classifier, regressor)}
+    if len(set(versions.values())) > 1:
+        raise click.ClickException(
+            "the two stages take different model inputs: "
+            + ", ".join(f"{name} preprocessing version {version}" for name, version in versions.items())
+        )
+    return versions[classifier.name]
 
 
 def _ingest(app: AppContext, paths, from_file, options) -> int:
@@ -132,6 +165,7 @@ def _ingest(app: AppContext, paths, from_file, options) -> int:
     regressor = resolve_model(database, options["regressor"], stage="regressor",
                               architecture=options["regressor_architecture"])
     _warn_of_label_rule(classifier)
+    version = _shared_preprocessing_version(classifier, regressor)
     flag_rules = (FlagRules.from_rules(load_rules(options["rules_path"])) if options["rules_path"]
                   else flag_rules_in_force(database))
     with Cluster(scheduler=options["scheduler"], workers=options["workers"], device=options["device"]) as cluster:
@@ -150,11 +184,12 @@ def _ingest(app: AppContext, paths, from_file, options) -> int:
             regressor_architecture=regressor.architecture,
             device=cluster.device if cluster.local else options["device"],
             torch_threads=cluster.torch_threads(),
+            preprocessing_version=version,
         )
         config = {
             "paths": list(paths), "from_file": str(from_file) if from_file else None, "profile": instrument.name,
             "classifier": classifier.name, "regressor": regressor.name, "device": spec.device,
-            "label_rule": recorded_label_rule(classifier.metadata),
+            "label_rule": recorded_label_rule(classifier.metadata), "preprocessing_version": version,
             "scheduler": cluster.address, "workers": cluster.workers,
             "shard_size": shard_size, "max_in_flight": ingest_options.max_in_flight, "rerun": ingest_options.rerun,
             "flag_rules": flag_rules.provenance,
@@ -176,7 +211,27 @@ def _ingest(app: AppContext, paths, from_file, options) -> int:
         f"{counts.already_done} had results already, {counts.failures} failures"
     )
     _point_at_failures(run.id, counts.failures)
+    _warn_of_domain(database, run.id)
     return counts.failures
+
+
+def _warn_of_domain(database, run_id: int) -> None:
+    """Say how many of the run's answers are for frames unlike the models' training images."""
+    import sqlalchemy as sa
+
+    from density_db.planning.flags import flag_mask
+
+    with database.engine.connect() as connection:
+        outside = connection.execute(
+            sa.text("SELECT count(*) FROM density_result WHERE run_id = :run AND (flags & :mask) <> 0"),
+            {"run": run_id, "mask": flag_mask(["outside_training_domain"])},
+        ).scalar_one()
+    if outside:
+        click.echo(
+            f"warning: {outside} frames differ in shape or pixel scale from the models' training images: their "
+            "results carry the flag outside_training_domain (classes and counts there are extrapolations)",
+            err=True,
+        )
 
 
 def _point_at_failures(run_id: int, failures: int) -> None:

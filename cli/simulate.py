@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from density_db.cli.context import AppContext, pass_app
+from density_db.cli.options import output_format_option, resolve_output_format
 from density_db.cli.progress import progress_bar
 from density_db.errors import ConfigurationError
 from density_db.labels import LABEL_RULE, LABEL_RULES
@@ -148,3 +149,50 @@ def dataset(app: AppContext, out, count, task, balance, device, shape, seed, sta
     counts = np.bincount(np.asarray(samples["density_class"]), minlength=6)
     click.echo(f"wrote {len(samples)} samples to {out} (preprocessing version {version}, {rule!r} labels, classes 0-5: {', '.join(map(str, counts))}; "
                f"bright stars {int(np.min(samples['bright_star_count']))}-{int(np.max(samples['bright_star_count']))})")
+
+
+@simulate.command()
+@click.argument("directories", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@output_format_option
+@pass_app
+def truth(app: AppContext, directories: tuple[Path, ...], output_format: str | None) -> None:
+    """Each simulated image's truth beside the catalog's answer for it.
+
+    Reads the manifest.ecsv of each DIRECTORY written by `simulate exposures` and, for every image, the
+    answer `field_density` holds (matched by exposure, detector and band): true class, the stars its label
+    rule counted and the stars brighter than 23.5 mag, against the predicted class, its confidence and the
+    predicted bright-star count.  Images not ingested yet have empty answer columns.
+    """
+    import sqlalchemy as sa
+    from astropy.table import Table, vstack
+
+    from density_db.cli.output import write_result
+    from density_db.queries import QueryResult
+    from density_db.simulate.exposures import MANIFEST_NAME
+
+    manifests = []
+    for directory in directories:
+        if not (directory / MANIFEST_NAME).is_file():
+            raise click.ClickException(f"{directory} holds no {MANIFEST_NAME}: not a `simulate exposures` directory")
+        manifests.append(Table.read(directory / MANIFEST_NAME, format="ascii.ecsv"))
+    truth_rows = vstack(manifests, metadata_conflicts="silent")
+    with app.open_database().engine.connect() as connection:
+        answers = {
+            (exposure_id, int(detector), band): answer
+            for exposure_id, detector, band, *answer in connection.execute(sa.text(
+                "SELECT exposure_id, detector, band, density_class, round(class_confidence::numeric, 3), "
+                "round(bright_count::numeric), flag_names(flags) FROM field_density "
+                "WHERE exposure_id = ANY(:exposures)"), {"exposures": sorted(set(truth_rows["exposure_id"]))})
+        }
+    counted = "counted_star_count" if "counted_star_count" in truth_rows.colnames else "star_count"  # older
+    rows = []
+    for row in truth_rows:
+        key = (str(row["exposure_id"]), int(row["detector"]), str(row["band"]))
+        answer = answers.get(key, [None] * 4)
+        rows.append((*key, str(row["field"]), int(row["density_class"]), int(row[counted]),
+                     int(row["bright_star_count"]), *answer))
+    columns = ("exposure_id", "detector", "band", "field", "true_class", "counted_stars", "true_bright",
+               "density_class", "confidence", "bright_count", "flags")
+    write_result(QueryResult(columns, sorted(rows, key=lambda r: (r[4], r[0], r[1]))),
+                 resolve_output_format(output_format))

@@ -51,16 +51,20 @@ def _parse_init(_ctx, _param, value: str | None) -> dict[str, str]:
               help="Data loader worker processes.")
 @click.option("--init", "initial_weights", default=None, callback=_parse_init, metavar="imagenet:PATH|backbone:CKPT",
               help="Start from weights: 'imagenet:PATH', a local torchvision ImageNet weights file of the ResNet "
-                   "(first convolution averaged to 2 channels; nothing is downloaded), or 'backbone:CKPT', every "
+                   "(first convolution averaged to the input's channels; nothing is downloaded), or 'backbone:CKPT', every "
                    "layer but the head from a density-db checkpoint of the same architecture (e.g. the trained "
                    "classifier, for the regressor). Default: random initialisation.")
+@click.option("--preprocessing-version", "preprocessing_version", type=click.Choice(["1", "2"]), default=None,
+              help="The model input to train on, default the data's. 1 (the paper's image and valid fraction) "
+                   "can be read from version 2 data: the same images without the point-source channels.")
 @click.option("--resume", is_flag=True, help="Continue the run saved in OUT.state.pt.")
 @click.option("--tune", "tune_trials", type=click.IntRange(min=1), default=None, metavar="N",
               help="Tune the learning rates (and the regressor's layer multipliers) with N Optuna trials "
                    "instead of one run (--lr is then searched, not used); the best trial goes to --out.")
 @pass_app
 def train(app: AppContext, stage, data_dirs, architecture, out_path, epochs, batch_size, learning_rate,
-          scheduler_patience, device, seed, workers, initial_weights, resume, tune_trials) -> None:
+          scheduler_patience, device, seed, workers, initial_weights, preprocessing_version, resume,
+          tune_trials) -> None:
     """Train STAGE (classifier or regressor) on a simulated dataset; the best model goes to --out."""
     from density_db.inference.training import TrainingConfig, state_file_of
     from density_db.inference.training import train as run_training
@@ -72,6 +76,7 @@ def train(app: AppContext, stage, data_dirs, architecture, out_path, epochs, bat
     config = TrainingConfig(
         stage=stage, architecture=architecture, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
         scheduler_patience=scheduler_patience, device=device, seed=seed, workers=workers, **initial_weights,
+        preprocessing_version=None if preprocessing_version is None else int(preprocessing_version),
     )
     if tune_trials is not None:
         import optuna

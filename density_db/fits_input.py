@@ -90,6 +90,9 @@ class FrameHeader:
         Largest centre-to-corner separation in degrees.
     valid_fraction : float or None
         Fraction of valid pixels; unknown from headers alone.
+    zero_point, psf_fwhm_px : float or None
+        The image's zero point (AB mag of 1 ADU/s) and PSF FWHM (pixels), when
+        its header has the profile's ``[calibration]`` keywords.
     """
 
     path: str
@@ -114,6 +117,16 @@ class FrameHeader:
     footprint_depth: int
     radius_deg: float
     valid_fraction: float | None = None
+    zero_point: float | None = None
+    psf_fwhm_px: float | None = None
+
+    @property
+    def pixel_scale_arcsec(self) -> float:
+        """Mean side of a pixel on the sky: the geometric mean of the image's width and height over its pixels."""
+        ra, dec = self.corner_ra, self.corner_dec
+        width = float(sky.angular_separation_deg(ra[0], dec[0], ra[1], dec[1])) / self.shape[1]
+        height = float(sky.angular_separation_deg(ra[1], dec[1], ra[2], dec[2])) / self.shape[0]
+        return 3600.0 * (width * height) ** 0.5
 
 
 @dataclass(frozen=True)
@@ -370,6 +383,8 @@ def _read_frame(
         footprint=tuple((int(lo), int(hi)) for lo, hi in footprint),
         footprint_depth=sky.FOOTPRINT_DEPTH,
         radius_deg=sky.circumradius_deg(centre_ra, centre_dec, corner_ra, corner_dec),
+        zero_point=_optional_number(headers, (profile.calibration.zero_point_keyword,), where),
+        psf_fwhm_px=_optional_number(headers, (profile.calibration.psf_fwhm_keyword,), where),
     )
 
 

@@ -25,12 +25,14 @@ _TEXTS = "a list of non-empty strings"
 _TABLE = "a table"
 
 # Accepted keys of each TOML table: key -> (required, expected kind).
+_NUMBER = "a number"
 _TOP_SCHEMA = {
     "name": (True, _TEXT),
     "keywords": (True, _TABLE),
     "hdus": (True, _TABLE),
     "bands": (True, _TABLE),
     "detectors": (False, _TABLE),
+    "calibration": (False, _TABLE),
 }
 _KEYWORD_SCHEMA = {
     "exposure_id": (True, _TEXT),
@@ -46,6 +48,51 @@ _HDU_SCHEMA = {
     "science": (True, _TEXTS),
     "data_quality": (False, _TEXTS),
 }
+_CALIBRATION_SCHEMA = {
+    "zero_point": (False, _TEXT),
+    "psf_fwhm": (False, _TEXT),
+    "moffat_beta": (False, _NUMBER),
+    "saturated_bits": (False, _NUMBER),
+    "bands": (False, _TABLE),
+}
+_BAND_CALIBRATION_SCHEMA = {
+    "zero_point": (False, _NUMBER),
+    "psf_fwhm": (False, _NUMBER),
+}
+
+
+@dataclass(frozen=True)
+class BandCalibration:
+    """A band's typical zero point (AB mag of 1 ADU/s) and PSF FWHM (pixels), for files that lack them."""
+
+    zero_point: float | None = None
+    psf_fwhm_px: float | None = None
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """Where the point-source pass (model input version 2) finds each image's zero point and PSF.
+
+    Attributes
+    ----------
+    zero_point_keyword, psf_fwhm_keyword : str or None
+        Header keywords of the zero point (AB magnitude of a source giving
+        1 ADU per second) and of the PSF FWHM in pixels; a file's value wins
+        over the band's.
+    band_values : Mapping[str, BandCalibration]
+        Canonical band -> the values used when a file lacks the keywords.
+    moffat_beta : float or None
+        Moffat index of the instrument's PSF, ``None`` for a Gaussian.
+    saturated_bits : int
+        Data-quality bits that mark saturated pixels (each saturated core
+        counts as one bright point source); 0 when the mask does not say.
+    """
+
+    zero_point_keyword: str | None = None
+    psf_fwhm_keyword: str | None = None
+    band_values: Mapping[str, BandCalibration] = field(default_factory=dict, hash=False)
+    moffat_beta: float | None = None
+    saturated_bits: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,6 +125,8 @@ class InstrumentProfile:
         the band keyword of each image wins.
     source : str
         The TOML file the profile was loaded from.
+    calibration : CalibrationSettings
+        Zero point, PSF and saturation for the point-source pass (``[calibration]``).
     """
 
     name: str
@@ -95,6 +144,7 @@ class InstrumentProfile:
     band_aliases: Mapping[str, tuple[str, ...]] = field(hash=False)
     detector_bands: Mapping[int, str] = field(hash=False)
     source: str
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings, hash=False)
 
     @property
     def bands(self) -> tuple[str, ...]:
@@ -204,6 +254,7 @@ def _profile_from_toml(data: dict[str, Any], source: str) -> InstrumentProfile:
         band_aliases=MappingProxyType(band_aliases),
         detector_bands=MappingProxyType(_detector_bands(data.get("detectors", {}), band_aliases, source)),
         source=source,
+        calibration=_calibration(data.get("calibration", {}), band_aliases, source),
     )
 
 
@@ -226,6 +277,8 @@ def _check_table(table: dict[str, Any], schema: dict[str, tuple[bool, str]], whe
 def _is_kind(value: Any, kind: str) -> bool:
     if kind == _TABLE:
         return isinstance(value, dict)
+    if kind == _NUMBER:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind == _TEXTS:
         return isinstance(value, list) and all(_is_kind(item, _TEXT) for item in value)
     return isinstance(value, str) and bool(value.strip())
@@ -267,3 +320,29 @@ def _detector_bands(
             )
         detector_bands[int(detector)] = band
     return detector_bands
+
+
+def _calibration(table: dict[str, Any], band_aliases: dict[str, tuple[str, ...]], source: str) -> CalibrationSettings:
+    _check_table(table, _CALIBRATION_SCHEMA, "[calibration]", source)
+    band_values = {}
+    for band, values in table.get("bands", {}).items():
+        if band not in band_aliases:
+            raise ConfigurationError(
+                f"{source}: band {band!r} in [calibration.bands] is not a canonical band of [bands] "
+                f"({', '.join(band_aliases)})"
+            )
+        if not isinstance(values, dict):
+            raise ConfigurationError(f"{source}: [calibration.bands] {band} must be a table, got {values!r}")
+        _check_table(values, _BAND_CALIBRATION_SCHEMA, f"[calibration.bands] {band}", source)
+        band_values[band] = BandCalibration(values.get("zero_point"), values.get("psf_fwhm"))
+    saturated_bits = table.get("saturated_bits", 0)
+    if saturated_bits != int(saturated_bits) or saturated_bits < 0:
+        raise ConfigurationError(f"{source}: saturated_bits in [calibration] must be a bit mask (>= 0), "
+                                 f"got {saturated_bits!r}")
+    return CalibrationSettings(
+        zero_point_keyword=_upper_or_none(table.get("zero_point")),
+        psf_fwhm_keyword=_upper_or_none(table.get("psf_fwhm")),
+        band_values=MappingProxyType(band_values),
+        moffat_beta=table.get("moffat_beta"),
+        saturated_bits=int(saturated_bits),
+    )

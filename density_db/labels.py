@@ -44,7 +44,11 @@ REGRESSION_MAX_BRIGHT = 2000
 """Upper end of the regressor's valid range of ``N_bright`` (paper Sec. 4.5)."""
 
 INPUT_SIZE = 224
-"""Side of the 2-channel model input, in pixels."""
+"""Side of the model input (every channel), in pixels."""
+
+PIXEL_SCALE_TOLERANCE = 0.02
+"""Relative pixel-scale difference within which a frame counts as the scale a model was trained on (WCS
+rounding, field distortion); beyond it, or at another shape, its result is flagged ``outside_training_domain``."""
 
 DETECTION_SIGMA = 5.0
 """The detectable stars are those brighter than the point-source depth at this signal-to-noise."""

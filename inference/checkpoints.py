@@ -55,7 +55,9 @@ from density_db.inference.architectures import (
     state_dict_mismatches,
 )
 from density_db.inference.preprocessing import CHANNELS, PAPER_PREPROCESSING_VERSION
-from density_db.labels import BRIGHT_MAGNITUDE_LIMIT, CLASS_LOWER_EDGES, INPUT_SIZE, LABEL_RULE, label_rule
+from density_db.labels import (
+    BRIGHT_MAGNITUDE_LIMIT, CLASS_LOWER_EDGES, INPUT_SIZE, LABEL_RULE, PIXEL_SCALE_TOLERANCE, label_rule,
+)
 
 DEMO_MODELS_DIRECTORY = Path(__file__).parent / "demo_models"
 """The small models shipped with density-db, trained on its simulator (README, "Shipped demo models")."""
@@ -114,9 +116,6 @@ class TrainingDomain:
     image_shape: tuple[int, int]
     pixel_scale_arcsec: float
 
-    SCALE_TOLERANCE = 0.02
-    """Relative pixel-scale difference still taken as the same scale (WCS rounding, distortion)."""
-
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> TrainingDomain | None:
         domain = metadata.get("training_domain")
@@ -130,7 +129,7 @@ class TrainingDomain:
     def holds(self, shape: tuple[int, int], pixel_scale_arcsec: float | None) -> bool:
         """Whether a frame of ``shape`` and pixel scale is like the training images (an unknown scale passes)."""
         same_scale = (pixel_scale_arcsec is None
-                      or abs(pixel_scale_arcsec / self.pixel_scale_arcsec - 1) <= self.SCALE_TOLERANCE)
+                      or abs(pixel_scale_arcsec / self.pixel_scale_arcsec - 1) <= PIXEL_SCALE_TOLERANCE)
         return tuple(shape) == self.image_shape and same_scale
 
 

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from density_db.errors import ConfigurationError
 from density_db.focal_plane import PIXEL_SCALE_ARCSEC
 from density_db.inference.checkpoints import TrainingDomain, file_sha256
-from density_db.inference.preprocessing import PAPER_PREPROCESSING_VERSION
+from density_db.inference.preprocessing import CHANNELS, PAPER_PREPROCESSING_VERSION
 from density_db.labels import recorded_label_rule
 from density_db.simulate.dataset import DESCRIPTION_NAME, SAMPLES_NAME
 
@@ -44,16 +44,22 @@ class SimulatedDataset(Dataset):
         default: the datasets' own task.
     indices
         The samples to expose (e.g. one split), default all.
+    preprocessing_version
+        The model input to read, default the datasets' own.  Version 1 (the
+        paper's two channels) can be read from version 2 samples, whose
+        first two channels it is exactly: the same data with and without
+        the point-source channels, for ablations.
 
     Raises
     ------
     ConfigurationError
-        A directory is not a dataset, or the datasets describe different
-        model inputs (``INPUT_KEYS``).
+        A directory is not a dataset, the datasets describe different
+        model inputs (``INPUT_KEYS``), or their samples do not hold
+        ``preprocessing_version``'s channels.
     """
 
     def __init__(self, directories: Path | Sequence[Path], *, target: str | None = None,
-                 indices: np.ndarray | None = None) -> None:
+                 indices: np.ndarray | None = None, preprocessing_version: int | None = None) -> None:
         paths = [directories] if isinstance(directories, (str, Path)) else list(directories)
         if not paths:
             raise ConfigurationError("no dataset directory given")
@@ -72,16 +78,21 @@ class SimulatedDataset(Dataset):
             raise ConfigurationError(f"target must be density_class or log_bright, got {self.target!r}")
         self.indices = np.arange(len(self.samples)) if indices is None else np.asarray(indices)
         self._shards: dict[tuple[int, int], np.ndarray] = {}
+        stored = int(self.descriptions[0].get("preprocessing_version", PAPER_PREPROCESSING_VERSION))
+        self.preprocessing_version = stored if preprocessing_version is None else preprocessing_version
+        wanted, held = CHANNELS.get(self.preprocessing_version), CHANNELS[stored]
+        if wanted is None or held[:len(wanted)] != wanted:
+            raise ConfigurationError(
+                f"{self.directories[0]} holds preprocessing version {stored} samples ({', '.join(held)}), which do "
+                f"not contain version {self.preprocessing_version}'s channels: make a dataset with "
+                f"`density-db simulate dataset --preprocessing-version {self.preprocessing_version}`"
+            )
+        self._channels = len(wanted)
 
     @property
     def label_rule(self) -> str:
         """The rule the density classes were counted under (:mod:`density_db.labels`), the same for every part."""
         return recorded_label_rule(self.descriptions[0])
-
-    @property
-    def preprocessing_version(self) -> int:
-        """The version of the model input the samples hold (``inference.preprocessing.CHANNELS``)."""
-        return int(self.descriptions[0].get("preprocessing_version", PAPER_PREPROCESSING_VERSION))
 
     @property
     def training_domain(self) -> TrainingDomain:
@@ -127,7 +138,7 @@ class SimulatedDataset(Dataset):
     def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = self.samples[int(self.indices[item])]
         shard = self._shard(int(row["dataset"]), int(row["shard"]))
-        tensor = torch.from_numpy(np.asarray(shard[int(row["offset"])], dtype=np.float32))
+        tensor = torch.from_numpy(np.asarray(shard[int(row["offset"]), :self._channels], dtype=np.float32))
         if self.target == "density_class":
             return tensor, torch.tensor(int(row["density_class"]), dtype=torch.int64)
         return tensor, torch.tensor(float(row["log_bright"]), dtype=torch.float32)

@@ -264,11 +264,14 @@ def predict_samples(
         raise ConfigurationError(f"{classifier.path} is a {classifier.stage}, not a classifier")
     if regressor is not None and regressor.stage != "regressor":
         raise ConfigurationError(f"{regressor.path} is a {regressor.stage}, not a regressor")
-    everything = SimulatedDataset(data_dirs, target="density_class")
+    if regressor is not None and regressor.preprocessing_version != classifier.preprocessing_version:
+        raise ConfigurationError(
+            f"the classifier takes preprocessing version {classifier.preprocessing_version} inputs and the "
+            f"regressor version {regressor.preprocessing_version}: the two stages must read the same input"
+        )
+    everything = SimulatedDataset(data_dirs, target="density_class",
+                                  preprocessing_version=classifier.preprocessing_version)
     _check_label_rule(classifier, everything)
-    for model in (classifier, regressor):
-        if model is not None:
-            _check_preprocessing(model, everything)
     samples = everything.samples
     directories = tuple(str(directory) for directory in everything.directories)
     named = ", ".join(directories)
@@ -311,16 +314,6 @@ def predict_samples(
         data_manifest_sha256=manifest_sha256,
         label_rule=everything.label_rule,
     )
-
-
-def _check_preprocessing(model: LoadedModel, dataset) -> None:
-    """Refuse samples preprocessed otherwise than the model's input: it would read other channels."""
-    if model.preprocessing_version != dataset.preprocessing_version:
-        raise ConfigurationError(
-            f"the {model.stage} {model.path} takes preprocessing version {model.preprocessing_version} inputs, "
-            f"but these samples hold version {dataset.preprocessing_version}: make a dataset with "
-            f"`density-db simulate dataset --preprocessing-version {model.preprocessing_version}`"
-        )
 
 
 def _check_label_rule(classifier: LoadedModel, dataset) -> None:

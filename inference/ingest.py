@@ -224,8 +224,7 @@ def _pending_shards(
         counts.already_done += len(batch) - len(todo)
         for registered in batch:
             if registered.frame_id in todo:
-                header = registered.header
-                shard.append(FrameTask(registered.frame_id, header.path, header.hdu_index, header.dq_hdu_index))
+                shard.append(FrameTask.of_frame(registered.frame_id, registered.header, profile))
                 if len(shard) == options.shard_size:
                     yield shard
                     shard = []

@@ -4,9 +4,9 @@ A task is a shard of :class:`FrameTask` (paths and HDU numbers, a few
 hundred bytes) and a :class:`ModelSpec` (checkpoint paths and checksums);
 it returns small :class:`~density_db.results.ResultRow` and
 :class:`~density_db.results.InferenceFailure` objects, never pixels.  Each
-image is read once, reduced to the 2 x 224 x 224 model input on the worker's
-device (NumPy on CPU, torch on CUDA), and the shard goes through the
-two-stage predictor in one batch.
+image is read once, reduced to the 224 x 224 model input of the models'
+preprocessing version on the worker's device (NumPy on CPU, torch on CUDA),
+and the shard goes through the two-stage predictor in one batch.
 
 Models load once per worker process and stay in :data:`_PREDICTORS`, keyed
 by the spec; a checkpoint whose checksum differs from the one the run
@@ -27,6 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from density_db.errors import ConfigurationError, InputError
+from density_db.fits_input import FrameHeader
+from density_db.inference.calibration import frame_calibration
+from density_db.inference.point_sources import Calibration
+from density_db.instrument import InstrumentProfile
 from density_db.results import InferenceFailure, ResultRow
 
 logger = logging.getLogger(__name__)
@@ -34,12 +38,29 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FrameTask:
-    """Where one registered frame's pixels are."""
+    """Where one registered frame's pixels are, and what the point-source input needs to know of it.
+
+    ``calibration`` is ``None`` when the frame has none (``calibration_error``
+    says why); only models of preprocessing version 2 need it.
+    """
 
     frame_id: int
     path: str
     hdu_index: int
     dq_hdu_index: int | None
+    calibration: Calibration | None = None
+    calibration_error: str | None = None
+    saturated_bits: int = 0
+
+    @classmethod
+    def of_frame(cls, frame_id: int, header: FrameHeader, profile: InstrumentProfile) -> FrameTask:
+        """The task of a registered frame, its calibration resolved from its header and the profile."""
+        try:
+            calibration, error = frame_calibration(header, profile.calibration), None
+        except InputError as problem:
+            calibration, error = None, str(problem)
+        return cls(frame_id, header.path, header.hdu_index, header.dq_hdu_index, calibration, error,
+                   profile.calibration.saturated_bits)
 
 
 @dataclass(frozen=True)
@@ -59,6 +80,9 @@ class ModelSpec:
         ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA where the worker has it).
     torch_threads : int or None
         Intra-op threads per worker; ``None`` leaves torch's default.
+    preprocessing_version : int
+        The model input both checkpoints take (they record it); a worker
+        refuses checkpoints that say otherwise.
     """
 
     classifier_path: str
@@ -69,6 +93,7 @@ class ModelSpec:
     regressor_architecture: str
     device: str = "auto"
     torch_threads: int | None = None
+    preprocessing_version: int = 1
 
 
 @dataclass
@@ -100,7 +125,9 @@ def process_shard(tasks: list[FrameTask], spec: ModelSpec) -> ShardOutcome:
     inputs, prepared = [], []
     for task in tasks:
         try:
-            tensor, valid_fraction, read_seconds, preprocess_seconds = _reduce(task, predictor.device)
+            tensor, valid_fraction, read_seconds, preprocess_seconds = _reduce(
+                task, predictor.device, spec.preprocessing_version
+            )
         except Exception as error:  # noqa: BLE001 - every bad input must end as a failure row
             outcome.failures.append(_failure(task, error))
             continue
@@ -182,19 +209,27 @@ def _predictor(spec: ModelSpec):
                     f"the {stage} checkpoint {path} on this worker is not the file the run registered "
                     f"(sha256 {loaded[stage].sha256[:12]} != {sha256[:12]})"
                 )
+            if loaded[stage].preprocessing_version != spec.preprocessing_version:
+                raise ConfigurationError(
+                    f"the {stage} checkpoint {path} takes preprocessing version "
+                    f"{loaded[stage].preprocessing_version} inputs, not the run's {spec.preprocessing_version}"
+                )
         predictor = TwoStagePredictor(loaded["classifier"].model, loaded["regressor"].model, device=device)
         _PREDICTORS[spec] = predictor
         logger.info("loaded models on %s", device)
     return predictor
 
 
-def _reduce(task: FrameTask, device):
+def _reduce(task: FrameTask, device, version: int):
     """Read one frame's pixels and reduce them: (tensor, valid fraction, read s, preprocess s)."""
+    if version == 2 and task.calibration is None:
+        raise InputError("no_calibration", task.calibration_error or f"{task.path} has no calibration")
     started = time.perf_counter()
     image, quality = read_pixels(task)
     read_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    tensor, statistics = reduce_pixels(image, quality, device)
+    tensor, statistics = reduce_pixels(image, quality, device, version=version, calibration=task.calibration,
+                                       saturated_bits=task.saturated_bits)
     return tensor, statistics.valid_fraction, read_seconds, time.perf_counter() - started
 
 
@@ -218,18 +253,22 @@ def read_pixels(task: FrameTask) -> tuple[np.ndarray, np.ndarray | None]:
     return image, quality
 
 
-def reduce_pixels(image: np.ndarray, quality: np.ndarray | None, device):
-    """The model input (a torch tensor on ``device``) and pixel statistics of one image."""
+def reduce_pixels(
+    image: np.ndarray, quality: np.ndarray | None, device, *, version: int = 1,
+    calibration: Calibration | None = None, saturated_bits: int = 0,
+):
+    """The model input of ``version`` (a torch tensor on ``device``) and pixel statistics of one image."""
     import torch
 
     from density_db.inference.preprocessing import preprocess, preprocess_tensor
 
+    options = {"version": version, "calibration": calibration, "saturated_bits": saturated_bits}
     if device.type == "cuda":
         image_on_device = torch.from_numpy(np.asarray(image, dtype=np.float32)).to(device, non_blocking=True)
         quality_on_device = (torch.from_numpy(np.asarray(quality, dtype=np.int32)).to(device, non_blocking=True)
                              if quality is not None else None)
-        return preprocess_tensor(image_on_device, quality_on_device)
-    array, statistics = preprocess(image, quality)
+        return preprocess_tensor(image_on_device, quality_on_device, **options)
+    array, statistics = preprocess(image, quality, **options)
     return torch.from_numpy(array), statistics
 
 

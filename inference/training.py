@@ -126,6 +126,10 @@ class TrainingConfig:
         trained classifier, for the regressor) whose every layer but the head
         starts this model: the counterpart of ImageNet weights for
         ``baseline_cnn``, which has none (:func:`load_backbone`).
+    preprocessing_version : int, optional
+        The model input to train on, default the data's; version 1 (the
+        paper's) reads the first two channels of version 2 data, so both
+        inputs train on the same images (``SimulatedDataset``).
     """
 
     stage: str
@@ -150,6 +154,7 @@ class TrainingConfig:
     workers: int = 0
     pretrained_weights: str | None = None
     backbone_checkpoint: str | None = None
+    preprocessing_version: int | None = None
 
     def __post_init__(self) -> None:
         check_architecture(self.stage, self.architecture)
@@ -560,7 +565,7 @@ def _device(name: str) -> torch.device:
 def _datasets(config: TrainingConfig, data_dirs) -> tuple[Augmented, SimulatedDataset, SimulatedDataset]:
     """The augmented training split, the validation split and the test split, checked against the stage."""
     target = TARGETS[config.stage]
-    everything = SimulatedDataset(data_dirs, target=target)
+    everything = SimulatedDataset(data_dirs, target=target, preprocessing_version=config.preprocessing_version)
     for directory, description in zip(everything.directories, everything.descriptions):
         task = description.get("task")
         if config.stage == "regressor" and task != "regress":

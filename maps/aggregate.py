@@ -108,8 +108,9 @@ _DENSITY_MAX = _DENSITY_MIN + 1
 _COUNTED_WEIGHT = _DENSITY_MAX + 1  # summed covered fraction of the frames with a count
 _FLAGGED_WEIGHT = _COUNTED_WEIGHT + 1
 _FLAG_WEIGHT = _FLAGGED_WEIGHT + 1  # summed covered fraction of the frames with flag bit b at _FLAG_WEIGHT + b
-_FLAG_BITS = len(FLAGS)
-_COLUMNS = _FLAG_WEIGHT + _FLAG_BITS
+# Compiled loops (cached on disk, where a global is frozen at its value then) take the number of flags
+# from the arrays' shapes, not from a global that a new flag would change.
+_COLUMNS = _FLAG_WEIGHT + len(FLAGS)
 
 _PREALLOCATE_BYTES = 2 << 30
 """Accumulators whose whole sky fits in this (up to nside 1024) reserve it at once instead of growing."""
@@ -362,7 +363,7 @@ def _add_cells(
             cell[_COUNTED_WEIGHT] += weight
         if flags[f] != 0:
             cell[_FLAGGED_WEIGHT] += weight
-            for bit in range(_FLAG_BITS):
+            for bit in range(cell.size - _FLAG_WEIGHT):  # from the array: a cached compilation keeps no count
                 if (flags[f] >> bit) & 1:
                     cell[_FLAG_WEIGHT + bit] += weight
         covered[slot, pixel[row] & (block_size - 1), 0] |= subpixels[row]
@@ -502,5 +503,5 @@ def _statistic_values(statistic, sums, covered, unmasked, rows, subpixels, value
             total_weight = 0.0
             for density_class in range(DENSITY_CLASSES):
                 total_weight += np.float64(cell[_WEIGHT + density_class])
-            for bit in range(_FLAG_BITS):
+            for bit in range(values.shape[1]):
                 values[out, bit] = cell[_FLAG_WEIGHT + bit] / total_weight

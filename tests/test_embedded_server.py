@@ -40,7 +40,7 @@ def test_first_command_initialises_and_starts_the_server(isolated_home: Path) ->
     assert (isolated_home / "pgdata" / "PG_VERSION").read_text().strip() == "18"
     status = run_density_db(isolated_home, "db", "status")
     assert "server: running" in status.stdout
-    assert "schema revision: 0004" in status.stdout
+    assert "schema revision: 0005" in status.stdout
 
 
 def test_db_url_is_accepted_by_psql(isolated_home: Path) -> None:

@@ -197,19 +197,30 @@ def evaluation_inputs(tmp_path_factory) -> tuple[Path, Path, Path]:
     return data_dir, checkpoints[0], checkpoints[1]
 
 
-def test_evaluate_refuses_samples_of_another_preprocessing_version(tmp_path, evaluation_inputs) -> None:
-    """A model of the paper's input on version 2 samples would read other channels: the error names the fix."""
+def test_a_paper_input_model_reads_version_2_samples_and_the_reverse_is_refused(tmp_path, evaluation_inputs) -> None:
+    """Version 2 samples hold the paper's two channels first (the ablation's same data); version 1 samples
+    lack the point-source channels, and the error names the dataset to make."""
     from density_db.inference.architectures import build_model
     from density_db.inference.checkpoints import load_checkpoint, save_checkpoint
     from density_db.inference.evaluation import predict_samples
+    from density_db.simulate.dataset import plan_samples, write_dataset
 
-    data_dir, _, regressor = evaluation_inputs
-    save_checkpoint(tmp_path / "v1.pt", build_model("classifier", "baseline_cnn"), stage="classifier",
-                    architecture="baseline_cnn")
-    with pytest.raises(ConfigurationError, match="takes preprocessing version 1 inputs, but these samples hold "
-                                                 "version 2: make a dataset with .*--preprocessing-version 1"):
-        predict_samples(data_dir, load_checkpoint(tmp_path / "v1.pt"), load_checkpoint(regressor), split="all",
-                         device="cpu")
+    data_dir, classifier, regressor = evaluation_inputs
+    for stage in ("classifier", "regressor"):
+        save_checkpoint(tmp_path / f"{stage}_v1.pt", build_model(stage, "baseline_cnn"), stage=stage,
+                        architecture="baseline_cnn")
+    paper = [load_checkpoint(tmp_path / f"{stage}_v1.pt") for stage in ("classifier", "regressor")]
+    assert len(predict_samples(data_dir, *paper, split="all", device="cpu").indices) == 16
+    with pytest.raises(ConfigurationError, match="the classifier takes preprocessing version 2 inputs and the "
+                                                 "regressor version 1"):
+        predict_samples(data_dir, load_checkpoint(classifier), paper[1], split="all", device="cpu")
+    write_dataset(tmp_path / "v1", plan_samples(2, task="regress", seed=3), task="regress", balance="paper",
+                  shape=(240, 250), version=1)
+    with pytest.raises(ConfigurationError, match="holds preprocessing version 1 samples .image, valid_fraction., "
+                                                 "which do not contain version 2's channels: make a dataset with "
+                                                 ".*--preprocessing-version 2"):
+        predict_samples(tmp_path / "v1", load_checkpoint(classifier), load_checkpoint(regressor), split="all",
+                        device="cpu")
 
 
 def test_evaluate_command_writes_report_and_figures(tmp_path, evaluation_inputs):

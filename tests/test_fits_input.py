@@ -3,6 +3,7 @@
 import datetime
 import gzip
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,12 @@ import pytest
 from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
-from fits_factory import FrameSpec, csst_keywords, image_hdu, truncate, wcs_header, write_mef, write_single
+from fits_factory import PIXEL_SCALE_DEG, FrameSpec, csst_keywords, image_hdu, truncate, wcs_header, write_mef, write_single
 
 from density_db import sky
 from density_db.errors import ConfigurationError, InputError
 from density_db.fits_input import FrameHeader, InputFailure, discover_inputs, read_frame_headers
+from density_db.inference.point_sources import Calibration
 from density_db.instrument import load_profile
 
 CSST = load_profile("csst")
@@ -390,6 +392,10 @@ def test_profile_from_a_users_file(tmp_path):
         (('6 = "y"', '6 = "Y"'), "detector 6 in [detectors] has band 'Y'"),
         (('6 = "y"', 'six = "y"'), "detector 'six' in [detectors] must be an integer"),
         (("[keywords]", "[keywords"), "is not valid TOML"),
+        (("NUV = { zero_point", "Q = { zero_point"), "band 'Q' in [calibration.bands] is not a canonical band"),
+        (("psf_fwhm = 2.4 }", "fwhm = 2.4 }"), "unknown key 'fwhm' in [calibration.bands] NUV"),
+        (("saturated_bits = 1 ", "saturated_bits = -1 "), "saturated_bits in [calibration] must be a bit mask"),
+        (("moffat_beta = 3.0", 'moffat_beta = "3"'), "key 'moffat_beta' in [calibration] must be a number"),
     ],
 )
 def test_profile_errors_name_the_file_and_the_field(tmp_path, edit, wording):
@@ -403,6 +409,27 @@ def test_profile_errors_name_the_file_and_the_field(tmp_path, edit, wording):
         load_profile(path)
 
     assert str(path) in str(error.value) and wording in str(error.value)
+
+
+def test_a_frames_calibration_comes_from_its_header_else_its_bands_profile_values(tmp_path):
+    """The keywords win; the band's values fill in; what is missing is named, and where it could come from."""
+    from density_db.inference.calibration import frame_calibration
+
+    keyed = csst_keywords(band="r", MAGZERO=25.5, PSF_FWHM=2.6)
+    [header] = read_frame_headers(write_single(tmp_path / "keyed.fits", FrameSpec(keywords=keyed)), CSST)
+    assert (header.zero_point, header.psf_fwhm_px, header.pixel_scale_arcsec) == pytest.approx(
+        (25.5, 2.6, PIXEL_SCALE_DEG * 3600), rel=1e-3)
+    assert frame_calibration(header, CSST.calibration) == Calibration(25.5, 150.0, 2.6, 3.0)
+    [plain] = read_frame_headers(write_single(tmp_path / "plain.fits", FrameSpec(keywords=csst_keywords(band="i"))),
+                                 CSST)
+    assert frame_calibration(plain, CSST.calibration) == Calibration(25.574, 150.0, 1.9, 3.0)
+    bare = replace(CSST.calibration, band_values={})
+    [untimed] = read_frame_headers(write_single(tmp_path / "untimed.fits", FrameSpec(
+        keywords=csst_keywords(exptime=None))), CSST)
+    with pytest.raises(InputError, match=r"needs a zero point \(MAGZERO or \[calibration.bands\] g\), a PSF FWHM "
+                                      r"\(PSF_FWHM or .*\), an exposure time") as error:
+        frame_calibration(untimed, bare)
+    assert error.value.kind == "no_calibration"
 
 
 def test_unknown_profile_names_list_the_shipped_ones(tmp_path):

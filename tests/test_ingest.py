@@ -21,7 +21,7 @@ import torch
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from density_db.database import Database
-from fits_factory import FrameSpec, csst_keywords, image_hdu, truncate, write_single
+from fits_factory import PIXEL_SCALE_DEG, FrameSpec, csst_keywords, image_hdu, truncate, write_single
 
 IMAGE_SHAPE = (256, 256)
 
@@ -44,20 +44,25 @@ def write_survey(directory: Path, count: int, *, first_exposure: int = 0) -> lis
     return paths
 
 
-def save_model(path: Path, stage: str, *, always_class: int | None = None) -> Path:
-    """An untrained baseline CNN checkpoint; with ``always_class``, a classifier that always answers that class."""
+def save_model(path: Path, stage: str, *, always_class: int | None = None, version: int = 1,
+               domain: tuple[int, int] | None = None, pixel_scale_arcsec: float = 0.074) -> Path:
+    """An untrained baseline CNN checkpoint of preprocessing ``version``; with ``always_class``, a classifier
+    that always answers that class; with ``domain``, trained (it says) on images of that shape and scale."""
     from density_db.inference.architectures import build_model
     from density_db.inference.checkpoints import save_checkpoint
 
     torch.manual_seed(0)
-    network = build_model(stage, "baseline_cnn")
+    network = build_model(stage, "baseline_cnn", in_channels=4 if version == 2 else 2)
     if always_class is not None:
         final = network[-1]
         with torch.no_grad():
             final.weight.zero_()
             final.bias.fill_(-10.0)
             final.bias[always_class] = 10.0
-    save_checkpoint(path, network, stage=stage, architecture="baseline_cnn")
+    metadata = {"preprocessing_version": version}
+    if domain is not None:
+        metadata["training_domain"] = {"image_shape": list(domain), "pixel_scale_arcsec": pixel_scale_arcsec}
+    save_checkpoint(path, network, stage=stage, architecture="baseline_cnn", metadata=metadata)
     return path
 
 
@@ -119,9 +124,52 @@ def test_without_model_options_the_shipped_demo_models_are_used(
     result = run_cli("-q", "ingest", str(tmp_path / "survey"), "--scheduler", scheduler)
     assert result.exit_code == 0, result.output
     assert "with demo-classifier + demo-regressor" in result.output
+    # trained on full-size detectors: these 256 x 256 frames are outside what they know, and the user is told
+    assert "2 frames differ in shape or pixel scale from the models' training images" in result.output
+    assert rows(database, "SELECT count(*) FROM density_result WHERE 'outside_training_domain' = ANY("
+                          "flag_names(flags))") == [(2,)]
     models = rows(database, "SELECT name, architecture, metadata->>'trained_on' FROM model ORDER BY name")
     assert [name for name, _architecture, _trained_on in models] == ["demo-classifier", "demo-regressor"]
     assert all("simulat" in trained_on for _name, _architecture, trained_on in models)
+
+
+def test_a_version_2_pair_reads_each_frames_calibration_and_flags_frames_unlike_its_training_images(
+    run_cli, database: Database, tmp_path: Path, scheduler
+) -> None:
+    """Zero point and FWHM from the header or the profile's band values; no exposure time is a failure row."""
+    write_survey(tmp_path / "survey", 2)  # g, no calibration keywords: the profile's g values
+    keyed = FrameSpec(ra=152.0, dec=2.0, shape=IMAGE_SHAPE,
+                      keywords=csst_keywords(obsid="10300000001", band="r", MAGZERO=25.9, PSF_FWHM=2.1))
+    write_single(tmp_path / "survey" / "keyed.fits", keyed)
+    untimed = FrameSpec(ra=153.0, dec=2.0, shape=IMAGE_SHAPE, keywords=csst_keywords(obsid="10300000002",
+                                                                                       exptime=None))
+    write_single(tmp_path / "survey" / "untimed.fits", untimed)
+    here = [save_model(tmp_path / f"{stage}_here.pt", stage, version=2, domain=IMAGE_SHAPE,
+                       pixel_scale_arcsec=PIXEL_SCALE_DEG * 3600) for stage in ("classifier", "regressor")]
+    result = run_cli("-q", "ingest", str(tmp_path / "survey"), "--classifier", str(here[0]), "--regressor",
+                     str(here[1]), "--scheduler", scheduler)
+    assert result.exit_code == 3, result.output
+    assert "3 frames classified" in result.output and "differ in shape" not in result.output
+    [(kind, message)] = rows(database, "SELECT error_kind, message FROM failure")
+    assert kind == "no_calibration" and "needs an exposure time" in message and "untimed.fits" in message
+    assert rows(database, "SELECT DISTINCT CAST(config->>'preprocessing_version' AS int) FROM run") == [(2,)]
+    assert rows(database, "SELECT count(*) FROM density_result WHERE flags & 256 = 0") == [(3,)]
+
+    elsewhere = [save_model(tmp_path / f"{stage}_{scale}.pt", stage, version=2, domain=shape,
+                            pixel_scale_arcsec=scale)
+                 for stage, shape, scale in (("classifier", IMAGE_SHAPE, 0.074), ("regressor", IMAGE_SHAPE, 10.0))]
+    result = run_cli("-q", "ingest", str(tmp_path / "survey"), "--classifier", str(elsewhere[0]), "--regressor",
+                     str(elsewhere[1]), "--scheduler", scheduler)
+    assert "3 frames differ in shape or pixel scale from the models' training images" in result.output
+    assert rows(database, "SELECT count(*) FROM density_result WHERE 'outside_training_domain' = ANY("
+                          "flag_names(flags))") == [(3,)]
+
+
+def test_stages_of_different_preprocessing_versions_are_refused(run_cli, tmp_path: Path, models) -> None:
+    v2 = save_model(tmp_path / "v2.pt", "classifier", version=2)
+    result = run_cli("-q", "ingest", str(tmp_path), "--classifier", str(v2), "--regressor", str(models["regressor"]))
+    assert result.exit_code == 1
+    assert "the two stages take different model inputs" in result.output and "preprocessing version 1" in result.output
 
 
 def test_rerun_replaces_the_stored_results(run_cli, database: Database, tmp_path: Path, models, scheduler) -> None:

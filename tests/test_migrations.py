@@ -83,6 +83,16 @@ def test_downgrade_to_base_then_upgrade_again(empty_database: Database) -> None:
     assert function_names(empty_database) == FUNCTIONS
 
 
+def test_downgrade_from_0005_forgets_the_training_domain_flag(empty_database: Database) -> None:
+    upgrade(empty_database)
+    query = sa.text("SELECT flag_names(257)")
+    with empty_database.engine.connect() as connection:
+        assert connection.execute(query).scalar() == ["crowded", "outside_training_domain"]
+    downgrade(empty_database, "0004")
+    with empty_database.engine.connect() as connection:
+        assert connection.execute(query).scalar() == ["crowded"]
+
+
 def test_downgrade_from_0004_drops_flag_names_and_0003_the_per_pixel_functions(empty_database: Database) -> None:
     upgrade(empty_database)
     downgrade(empty_database, "0003")
@@ -160,12 +170,12 @@ def test_unknown_revision_says_density_db_is_too_old(empty_database: Database) -
 
 
 def test_cli_upgrade_downgrade_current(run_cli) -> None:
-    assert run_cli("db", "upgrade").output.strip() == "schema revision: 0004"
+    assert run_cli("db", "upgrade").output.strip() == "schema revision: 0005"
     current = run_cli("db", "current")
-    assert current.output.splitlines() == ["database: 0004", "density-db: 0004"]
+    assert current.output.splitlines() == ["database: 0005", "density-db: 0005"]
     refused = run_cli("db", "downgrade", "base", input="n\n")
     assert refused.exit_code == 1 and "can delete data" in refused.output
-    assert run_cli("db", "downgrade", "-1", "--yes").output.strip() == "schema revision: 0003"
+    assert run_cli("db", "downgrade", "-1", "--yes").output.strip() == "schema revision: 0004"
     assert run_cli("db", "downgrade", "base", "--yes").output.strip() == "schema revision: none"
     # any command that needs the schema brings the empty database back to the head
     assert run_cli("query", "sql", "SELECT count(*) AS n FROM exposure").output.splitlines() == ["n", "0"]

@@ -276,6 +276,7 @@ def test_cli_lists_fields_and_simulates(tmp_path, run_cli) -> None:
                       "--shape", "240x230")
     assert dataset.exit_code == 0, dataset.output
     assert "wrote 2 samples" in dataset.output and "'detectable-stars' labels" in dataset.output
+    assert "preprocessing version 2" in dataset.output
     assert json.loads((tmp_path / "set" / DESCRIPTION_NAME).read_text())["galaxies"]
     paper = run_cli("simulate", "dataset", "--out", str(tmp_path / "paper"), "--n", "2", "--task", "classify",
                     "--shape", "240x230", "--stars-only", "--label-rule", "catalog-stars")
@@ -288,6 +289,29 @@ def test_cli_lists_fields_and_simulates(tmp_path, run_cli) -> None:
     mixed = run_cli("simulate", "exposures", "--out", str(tmp_path / "sim"), "--field", "sculptor",
                     "--detectors", "8", "--shape", "320x300", "--label-rule", "catalog-stars")
     assert mixed.exit_code == 1 and "labels made under the 'detectable-stars' rule" in mixed.output
+
+
+def test_truth_prints_each_simulated_image_beside_the_catalogs_answer(tmp_path, run_cli) -> None:
+    simulated = run_cli("simulate", "exposures", "--out", str(tmp_path / "sim"), "--field", "sculptor",
+                        "--detectors", "8,9", "--shape", "320x300", "--seed", "4")
+    assert simulated.exit_code == 0, simulated.output
+    manifest = Table.read(tmp_path / "sim" / "manifest.ecsv", format="ascii.ecsv")
+    before = run_cli("simulate", "truth", str(tmp_path / "sim"), "--format", "csv")
+    assert before.exit_code == 0, before.output
+    header, *lines = before.output.strip().splitlines()
+    assert header == ("exposure_id,detector,band,field,true_class,counted_stars,true_bright,density_class,"
+                      "confidence,bright_count,flags")
+    assert len(lines) == 2 and all(line.endswith(",,,,") for line in lines)  # nothing ingested yet
+    assert run_cli("-q", "ingest", str(tmp_path / "sim"), "--workers", "1").exit_code == 0
+    after = run_cli("simulate", "truth", str(tmp_path / "sim"), "--format", "csv").output.strip().splitlines()[1:]
+    for row in manifest:
+        [line] = [line for line in after if line.startswith(f"{row['exposure_id']},{row['detector']},")]
+        fields = line.split(",")
+        assert fields[4:7] == [str(row["density_class"]), str(row["counted_star_count"]),
+                               str(row["bright_star_count"])]
+        assert fields[7] in "012345" and "outside_training_domain" in line  # demo models, 320 x 300 cut-outs
+    missing = run_cli("simulate", "truth", str(tmp_path))
+    assert missing.exit_code == 1 and "not a `simulate exposures` directory" in missing.output
 
 
 def test_full_size_detector_with_200k_stars_renders_in_under_2_gb() -> None:

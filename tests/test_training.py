@@ -224,6 +224,16 @@ def test_a_backbone_of_another_preprocessing_version_is_refused(regress_dir, tmp
               tmp_path / "regressor.pt")
 
 
+def test_the_paper_input_trains_on_the_first_two_channels_of_version_2_data(classify_dir, tmp_path) -> None:
+    """The ablation: the same images, with and without the point-source channels."""
+    result = train(_config(epochs=1, preprocessing_version=1), classify_dir, tmp_path / "paper.pt")
+    trained = load_checkpoint(result.checkpoint)
+    assert trained.preprocessing_version == 1 and trained.metadata["input_channels"] == ["image", "valid_fraction"]
+    assert trained.metadata["training_domain"] == {"image_shape": list(SHAPE), "pixel_scale_arcsec": 0.074}
+    full = load_checkpoint(train(_config(epochs=1), classify_dir, tmp_path / "v2.pt").checkpoint)
+    assert full.preprocessing_version == 2 and len(full.metadata["input_channels"]) == 4
+
+
 def test_a_backbone_of_another_architecture_or_with_imagenet_weights_is_refused(tmp_path) -> None:
     save_checkpoint(tmp_path / "resnet18.pt", build_model("classifier", "resnet18"), stage="classifier",
                     architecture="resnet18")

@@ -8,9 +8,10 @@ boundaries.  The bits are fixed (they are stored); the thresholds come from
 the ``[flags]`` table of a rules file (:mod:`density_db.planning.rules`).
 
 Flags are computed by PostgreSQL from what is stored (probabilities,
-confidence, bright-star count, the frame's valid-pixel fraction and the
-classes of neighbouring frames), so they can be recomputed with other
-thresholds without running the models again.  Every update records its run in
+confidence, bright-star count, the frame's valid-pixel fraction, shape and
+size on the sky, the models' training domain and the classes of
+neighbouring frames), so they can be recomputed with other thresholds
+without running the models again.  Every update records its run in
 ``density_result.flags_run_id``; that run's ``config`` holds the thresholds.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from density_db.errors import DensityDBError
+from density_db.labels import PIXEL_SCALE_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,10 @@ FLAGS: tuple[FlagBit, ...] = (
     FlagBit(7, "band_disagreement",
             "a frame of another band in the same exposure, centres within band_disagreement_max_separation_deg, "
             "has a class differing by band_disagreement_min_class_gap or more"),
+    FlagBit(8, "outside_training_domain",
+            "the frame's shape or pixel scale differs from the images the models were trained on (their "
+            "checkpoints' training_domain): its pooling bins hold other areas of sky, so its class and count "
+            "are extrapolations"),
 )
 FLAGS_BY_NAME = {flag.name: flag for flag in FLAGS}
 
@@ -106,7 +112,7 @@ def _bit(name: str) -> int:
 _UPDATE_FLAGS_SQL = f"""
 WITH target AS (
     SELECT d.id, d.classifier_id, d.regressor_id, d.density_class, d.probabilities, d.class_confidence,
-           d.bright_count, f.valid_fraction, f.exposure_pk, f.band, f.ra, f.dec
+           d.bright_count, f.valid_fraction, f.exposure_pk, f.band, f.ra, f.dec, f.naxis1, f.naxis2, f.radius_deg
     FROM density_result d
     JOIN frame f ON f.id = d.frame_id
     WHERE {{scope}}
@@ -131,7 +137,17 @@ computed AS (
                  AND top.probabilities[1] - top.probabilities[2] < :near_boundary_margin
                 THEN {_bit("near_class_boundary")} ELSE 0 END
          | CASE WHEN t.valid_fraction < :poor_input_below THEN {_bit("poor_input")} ELSE 0 END
-         | CASE WHEN g.id IS NOT NULL THEN {_bit("band_disagreement")} ELSE 0 END AS flags
+         | CASE WHEN g.id IS NOT NULL THEN {_bit("band_disagreement")} ELSE 0 END
+         | CASE WHEN EXISTS (
+               SELECT 1 FROM model m
+               WHERE m.id IN (t.classifier_id, t.regressor_id) AND m.metadata -> 'training_domain' IS NOT NULL
+                 AND (t.naxis2 <> CAST(m.metadata #>> '{{{{training_domain,image_shape,0}}}}' AS integer)
+                      OR t.naxis1 <> CAST(m.metadata #>> '{{{{training_domain,image_shape,1}}}}' AS integer)
+                      -- the pixel scale from the half-diagonal: 2 r / hypot(nx, ny), in arcsec
+                      OR abs(7200 * t.radius_deg / sqrt(power(t.naxis1, 2) + power(t.naxis2, 2))
+                             / CAST(m.metadata #>> '{{{{training_domain,pixel_scale_arcsec}}}}' AS double precision) - 1)
+                         > :domain_scale_tolerance))
+           THEN {_bit("outside_training_domain")} ELSE 0 END AS flags
     FROM target t
     CROSS JOIN LATERAL (
         SELECT array_agg(u.k ORDER BY u.p DESC, u.k) AS classes,
@@ -175,7 +191,8 @@ def update_flags(
         Only results of this model pair.
     """
     scope = ["true"]
-    parameters: dict[str, Any] = {**thresholds.as_dict(), "run_id": run_id}
+    parameters: dict[str, Any] = {**thresholds.as_dict(), "run_id": run_id,
+                                  "domain_scale_tolerance": PIXEL_SCALE_TOLERANCE}
     if frame_ids is not None:
         scope.append("f.exposure_pk IN (SELECT exposure_pk FROM frame WHERE id = ANY(CAST(:frame_ids AS bigint[])))")
         parameters["frame_ids"] = list(frame_ids)

@@ -42,7 +42,7 @@ from density_db.instrument import load_profile
 from density_db.labels import LABEL_RULE, label_rule, recorded_label_rule
 from density_db.simulate.catalog import draw_catalog
 from density_db.simulate.fields import Field
-from density_db.simulate.photometry import EXPOSURE_SECONDS, FULL_WELL_E, GAIN
+from density_db.simulate.photometry import EXPOSURE_SECONDS, FULL_WELL_E, GAIN, image_calibration
 from density_db.simulate.render import render_detector
 
 logger = logging.getLogger(__name__)
@@ -261,6 +261,9 @@ def _write_image(path: Path, job: DetectorJob, wcs_header: fits.Header, science:
     science_header["BUNIT"] = "ADU"
     science_header["GAIN"] = (GAIN, "e-/ADU")
     science_header["SATURATE"] = (FULL_WELL_E / GAIN, "ADU; saturated pixels are NaN, flagged in DQ")
+    calibration = image_calibration(job.band)
+    science_header["MAGZERO"] = (calibration.zero_point, "AB mag of a source giving 1 ADU/s")
+    science_header["PSF_FWHM"] = (calibration.fwhm_px, f"PSF FWHM, pixels (Moffat, beta {calibration.moffat_beta:g})")
     science_header["EXTNAME"], science_header["EXTVER"] = "SCI", 1
     quality_header = fits.Header({"EXTNAME": "DQ", "EXTVER": 1, "CHIPID": f"{job.detector:02d}"})
     if job.compress:
