@@ -6,7 +6,8 @@ field, this measures
 
 * each stage alone, per frame, in this process on one core: registration
   (headers and rows), opening the pixels (memory-mapped, as ingest does, so
-  the page-cache reads fall in the next stage), preprocessing, the classifier, the
+  the page-cache reads fall in the next stage), preprocessing (the models'
+  version: give version 2 checkpoints to time the point-source input), the classifier, the
   regressor (per regressed frame, times the fraction regressed) and the
   database write of the results;
 * ``run_ingest`` end to end (registration, Dask, inference, writes) on a
@@ -82,8 +83,8 @@ def frame_tasks(paths: list[Path]) -> list[FrameTask]:
     """Where each file's science and data-quality HDUs are, as ingest finds them."""
     from density_db.fits_input import read_frame_headers
 
-    return [FrameTask(0, header.path, header.hdu_index, header.dq_hdu_index)
-            for path in paths for header in read_frame_headers(path, load_profile("csst"))]
+    profile = load_profile("csst")
+    return [FrameTask.of_frame(0, header, profile) for path in paths for header in read_frame_headers(path, profile)]
 
 
 def stages_alone(database, paths: list[Path], models: dict) -> dict[str, float]:
@@ -96,12 +97,14 @@ def stages_alone(database, paths: list[Path], models: dict) -> dict[str, float]:
     tasks = frame_tasks(paths)
     read, reduce, inputs = [], [], []
     cpu = torch.device("cpu")
+    version = models["classifier"].preprocessing_version
     for task in tasks:
         started = time.perf_counter()
         image, quality = read_pixels(task)
         read.append(time.perf_counter() - started)
         started = time.perf_counter()
-        tensor, _statistics = reduce_pixels(image, quality, cpu)
+        tensor, _statistics = reduce_pixels(image, quality, cpu, version=version, calibration=task.calibration,
+                                            saturated_bits=task.saturated_bits)
         reduce.append(time.perf_counter() - started)
         inputs.append(tensor)
         del image, quality
@@ -159,7 +162,8 @@ def end_to_end(database, paths: list[Path], models: dict, *, workers: int, devic
     with Cluster(scheduler=None, workers=workers, device=device) as cluster:
         spec = ModelSpec(classifier.path, classifier.sha256, classifier.architecture, regressor.path,
                          regressor.sha256, regressor.architecture, device=cluster.device,
-                         torch_threads=cluster.torch_threads())
+                         torch_threads=cluster.torch_threads(),
+                         preprocessing_version=models["classifier"].preprocessing_version)
         cluster.client.run(lambda: _predictor(spec) and None)  # models loaded before the clock starts
         options = IngestOptions(shard_size=GPU_SHARD_SIZE if cluster.device == "cuda" else DEFAULT_SHARD_SIZE,
                                 max_in_flight=2 * cluster.threads)
@@ -248,7 +252,8 @@ def main(arguments: argparse.Namespace) -> None:
                                 **database_software(server.url(status))})
     figures = {
         "machine": machine.describe(),
-        "models": {stage: {"architecture": loaded.architecture, "sha256": loaded.sha256}
+        "models": {stage: {"architecture": loaded.architecture, "sha256": loaded.sha256,
+                           "preprocessing_version": loaded.preprocessing_version}
                    for stage, loaded in models.items()},
         "frames": len(paths), "mib_on_disk": size_mib,
         "stages_alone_s_per_frame": stages, "stages_sum_s_per_frame": stage_sum,
@@ -275,7 +280,8 @@ def report(figures: dict) -> None:
     print(f"machine: {figures['machine']}")
     models = figures["models"]
     print(f"{figures['frames']} full-size detectors, {figures['mib_on_disk']:.0f} MiB; models "
-          f"{models['classifier']['architecture']} + {models['regressor']['architecture']}")
+          f"{models['classifier']['architecture']} + {models['regressor']['architecture']}, preprocessing version "
+          f"{models['classifier']['preprocessing_version']}")
     print("stages alone, seconds per frame (one core):")
     for name in ("register_s", "read_s", "preprocess_s", "classify_s", "regress_s", "database_write_s"):
         print(f"  {name[:-2]:16s} {stages[name]:.4f}")

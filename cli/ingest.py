@@ -98,7 +98,6 @@ def _register_only(app: AppContext, paths, from_file, options) -> int:
         f"{counts.frames_known} already known, {counts.failures} failures"
     )
     _point_at_failures(run.id, counts.failures)
-    _warn_of_domain(database, run.id)
     return counts.failures
 
 
@@ -213,25 +212,6 @@ def _ingest(app: AppContext, paths, from_file, options) -> int:
     _point_at_failures(run.id, counts.failures)
     _warn_of_domain(database, run.id)
     return counts.failures
-
-
-def _warn_of_domain(database, run_id: int) -> None:
-    """Say how many of the run's answers are for frames unlike the models' training images."""
-    import sqlalchemy as sa
-
-    from density_db.planning.flags import flag_mask
-
-    with database.engine.connect() as connection:
-        outside = connection.execute(
-            sa.text("SELECT count(*) FROM density_result WHERE run_id = :run AND (flags & :mask) <> 0"),
-            {"run": run_id, "mask": flag_mask(["outside_training_domain"])},
-        ).scalar_one()
-    if outside:
-        click.echo(
-            f"warning: {outside} frames differ in shape or pixel scale from the models' training images: their "
-            "results carry the flag outside_training_domain (classes and counts there are extrapolations)",
-            err=True,
-        )
 
 
 def _point_at_failures(run_id: int, failures: int) -> None:

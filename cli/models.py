@@ -54,6 +54,8 @@ def list_(app: AppContext, output_format: str | None) -> None:
 @pass_app
 def show(app: AppContext, name: str) -> None:
     """Show a registered model (by name or sha256) with its metadata and the label rule it was trained under."""
+    from density_db.inference.checkpoints import TrainingDomain, recorded_preprocessing_version
+    from density_db.inference.preprocessing import CHANNELS
     from density_db.labels import LABEL_RULE, label_rule, recorded_label_rule
     from density_db.model_registry import find_model
 
@@ -66,4 +68,10 @@ def show(app: AppContext, name: str) -> None:
     if rule != LABEL_RULE:
         click.echo(f"note: trained under the {rule!r} rule, not this density-db's {LABEL_RULE!r}: its density classes "
                    f"count {label_rule(rule).description}, not {label_rule(LABEL_RULE).description}")
+    version = recorded_preprocessing_version(model.metadata)
+    click.echo(f"input: preprocessing version {version} ({', '.join(CHANNELS.get(version, ('unknown',)))})")
+    domain = TrainingDomain.from_metadata(model.metadata)
+    click.echo("trained on: " + (f"{domain.image_shape[0]} x {domain.image_shape[1]} images at "
+                                 f"{domain.pixel_scale_arcsec:g}\"/px (others are flagged outside_training_domain)"
+                                 if domain else "images of unrecorded shape and scale (no domain flag)"))
     click.echo(json.dumps(model.metadata, indent=1, sort_keys=True))

@@ -147,7 +147,8 @@ def dataset(app: AppContext, out, count, task, balance, device, shape, seed, sta
         except FileExistsError as error:
             raise click.ClickException(str(error)) from None
     counts = np.bincount(np.asarray(samples["density_class"]), minlength=6)
-    click.echo(f"wrote {len(samples)} samples to {out} (preprocessing version {version}, {rule!r} labels, classes 0-5: {', '.join(map(str, counts))}; "
+    click.echo(f"wrote {len(samples)} samples to {out} (preprocessing version {version}, {rule!r} labels, "
+               f"classes 0-5: {', '.join(map(str, counts))}; "
                f"bright stars {int(np.min(samples['bright_star_count']))}-{int(np.max(samples['bright_star_count']))})")
 
 

@@ -51,8 +51,8 @@ def _parse_init(_ctx, _param, value: str | None) -> dict[str, str]:
               help="Data loader worker processes.")
 @click.option("--init", "initial_weights", default=None, callback=_parse_init, metavar="imagenet:PATH|backbone:CKPT",
               help="Start from weights: 'imagenet:PATH', a local torchvision ImageNet weights file of the ResNet "
-                   "(first convolution averaged to the input's channels; nothing is downloaded), or 'backbone:CKPT', every "
-                   "layer but the head from a density-db checkpoint of the same architecture (e.g. the trained "
+                   "(first convolution averaged to the input's channels; nothing is downloaded), or 'backbone:CKPT', "
+                   "every layer but the head from a density-db checkpoint of the same architecture (e.g. the trained "
                    "classifier, for the regressor). Default: random initialisation.")
 @click.option("--preprocessing-version", "preprocessing_version", type=click.Choice(["1", "2"]), default=None,
               help="The model input to train on, default the data's. 1 (the paper's image and valid fraction) "

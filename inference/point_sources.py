@@ -46,6 +46,7 @@ compute in float64 and find the same peaks (``tests/test_preprocessing.py``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -193,7 +194,8 @@ class PointSourceCounts:
 
 def count_point_sources(
     image: np.ndarray, quality: np.ndarray | None, grid: CellGrid, calibration: Calibration, *,
-    saturated_bits: int = 0,
+    saturated_bits: int = 0, background: Background | None = None,
+    on_block: Callable[[slice, slice, np.ndarray, np.ndarray], None] | None = None,
 ) -> PointSourceCounts:
     """Count point-like and bright sources per pooling cell, streaming row blocks on the CPU.
 
@@ -209,16 +211,22 @@ def count_point_sources(
         Zero point, exposure time and PSF FWHM.
     saturated_bits
         Data-quality bits that mean saturated (0: none known, saturated cores are not counted).
+    background
+        The image's :class:`Background`, when the caller has it already.
+    on_block
+        Called as ``on_block(rows, cells, block, invalid)`` with each block's own rows (``grid.row_blocks()``):
+        the native float32 pixels and the invalid mask, so that the caller reduces the same block in the
+        same pass (preprocessing makes the paper's channels there: one read of the image for both).
     """
     filters = _Filters.for_calibration(calibration)
-    background = Background.of_image(image, quality)
+    background = background or Background.of_image(image, quality)
     ny, nx = image.shape
     halo = filters.wide.size // 2 + 1
     row_cell = grid.rows.segment_of_pixel(ny)
     column_cell = grid.columns.segment_of_pixel(nx)
     point_like = np.zeros(grid.cell_shape)
     bright = np.zeros(grid.cell_shape)
-    for rows, _cells in grid.row_blocks():
+    for rows, cells in grid.row_blocks():
         start, stop = max(rows.start - halo, 0), min(rows.stop + halo, ny)
         # native byte order for the compiled loops (FITS data are big-endian): the one copy of the block
         block = np.asarray(image[start:stop], dtype=np.float32)
@@ -227,6 +235,9 @@ def count_point_sources(
             block, block_quality if block_quality is not None else _NO_QUALITY, block_quality is not None,
             background.level,
         )
+        if on_block is not None:
+            own = slice(rows.start - start, rows.stop - start)
+            on_block(rows, cells, block[own], ~valid[own])
         _count_block(
             values, valid, rows.start - start, rows.stop - start, start, ny, filters.narrow, filters.wide,
             filters.threshold * background.noise, SHARPNESS_RANGE[0] * filters.star_ratio,

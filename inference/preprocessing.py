@@ -1,4 +1,4 @@
-"""The one preprocessing function: a detector image to the model's 2 x 224 x 224 input.
+"""The one preprocessing function: a detector image to the model's 224 x 224 input.
 
 Lai et al. (2026), Sec. 2.3: valid pixels are the finite ones whose
 data-quality value is 0; the image is standardised with the mean and standard
@@ -19,7 +19,9 @@ image and the mask once and standardise the small result:
   float64) have no cancellation; invalid pixels are zeroed and counted only
   in the columns that have any.  The cells are the pieces the overlapping
   pooling bins cut the image into (:class:`density_db.pooling.CellGrid`); a full-size detector
-  takes about twice the time of reading and byte-swapping it;
+  takes about the time of reading and byte-swapping it.  Version 2 streams
+  the image once: the point-source pass hands each of its blocks over, and
+  the same sums are taken from it;
 * :func:`preprocess_tensor` (torch, any device) does the same with
   ``adaptive_avg_pool2d``, for the GPU.
 
@@ -98,41 +100,57 @@ def preprocess(
     _check_version(version, calibration)
     _check_shapes(image, quality, size)
     grid = CellGrid.for_shape(image.shape, size)
-    # the median of a sparse, fixed sample of valid pixels (the point-source pass takes its sky from it too)
-    shift = Background.of_image(image, quality).level
-    centred_sums = np.zeros(grid.cell_shape)
-    invalid_counts = np.zeros(grid.cell_shape)
-    squares = 0.0
-    for rows, cells in grid.row_blocks():
-        block = image[rows]
-        valid = np.isfinite(block)
-        if quality is not None:
-            valid &= np.asarray(quality[rows]) == 0
+    # the median of a sparse, fixed sample of valid pixels, the point-source pass's sky too
+    background = Background.of_image(image, quality)
+    sums = _CentredCellSums(grid, background.level)
+    counts = None
+    if version == 2:  # one streaming pass makes both: the point sources and the paper's sums
+        counts = count_point_sources(image, quality, grid, calibration, saturated_bits=saturated_bits,
+                                     background=background, on_block=sums.add)
+    else:
+        for rows, cells in grid.row_blocks():
+            block = image[rows]
+            valid = np.isfinite(block)
+            if quality is not None:
+                valid &= np.asarray(quality[rows]) == 0
+            sums.add(rows, cells, block, ~valid)
+    valid_counts = grid.cell_areas() - sums.invalid_counts
+    count = int(valid_counts.sum())
+    if count == 0:
+        raise InputError("all_invalid", "no valid pixel: every pixel is NaN/Inf or flagged in the data-quality mask")
+    # The cells' sums add at most ~42 centred float32 values before float64 takes over.
+    centred_mean = float(sums.centred.sum()) / count
+    variance = sums.squares / count - centred_mean**2
+    statistics = PixelStatistics(sums.shift + centred_mean, _safe_std(variance), count, image.size)
+    tensor = model_input(grid, sums.centred + sums.shift * valid_counts, valid_counts, statistics)
+    if counts is not None:
+        tensor = np.concatenate([tensor, point_source_channels(grid, counts)])
+    return tensor, statistics
+
+
+class _CentredCellSums:
+    """The paper's channels' sums, block by block: valid pixels minus a typical value, per cell; invalid pixels
+    per cell; and the sum of squares."""
+
+    def __init__(self, grid: CellGrid, shift: float) -> None:
+        self.grid, self.shift = grid, shift
+        self.centred = np.zeros(grid.cell_shape)
+        self.invalid_counts = np.zeros(grid.cell_shape)
+        self.squares = 0.0
+
+    def add(self, rows: slice, cells: slice, block: np.ndarray, invalid: np.ndarray) -> None:
         # One float32 pass centres the block (and byte-swaps FITS data); centred values keep
         # float32 row sums and float64 squares free of cancellation.
-        centred = np.subtract(block, np.float32(shift), dtype=np.float32)
-        invalid = ~valid
+        centred = np.subtract(block, np.float32(self.shift), dtype=np.float32)
         # Invalid pixels are few and gather in few columns (bad columns, patches, saturated stars):
         # zero and count them there only.
         columns = np.flatnonzero(invalid.any(axis=0))
         if columns.size:
             np.copyto(centred, np.float32(0), where=invalid)
-            invalid_counts[cells] += grid.cell_sums_of_columns(invalid[:, columns].view(np.uint8), rows, columns)
-        squares += float(np.square(centred).sum(dtype=np.float64))
-        centred_sums[cells] = grid.cell_sums(centred, rows, row_dtype=np.float32)
-    valid_counts = grid.cell_areas() - invalid_counts
-    count = int(valid_counts.sum())
-    if count == 0:
-        raise InputError("all_invalid", "no valid pixel: every pixel is NaN/Inf or flagged in the data-quality mask")
-    # The cells' sums add at most ~42 centred float32 values before float64 takes over.
-    centred_mean = float(centred_sums.sum()) / count
-    variance = squares / count - centred_mean**2
-    statistics = PixelStatistics(shift + centred_mean, _safe_std(variance), count, image.size)
-    tensor = model_input(grid, centred_sums + shift * valid_counts, valid_counts, statistics)
-    if version == 2:
-        counts = count_point_sources(image, quality, grid, calibration, saturated_bits=saturated_bits)
-        tensor = np.concatenate([tensor, point_source_channels(grid, counts)])
-    return tensor, statistics
+            self.invalid_counts[cells] += self.grid.cell_sums_of_columns(invalid[:, columns].view(np.uint8), rows,
+                                                                         columns)
+        self.squares += float(np.square(centred).sum(dtype=np.float64))
+        self.centred[cells] = self.grid.cell_sums(centred, rows, row_dtype=np.float32)
 
 
 def point_source_channels(grid: CellGrid, counts: PointSourceCounts) -> np.ndarray:

@@ -11,7 +11,9 @@ import pytest
 from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
-from fits_factory import PIXEL_SCALE_DEG, FrameSpec, csst_keywords, image_hdu, truncate, wcs_header, write_mef, write_single
+from fits_factory import (
+    PIXEL_SCALE_DEG, FrameSpec, csst_keywords, image_hdu, truncate, wcs_header, write_mef, write_single,
+)
 
 from density_db import sky
 from density_db.errors import ConfigurationError, InputError

@@ -41,6 +41,7 @@ def test_registering_the_same_checkpoint_twice_keeps_one_row(run_cli, database: 
     assert "classifier, baseline_cnn" in shown
     assert "labels: detectable-stars (stars brighter than the 5-sigma point-source depth" in shown
     assert "note:" not in shown
+    assert "trained on: images of unrecorded shape and scale (no domain flag)" in shown
     assert json.loads(shown[shown.index("{"):])["trained_on"] == "test"
 
 
@@ -54,6 +55,8 @@ def test_the_shipped_demo_models_say_they_were_trained_under_the_papers_label_ru
         shown = run_cli("models", "show", name).output
         assert "labels: catalog-stars (every star of the truth catalog" in shown
         assert "note: trained under the 'catalog-stars' rule, not this density-db's 'detectable-stars'" in shown
+        assert "input: preprocessing version 1 (image, valid_fraction)" in shown
+        assert "trained on: 9216 x 9232 images at 0.074\"/px" in shown
 
 
 def test_names_resolve_to_paths_and_clashes_are_refused(database: Database, checkpoint: Path, tmp_path: Path) -> None:

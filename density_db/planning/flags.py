@@ -145,7 +145,7 @@ computed AS (
                       OR t.naxis1 <> CAST(m.metadata #>> '{{{{training_domain,image_shape,1}}}}' AS integer)
                       -- the pixel scale from the half-diagonal: 2 r / hypot(nx, ny), in arcsec
                       OR abs(7200 * t.radius_deg / sqrt(power(t.naxis1, 2) + power(t.naxis2, 2))
-                             / CAST(m.metadata #>> '{{{{training_domain,pixel_scale_arcsec}}}}' AS double precision) - 1)
+                             / CAST(m.metadata #>> '{{{{training_domain,pixel_scale_arcsec}}}}' AS float8) - 1)
                          > :domain_scale_tolerance))
            THEN {_bit("outside_training_domain")} ELSE 0 END AS flags
     FROM target t

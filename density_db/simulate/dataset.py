@@ -240,7 +240,8 @@ def write_dataset(
     context = multiprocessing.get_context("spawn" if device is not None else None)
     pool_or_none = ProcessPoolExecutor(max_workers=workers, mp_context=context) if workers > 1 else None
     with pool_or_none or contextlib.nullcontext() as pool:
-        results = (pool.map if pool is not None else map)(_preprocessed, ((spec, shape, device, version) for spec in specs))
+        jobs = ((spec, shape, device, version) for spec in specs)
+        results = (pool.map if pool is not None else map)(_preprocessed, jobs)
         for shard_index, shard in enumerate(_chunks(zip(specs, results, strict=True), SHARD_SIZE)):
             tensors = np.stack([tensor for _, (tensor, _) in shard])
             np.save(out / f"shard_{shard_index:05d}.npy", tensors)
