@@ -120,13 +120,6 @@ class FrameHeader:
     zero_point: float | None = None
     psf_fwhm_px: float | None = None
 
-    @property
-    def pixel_scale_arcsec(self) -> float:
-        """Mean side of a pixel on the sky: the geometric mean of the image's width and height over its pixels."""
-        ra, dec = self.corner_ra, self.corner_dec
-        width = float(sky.angular_separation_deg(ra[0], dec[0], ra[1], dec[1])) / self.shape[1]
-        height = float(sky.angular_separation_deg(ra[1], dec[1], ra[2], dec[2])) / self.shape[0]
-        return 3600.0 * (width * height) ** 0.5
 
 
 @dataclass(frozen=True)

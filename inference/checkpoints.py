@@ -55,9 +55,7 @@ from density_db.inference.architectures import (
     state_dict_mismatches,
 )
 from density_db.inference.preprocessing import CHANNELS, PAPER_PREPROCESSING_VERSION
-from density_db.labels import (
-    BRIGHT_MAGNITUDE_LIMIT, CLASS_LOWER_EDGES, INPUT_SIZE, LABEL_RULE, PIXEL_SCALE_TOLERANCE, label_rule,
-)
+from density_db.labels import BRIGHT_MAGNITUDE_LIMIT, CLASS_LOWER_EDGES, INPUT_SIZE, LABEL_RULE, label_rule
 
 DEMO_MODELS_DIRECTORY = Path(__file__).parent / "demo_models"
 """The small models shipped with density-db, trained on its simulator (README, "Shipped demo models")."""
@@ -110,7 +108,9 @@ class TrainingDomain:
 
     A frame of another shape or pixel scale is outside what the model has
     seen (its pooling bins hold other areas of sky and other numbers of
-    stars), and its result is flagged ``outside_training_domain``.
+    stars), and its result is flagged ``outside_training_domain``
+    (:mod:`density_db.planning.flags` compares them in SQL, within
+    :data:`~density_db.labels.PIXEL_SCALE_TOLERANCE`).
     """
 
     image_shape: tuple[int, int]
@@ -125,12 +125,6 @@ class TrainingDomain:
 
     def as_metadata(self) -> dict[str, Any]:
         return {"image_shape": list(self.image_shape), "pixel_scale_arcsec": self.pixel_scale_arcsec}
-
-    def holds(self, shape: tuple[int, int], pixel_scale_arcsec: float | None) -> bool:
-        """Whether a frame of ``shape`` and pixel scale is like the training images (an unknown scale passes)."""
-        same_scale = (pixel_scale_arcsec is None
-                      or abs(pixel_scale_arcsec / self.pixel_scale_arcsec - 1) <= PIXEL_SCALE_TOLERANCE)
-        return tuple(shape) == self.image_shape and same_scale
 
 
 def recorded_preprocessing_version(metadata: Mapping[str, Any]) -> int:
