@@ -103,7 +103,8 @@ def stages_alone(database, paths: list[Path], models: dict) -> dict[str, float]:
         image, quality = read_pixels(task)
         read.append(time.perf_counter() - started)
         started = time.perf_counter()
-        tensor, _statistics = reduce_pixels(image, quality, cpu, version=version, calibration=task.calibration,
+        calibration = task.calibration.for_pixels(image, quality) if version == 2 else None
+        tensor, _statistics = reduce_pixels(image, quality, cpu, version=version, calibration=calibration,
                                             saturated_bits=task.saturated_bits)
         reduce.append(time.perf_counter() - started)
         inputs.append(tensor)

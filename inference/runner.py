@@ -28,8 +28,7 @@ import numpy as np
 
 from density_db.errors import ConfigurationError, InputError
 from density_db.fits_input import FrameHeader
-from density_db.inference.calibration import frame_calibration
-from density_db.inference.point_sources import Calibration
+from density_db.inference.calibration import FrameCalibration, frame_calibration
 from density_db.instrument import InstrumentProfile
 from density_db.results import InferenceFailure, ResultRow
 
@@ -48,7 +47,7 @@ class FrameTask:
     path: str
     hdu_index: int
     dq_hdu_index: int | None
-    calibration: Calibration | None = None
+    calibration: FrameCalibration | None = None
     calibration_error: str | None = None
     saturated_bits: int = 0
 
@@ -228,7 +227,8 @@ def _reduce(task: FrameTask, device, version: int):
     image, quality = read_pixels(task)
     read_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    tensor, statistics = reduce_pixels(image, quality, device, version=version, calibration=task.calibration,
+    calibration = task.calibration.for_pixels(image, quality) if version == 2 else None
+    tensor, statistics = reduce_pixels(image, quality, device, version=version, calibration=calibration,
                                        saturated_bits=task.saturated_bits)
     return tensor, statistics.valid_fraction, read_seconds, time.perf_counter() - started
 
@@ -255,9 +255,12 @@ def read_pixels(task: FrameTask) -> tuple[np.ndarray, np.ndarray | None]:
 
 def reduce_pixels(
     image: np.ndarray, quality: np.ndarray | None, device, *, version: int = 1,
-    calibration: Calibration | None = None, saturated_bits: int = 0,
+    calibration=None, saturated_bits: int = 0,
 ):
-    """The model input of ``version`` (a torch tensor on ``device``) and pixel statistics of one image."""
+    """The model input of ``version`` (a torch tensor on ``device``) and pixel statistics of one image.
+
+    ``calibration`` (a :class:`~density_db.inference.point_sources.Calibration`) is version 2's.
+    """
     import torch
 
     from density_db.inference.preprocessing import preprocess, preprocess_tensor

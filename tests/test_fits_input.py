@@ -17,7 +17,7 @@ from density_db import sky
 from density_db.errors import ConfigurationError, InputError
 from density_db.fits_input import FrameHeader, InputFailure, discover_inputs, read_frame_headers
 from density_db.inference.point_sources import Calibration
-from density_db.instrument import load_profile
+from density_db.instrument import BandCalibration, load_profile
 
 CSST = load_profile("csst")
 
@@ -418,17 +418,23 @@ def test_a_frames_calibration_comes_from_its_header_else_its_bands_profile_value
     keyed = csst_keywords(band="r", MAGZERO=25.5, PSF_FWHM=2.6)
     [header] = read_frame_headers(write_single(tmp_path / "keyed.fits", FrameSpec(keywords=keyed)), CSST)
     assert (header.zero_point, header.psf_fwhm_px) == (25.5, 2.6)
-    assert frame_calibration(header, CSST.calibration) == Calibration(25.5, 150.0, 2.6, 3.0)
+    pixels = np.zeros((64, 64), np.float32)
+    assert frame_calibration(header, CSST.calibration).for_pixels(pixels, None) == Calibration(25.5, 150.0, 2.6, 3.0)
     [plain] = read_frame_headers(write_single(tmp_path / "plain.fits", FrameSpec(keywords=csst_keywords(band="i"))),
                                  CSST)
-    assert frame_calibration(plain, CSST.calibration) == Calibration(25.574, 150.0, 1.9, 3.0)
+    assert frame_calibration(plain, CSST.calibration).for_pixels(pixels, None) == Calibration(25.574, 150.0, 1.9, 3.0)
     bare = replace(CSST.calibration, band_values={})
     [untimed] = read_frame_headers(write_single(tmp_path / "untimed.fits", FrameSpec(
         keywords=csst_keywords(exptime=None))), CSST)
-    with pytest.raises(InputError, match=r"needs a zero point \(MAGZERO or \[calibration.bands\] g\), a PSF FWHM "
-                                      r"\(PSF_FWHM or .*\), an exposure time") as error:
+    with pytest.raises(InputError, match=r"needs a zero point \(MAGZERO or \[calibration.bands\] g\) and an "
+                                      r"exposure time") as error:
         frame_calibration(untimed, bare)
     assert error.value.kind == "no_calibration"
+    # no FWHM anywhere: measured on the pixels, and blank pixels have no star to measure it on
+    unmeasured = frame_calibration(plain, replace(CSST.calibration, band_values={"i": BandCalibration(25.0)}))
+    assert unmeasured.fwhm_px is None
+    with pytest.raises(InputError, match="no PSF FWHM in the header or the profile, and too few bright"):
+        unmeasured.for_pixels(pixels, None)
 
 
 def test_unknown_profile_names_list_the_shipped_ones(tmp_path):

@@ -212,3 +212,21 @@ def test_version_2_needs_a_calibration_and_versions_are_known() -> None:
         preprocess(image, version=2)
     with pytest.raises(ValueError, match="version must be one of"):
         preprocess(image, version=3)
+
+
+@pytest.mark.parametrize("band", ["u", "r", "y"])
+def test_a_missing_fwhm_is_measured_on_the_stars_among_galaxies_and_a_cosmic_ray(band) -> None:
+    """The stellar locus, not the galaxies beside it nor a hot pixel, gives the band's PSF width (within 6 %)."""
+    from density_db.inference.psf import measure_fwhm
+    from density_db.simulate.photometry import band_photometry
+
+    rng = np.random.default_rng(4)
+    stars = [(x, y, m) for x, y, m in zip(rng.uniform(20, 880, 40), rng.uniform(20, 880, 40), rng.uniform(18, 22, 40))]
+    galaxies = [(x, y, m, r) for x, y, m, r in zip(rng.uniform(20, 880, 40), rng.uniform(20, 880, 40),
+                                                   rng.uniform(18, 21, 40), rng.uniform(2, 6, 40))]
+    image = simulated_cutout(band, (900, 900), {"stars": stars, "galaxies": galaxies}, seed=2)
+    science = image.science.copy()
+    science[450, 450] += 5000.0
+    measured = measure_fwhm(science, image.quality, moffat_beta=3.0)
+    assert measured == pytest.approx(band_photometry(band).fwhm_px, rel=0.06)
+    assert measure_fwhm(image.science[:, :40], None, moffat_beta=3.0) is None  # a strip with too few stars
