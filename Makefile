@@ -25,6 +25,7 @@ demo: install
 	$(BIN)/density-db simulate exposures --out $(DEMO_DIR)/sparse --field galactic_l90_b50 --detectors 8,9,13 --compress --seed 1
 	$(BIN)/density-db simulate exposures --out $(DEMO_DIR)/medium --field default --detectors 8,9,13 --compress --seed 3
 	$(BIN)/density-db simulate exposures --out $(DEMO_DIR)/crowded --field galactic_centre --detectors 8,9,13 --compress --seed 2
+	$(BIN)/density-db db upgrade
 	$(BIN)/density-db ingest --run-name demo $(DEMO_DIR)/sparse $(DEMO_DIR)/medium $(DEMO_DIR)/crowded
 	$(BIN)/density-db query sql --format table \
 	    "SELECT exposure_id, detector, band, round(ra::numeric, 3) AS ra, round(dec::numeric, 3) AS dec, \
