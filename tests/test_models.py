@@ -56,6 +56,38 @@ def test_every_network_takes_two_channels_and_gives_its_stage_output(stage: str,
     assert torch.isfinite(output).all()
 
 
+def _version_2_inputs(point_like: int, bright: int) -> torch.Tensor:
+    """Noise images with ``point_like`` and ``bright`` sources spread over their count channels."""
+    inputs = torch.cat([_inputs(1), torch.zeros(1, 2, INPUT_SIZE, INPUT_SIZE)], dim=1)
+    for channel, total in ((2, point_like), (3, bright)):
+        inputs[0, channel].view(-1)[:total] = 1.0
+    return inputs
+
+
+@pytest.mark.parametrize("architecture", ["baseline_cnn", "resnet18"])
+def test_version_2_regressor_predicts_a_correction_to_the_bright_sources_total(architecture: str) -> None:
+    model = _trained_looking(build_model("regressor", architecture, in_channels=4))
+    last_linear = [module for module in model.modules() if isinstance(module, nn.Linear)][-1]
+    nn.init.zeros_(last_linear.weight)
+    nn.init.zeros_(last_linear.bias)
+    with torch.inference_mode():
+        for bright in (0, 9, 999):
+            prediction = model(_version_2_inputs(2 * bright, bright))
+            torch.testing.assert_close(prediction, torch.tensor([np.log10(1 + bright)], dtype=torch.float32))
+
+
+@pytest.mark.parametrize("architecture", ["baseline_cnn", "resnet18"])
+def test_version_2_classifier_head_sees_the_point_source_totals(architecture: str) -> None:
+    model = _trained_looking(build_model("classifier", architecture, in_channels=4))
+    with torch.inference_mode():
+        few, many = model(_version_2_inputs(10, 0)), model(_version_2_inputs(10_000, 0))
+    assert not torch.allclose(few, many)
+    head = [module for module in model.modules() if isinstance(module, nn.Linear)][-1]
+    paper_head = [module for module in build_model("classifier", architecture).modules()
+                  if isinstance(module, nn.Linear)][-1]
+    assert head.in_features == paper_head.in_features + 2
+
+
 def test_paper_networks_have_two_channel_first_conv_of_resnet_geometry() -> None:
     for stage, architecture in (("classifier", "resnet34"), ("regressor", "resnet50")):
         first_conv = build_model(stage, architecture).conv1
