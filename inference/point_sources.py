@@ -249,6 +249,8 @@ def count_point_sources(
             # row above the image): the rows, the next one, and a row of zeros above the image
             window_stop = min(rows.stop + 1, ny) - start
             saturated = (block_quality[rows.start - start:window_stop] & saturated_bits) != 0
+            if not saturated.any():  # masked for other reasons only (bad columns, patches): no blob here
+                continue
             window_rows = rows.stop - rows.start
             if rows.start == 0:
                 saturated = np.concatenate([np.zeros((1, nx), dtype=bool), saturated])

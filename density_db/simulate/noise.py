@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from density_db.pooling import CellGrid, PixelStatistics
@@ -81,27 +82,26 @@ class CellNoise:
     def observe(self, expected: np.ndarray, quality: np.ndarray, rng: np.random.Generator, exposure_seconds: float) -> None:
         """Stage 2, in place: expected electrons to a calibrated image in ADU, NaN where ``quality`` is set.
 
-        The pixel noise of every cell adds up to the cell's drawn total.
+        The pixel noise of every cell adds up to the cell's drawn total.  Each
+        row block takes its standard normal deviates from ``rng`` in one call
+        (the stream does not depend on how the rest is computed); scaling,
+        the cells' sums, the correction and the calibration are two compiled
+        passes over the block.
         """
         ny, nx = expected.shape
         row_cells = self.grid.rows.segment_of_pixel(ny)
         column_cells = self.grid.columns.segment_of_pixel(nx)
         variances = self.variances
-        with np.errstate(invalid="ignore", divide="ignore"):
-            for rows, cells in self.grid.row_blocks():
-                block = expected[rows]
-                invalid = quality[rows] != 0
-                variance = block + np.float32(_READ_VARIANCE)
-                noise = rng.standard_normal(block.shape, dtype=np.float32)
-                noise *= np.sqrt(variance)
-                noise[invalid] = 0
-                shortfall = self.totals[cells] - self.grid.cell_sums(noise, rows)
-                per_variance = np.where(variances[cells] > 0, shortfall / variances[cells], 0.0).astype(np.float32)
-                noise += variance * per_variance[row_cells[rows] - cells.start][:, column_cells]
-                block += noise
-                block -= np.float32(DARK_E_PER_S * exposure_seconds)
-                block /= np.float32(GAIN)
-                block[invalid] = np.nan
+        dark = np.float32(DARK_E_PER_S * exposure_seconds)
+        for rows, cells in self.grid.row_blocks():
+            block, block_quality = expected[rows], quality[rows]
+            block_cells = row_cells[rows] - cells.start
+            noise = rng.standard_normal(block.shape, dtype=np.float32)
+            sums = np.zeros((cells.stop - cells.start, column_cells[-1] + 1))
+            _scale_noise(noise, block, block_quality, block_cells, column_cells, sums)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                per_variance = np.where(variances[cells] > 0, (self.totals[cells] - sums) / variances[cells], 0.0)
+            _add_noise(block, noise, block_quality, block_cells, column_cells, per_variance.astype(np.float32), dark)
 
     def value_sums(self, exposure_seconds: float) -> np.ndarray:
         """Per-cell sums of the calibrated valid pixels (ADU), exactly as stage 2 makes them."""
@@ -124,3 +124,38 @@ class CellNoise:
         mean = float(self.value_sums(exposure_seconds).sum()) / count
         variance = square_sum / count - mean**2
         return PixelStatistics(mean, float(np.sqrt(variance)) if variance > 0 else 1.0, int(count), pixel_count)
+
+
+@numba.njit(cache=True, nogil=True)
+def _scale_noise(noise, expected, quality, row_cells, column_cells, sums):
+    """Standard normal deviates to pixel noise of variance ``expected + read^2`` (0 where invalid), in place,
+    and its sums per cell (cell rows local to the block) into ``sums``."""
+    rows, width = noise.shape
+    read_variance = np.float32(_READ_VARIANCE)
+    for row in range(rows):
+        cell_row = row_cells[row]
+        for column in range(width):
+            if quality[row, column] != 0:
+                noise[row, column] = 0.0
+                continue
+            value = noise[row, column] * np.sqrt(expected[row, column] + read_variance)
+            noise[row, column] = value
+            sums[cell_row, column_cells[column]] += value
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_noise(expected, noise, quality, row_cells, column_cells, per_variance, dark):
+    """Expected electrons to calibrated ADU in place: plus the noise, corrected so that each cell's noise adds
+    up to its total (``variance * per_variance`` of the cell), minus the dark, over the gain; NaN where invalid."""
+    rows, width = expected.shape
+    read_variance = np.float32(_READ_VARIANCE)
+    gain = np.float32(GAIN)
+    for row in range(rows):
+        cell_row = row_cells[row]
+        for column in range(width):
+            if quality[row, column] != 0:
+                expected[row, column] = np.nan
+                continue
+            electrons = expected[row, column]
+            correction = (electrons + read_variance) * per_variance[cell_row, column_cells[column]]
+            expected[row, column] = (electrons + noise[row, column] + correction - dark) / gain
