@@ -1,7 +1,9 @@
 """One evaluation table for the model inputs: the paper's (version 1) against ours (version 2), same data.
 
-On a held-out dataset of preprocessing version 2 (``density-db simulate
-dataset``, another seed than training), this prints and writes:
+On held-out datasets of preprocessing version 2 (``density-db simulate
+dataset``, other seeds than training): classification sets (``--data``,
+repeatable, read as one) and, optionally, regression sets
+(``--regression-data``), this prints and writes:
 
 * the same architecture trained on the same images with the paper's input
   (version 1: the first two channels of each sample) and with version 2
@@ -14,7 +16,9 @@ dataset``, another seed than training), this prints and writes:
 * per class (recall), per band (accuracy) and near class edges (accuracy of
   the images within 0.04 dex, 10 %, of an edge, and of the others);
 * the regression gated by each classifier (MAE, RMSE, R^2 in dex), against
-  the bright point-source count alone, on the images each regressor ran on;
+  the bright point-source count alone, on the images each regressor ran on:
+  on the regression sets when given (a second table), else on the
+  classification sets;
 * the paper's Table 5 (Lai et al. 2026; its Sec. 4.1-4.2 give the R^2 of
   0.9076 and Table 4 the macro-F1 of 96.27 %), for reference: its
   simulation has stars only and counts every catalogued star.
@@ -23,7 +27,8 @@ The ``sep`` peer on full-size frames is ``benchmarks/ingest.py``'s.
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/model_inputs.py --data HELDOUT --v1 CLS_V1 REG_V1 --v2 CLS_V2 REG_V2
+    .venv/bin/python benchmarks/model_inputs.py --data HELDOUT [--data ...] [--regression-data REG_HELDOUT ...] \
+        --v1 CLS_V1 REG_V1 --v2 CLS_V2 REG_V2
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ PAPER_TABLE_5 = {
 """Lai et al. (2026), Table 5 (per-class recall, regression MAE/RMSE), Table 4 (macro-F1), Sec. 4.2 (R^2)."""
 
 
-def network_row(data: Path, classifier: Path, regressor: Path) -> dict:
+def network_row(data: list[Path], classifier: Path, regressor: Path) -> dict:
     """The two stages' scores on every sample of ``data``, read as the models' preprocessing version."""
     samples = predict_samples(data, load_checkpoint(classifier), load_checkpoint(regressor), split="all")
     row = _classification_row(samples.true_class, samples.probabilities, samples.star_count, samples.band)
@@ -67,7 +72,7 @@ def network_row(data: Path, classifier: Path, regressor: Path) -> dict:
             "r2": regression["r2"], "regressed_mask": mask}
 
 
-def count_row(data: Path, regressed: np.ndarray) -> dict:
+def count_row(data: list[Path], regressed: np.ndarray) -> dict:
     """The point-source count alone: classes from the point-like sum, log counts from the bright sum."""
     dataset = SimulatedDataset(data, target="density_class")
     shape = tuple(dataset.descriptions[0]["image_shape"])
@@ -129,24 +134,39 @@ def report(rows: dict[str, dict]) -> None:
             print(f"| {name} | " + " | ".join(percent(row["by_band"][band]) for band in bands) + " |")
 
 
-def main(arguments: argparse.Namespace) -> None:
+def table(data: list[Path], v1: list[Path], v2: list[Path]) -> dict[str, dict]:
+    """The rows of one evaluation table on ``data``: the paper's, the two inputs, and the count alone."""
     rows = {"paper, Table 5 (ResNet-34 / ResNet-50, their simulation)": PAPER_TABLE_5}
-    rows["version 1, the paper's input"] = network_row(arguments.data, *arguments.v1)
-    rows["version 2, with point-source channels"] = network_row(arguments.data, *arguments.v2)
+    rows["version 1, the paper's input"] = network_row(data, *v1)
+    rows["version 2, with point-source channels"] = network_row(data, *v2)
     regressed = rows["version 2, with point-source channels"]["regressed_mask"]
-    rows["point-source count alone (no network)"] = count_row(arguments.data, regressed)
+    rows["point-source count alone (no network)"] = count_row(data, regressed)
     for row in rows.values():
         row.pop("regressed_mask", None)
-    report(rows)
+    return rows
+
+
+def main(arguments: argparse.Namespace) -> None:
+    tables = {"classification sets": table(arguments.data, arguments.v1, arguments.v2)}
+    if arguments.regression_data:
+        tables["regression sets"] = table(arguments.regression_data, arguments.v1, arguments.v2)
+    for name, rows in tables.items():
+        print(f"\n### {name}\n")
+        report(rows)
     machine = describe_machine({})
-    write_json(arguments.json, machine, {"data": str(arguments.data), "v1": list(map(str, arguments.v1)),
-                                         "v2": list(map(str, arguments.v2)), "rows": rows})
+    write_json(arguments.json, machine, {
+        "data": list(map(str, arguments.data)), "regression_data": list(map(str, arguments.regression_data)),
+        "v1": list(map(str, arguments.v1)), "v2": list(map(str, arguments.v2)), "tables": tables,
+    })
     print(f"figures written to {arguments.json}")
 
 
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="held-out dataset of preprocessing version 2")
+    parser.add_argument("--data", type=Path, action="append", required=True,
+                        help="held-out classification dataset of preprocessing version 2 (repeat: read as one)")
+    parser.add_argument("--regression-data", type=Path, action="append", default=[],
+                        help="held-out regression dataset of preprocessing version 2 (repeat: read as one)")
     parser.add_argument("--v1", type=Path, nargs=2, required=True, metavar=("CLASSIFIER", "REGRESSOR"))
     parser.add_argument("--v2", type=Path, nargs=2, required=True, metavar=("CLASSIFIER", "REGRESSOR"))
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "model_inputs.json")
