@@ -1,5 +1,3 @@
 """Preprocessing, network architectures, checkpoints, the two-stage predictor,
 training, evaluation and the Dask runner (``density_db.inference``).
-
-Filled by the inference issues; frame registration already runs without it.
 """

@@ -7,9 +7,9 @@ the paper's Table 1 disagree, the published count wins.
 
 Published counts the model is built on (:mod:`density_db.simulate.published` holds them)
 ----------------------------------------------------------------------------------------
-- Stars, 49 < |b| < 64 deg: 5.8e5 brighter than g' = 21 over 279 deg^2,
+- Stars, 49 < ``|b|`` < 64 deg: 5.8e5 brighter than g' = 21 over 279 deg^2,
   2.08e3 deg^-2 (SDSS; Chen et al. 2001, ApJ 553, 184, abstract).
-- Stars at |b| = 54 deg, the Hubble Ultra Deep Field: 25 stars brighter
+- Stars at ``|b|`` = 54 deg, the Hubble Ultra Deep Field: 25 stars brighter
   than i775 = 27.5 AB (18 M and later dwarfs, 2 L dwarfs, 5 white dwarfs;
   Pirzkal et al. 2005, ApJ 622, 319) over its 11 arcmin^2 (Beckwith et al.
   2006, AJ 132, 1729): 8.2e3 deg^-2.  Kilic et al. (2013) find the same 25
@@ -18,7 +18,7 @@ Published counts the model is built on (:mod:`density_db.simulate.published` hol
   times (Mendez et al. 1996, ApJ 467, 42; the field is at b = 54.8 deg).
 - How star counts change with latitude, and stars against galaxies: the
   LSST star-galaxy model, log10(N_stars / N_galaxies)(< i) = A(i) + 2.3
-  exp(-|b| / 20 deg) with A(i) = -1.3 - 0.28 (i - 25) - 0.0025 (i - 25)^2
+  exp(-``|b|`` / 20 deg) with A(i) = -1.3 - 0.28 (i - 25) - 0.0025 (i - 25)^2
   (Slater, Ivezic & Lupton 2020, AJ 159, 65, appendix C, as in LSST's
   sims_maf_contrib): 0.14 stars per galaxy brighter than i = 23.5 at the
   pole, 0.20 at b = 50.  Its absolute star counts at i < 21 are twice
@@ -37,7 +37,7 @@ A smooth law in Galactic coordinates (l, b), stars per deg^2 to 28 mag::
 
 ``H`` = 4000 deg^-2 is the part seen at every latitude (halo and distant
 thick disk); the ``D`` = 4000 deg^-2 term is a plane-parallel disk whose
-stars, counted to a deep magnitude limit, grow as csc^p |b| with
+stars, counted to a deep magnitude limit, grow as csc^p ``|b|`` with
 ``p`` = 2.5 (between csc b for a column through a slab and csc^3 b for a
 deep volume-limited count) up to the core latitude ``b_c`` = 1 deg, where
 the line of sight reaches the magnitude limit before it leaves the disk;
@@ -46,7 +46,7 @@ angle to the Galactic centre) puts 2.7 times more stars towards the inner
 Galaxy than towards the anticentre.  H and D are set by the SDSS count
 above (2.1e3 stars brighter than g = 21 at b = 55); the law then puts
 1.47 times the pole's stars at b = 50 and 7.8 times at b = 20, where the
-LSST model's 10^(2.3 exp(-|b|/20)) gives 1.46 and 6.6.  There is no global
+LSST model's 10^(2.3 exp(-``|b|``/20)) gives 1.46 and 6.6.  There is no global
 dust: near the plane the law is an upper envelope, and a field adds its
 own screen.  Per detector this gives 290 stars to 28 mag at the Galactic
 poles (180 brighter than 23.5 in r), 420 at l = 90, b = 50 (260), 960 at
@@ -323,7 +323,7 @@ DWARF_GALAXIES = (
 
 @dataclass(frozen=True)
 class DustScreen:
-    """Extinction (reference band, mag) linear in |b| between two anchor latitudes, constant beyond them."""
+    """Extinction (reference band, mag) linear in ``|b|`` between two anchor latitudes, constant beyond them."""
 
     latitude_deg: tuple[float, float]
     extinction_mag: tuple[float, float]
