@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo-output
 
-.PHONY: install test demo benchmark clean-demo
+.PHONY: install test demo benchmark docs clean-demo
 
 # Reinstall when the package definition changes; the stamp keeps repeated runs fast.
 $(VENV)/.installed: pyproject.toml
@@ -53,6 +53,12 @@ benchmark: install
 	$(BIN)/python benchmarks/preprocessing.py
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/label_ceiling.py
+
+# The documentation site (docs/, Sphinx): offline, every warning an error.
+docs: install
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
+	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+	@echo "The site: docs/_build/html/index.html"
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
