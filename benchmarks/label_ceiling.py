@@ -8,8 +8,9 @@ catalog's 28 mag.  The regression target counts stars brighter than
 23.5 mag, and a 41-fold pooled pixel (3 arcsec) shows a galaxy of that
 magnitude as it shows a star.  This script measures what those facts allow,
 on the samples that :func:`~density_db.simulate.dataset.plan_samples` plans
-for the held-out sets of the README (same seeds, same draws, galaxies on),
-from their truth catalogs alone, without rendering an image:
+for the held-out sets of the model card (``docs/model_card.md``; same seeds,
+same draws, galaxies on), from their truth catalogs alone, without rendering
+an image:
 
 * classification (``--classify-seed``, the paper's class mix): the share of
   images within 10 % of a class edge of detectable stars (where any count

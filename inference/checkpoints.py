@@ -58,7 +58,7 @@ from density_db.inference.preprocessing import CHANNELS, PAPER_PREPROCESSING_VER
 from density_db.labels import BRIGHT_MAGNITUDE_LIMIT, CLASS_LOWER_EDGES, INPUT_SIZE, LABEL_RULE, label_rule
 
 DEMO_MODELS_DIRECTORY = Path(__file__).parent / "demo_models"
-"""The small models shipped with density-db, trained on its simulator (README, "Shipped demo models")."""
+"""The small models shipped with density-db, trained on its simulator (model card: ``docs/model_card.md``)."""
 
 CHECKPOINT_FORMAT = "density-db-checkpoint"
 CHECKPOINT_VERSION = 1

@@ -82,7 +82,7 @@ def test_point_source_depths_are_csst_like():
 
 
 @pytest.mark.parametrize("name", list(NAMED_FIELDS))
-@pytest.mark.parametrize("band", ["g", "r", "i", "z", "y"])  # the paper's bands but u (see the README)
+@pytest.mark.parametrize("band", ["g", "r", "i", "z", "y"])  # the paper's bands but u (see docs/simulation.md)
 def test_named_field_detectable_counts_fall_in_table_1_range(name, band):
     field = field_by_name(name)
     ra, dec = field.sample_positions(np.random.default_rng(1), 500)

@@ -97,8 +97,9 @@ function by A mag removes the sources that fall below the faint limit:
 magnitudes are drawn between ``bright + A`` and the faint limit.
 
 Counts of detectable stars (those the labels count,
-:mod:`density_db.labels`) per detector in each named field are in the
-README's simulator section; ``benchmarks/simulation.py`` prints them.
+:mod:`density_db.labels`) per detector in each named field are on the
+simulator page of the documentation (``docs/simulation.md``);
+``benchmarks/sky_model.py`` prints them.
 
 Each source gets a colour c = g - r (field stars: 45 % blue turn-off stars
 c ~ N(0.35, 0.12), 55 % M dwarfs c ~ N(1.35, 0.15); members N(0.55, 0.25);
