@@ -1,4 +1,4 @@
-"""Test-set metrics of the two stages (Lai et al. 2026, Sec. 4) and calibration (Stoppa et al., AutoSourceID-Classifier, Sec. III C).
+"""Test-set metrics of the two stages (Lai et al. 2026, Sec. 4) and calibration (Stoppa et al., ASID-C, Sec. III C).
 
 The metric functions take numpy arrays and need no torch:
 
