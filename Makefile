@@ -1,13 +1,14 @@
 # density-db: the two commands that set a fresh machine up.
 #   make demo   create .venv, install, simulate a few full-size detectors, ingest them, query, map and plan them
 #   make test   create .venv if missing, install with test extras, run the tests
+#   make lint   ruff: lint and formatting check (configured in pyproject.toml)
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo-output
 
-.PHONY: install test demo benchmark docs clean-demo
+.PHONY: install test lint demo benchmark docs clean-demo
 
 # Reinstall when the package definition changes; the stamp keeps repeated runs fast.
 $(VENV)/.installed: pyproject.toml
@@ -20,6 +21,10 @@ install: $(VENV)/.installed
 
 test: install
 	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 demo: install
 	$(BIN)/density-db simulate exposures --out $(DEMO_DIR)/sparse --field galactic_l90_b50 --detectors 8,9,13 --compress --seed 1

@@ -73,8 +73,14 @@ def simulate(out: Path, per_field: int) -> dict[str, int]:
     truth = {}
     for name, seed in FIELDS:
         field = field_by_name(name)
-        rows = simulate_exposures(out / name, plan_pointings(1, seed=seed, field=field),
-                                  detectors=DETECTORS[:per_field], seed=seed, field=field, workers=2)
+        rows = simulate_exposures(
+            out / name,
+            plan_pointings(1, seed=seed, field=field),
+            detectors=DETECTORS[:per_field],
+            seed=seed,
+            field=field,
+            workers=2,
+        )
         truth.update({str(Path(row.path).absolute()): row.density_class for row in rows})
     return truth
 
@@ -104,8 +110,9 @@ def stages_alone(database, paths: list[Path], models: dict) -> dict[str, float]:
         read.append(time.perf_counter() - started)
         started = time.perf_counter()
         calibration = task.calibration.for_pixels(image, quality) if version == 2 else None
-        tensor, _statistics = reduce_pixels(image, quality, cpu, version=version, calibration=calibration,
-                                            saturated_bits=task.saturated_bits)
+        tensor, _statistics = reduce_pixels(
+            image, quality, cpu, version=version, calibration=calibration, saturated_bits=task.saturated_bits
+        )
         reduce.append(time.perf_counter() - started)
         inputs.append(tensor)
         del image, quality
@@ -139,21 +146,44 @@ def _write_seconds(database, predictions, models: dict) -> float:
 
     with database.engine.connect() as connection:
         frame_ids = connection.execute(sa.text("SELECT id FROM frame ORDER BY id")).scalars().all()
-    rows = [ResultRow(frame_id, p.probabilities, p.density_class, p.confidence, p.log_bright, p.bright_count,
-                      p.regression_status, 1.0, 0.1, 0.1, 0.1) for frame_id, p in zip(frame_ids, predictions)]
+    rows = [
+        ResultRow(
+            frame_id,
+            p.probabilities,
+            p.density_class,
+            p.confidence,
+            p.log_bright,
+            p.bright_count,
+            p.regression_status,
+            1.0,
+            0.1,
+            0.1,
+            0.1,
+        )
+        for frame_id, p in zip(frame_ids, predictions)
+    ]
     with begin_run(database, kind="ingest", name="benchmark write", config={}) as run:
-        classifier_id, regressor_id = (resolve_model(database, str(models[stage].path), stage=stage).id
-                                       for stage in ("classifier", "regressor"))
+        classifier_id, regressor_id = (
+            resolve_model(database, str(models[stage].path), stage=stage).id for stage in ("classifier", "regressor")
+        )
         started = time.perf_counter()
-        write_results(database, rows, [], classifier_id=classifier_id, regressor_id=regressor_id, run_id=run.id,
-                      flag_thresholds=flag_rules_in_force(database).thresholds)
+        write_results(
+            database,
+            rows,
+            [],
+            classifier_id=classifier_id,
+            regressor_id=regressor_id,
+            run_id=run.id,
+            flag_thresholds=flag_rules_in_force(database).thresholds,
+        )
         seconds = (time.perf_counter() - started) / len(rows)
         run.finish(status="completed", counts={})
     return seconds
 
 
-def end_to_end(database, paths: list[Path], models: dict, *, workers: int, device: str
-               ) -> tuple[float, dict[str, int], dict[str, float]]:
+def end_to_end(
+    database, paths: list[Path], models: dict, *, workers: int, device: str
+) -> tuple[float, dict[str, int], dict[str, float]]:
     """``run_ingest`` over ``paths`` on a warm local cluster: seconds, the stored classes by path, and the
     stage times the workers recorded (seconds per frame, from ``density_result``)."""
     import sqlalchemy as sa
@@ -161,25 +191,53 @@ def end_to_end(database, paths: list[Path], models: dict, *, workers: int, devic
     classifier = resolve_model(database, str(models["classifier"].path), stage="classifier")
     regressor = resolve_model(database, str(models["regressor"].path), stage="regressor")
     with Cluster(scheduler=None, workers=workers, device=device) as cluster:
-        spec = ModelSpec(classifier.path, classifier.sha256, classifier.architecture, regressor.path,
-                         regressor.sha256, regressor.architecture, device=cluster.device,
-                         torch_threads=cluster.torch_threads(),
-                         preprocessing_version=models["classifier"].preprocessing_version)
+        spec = ModelSpec(
+            classifier.path,
+            classifier.sha256,
+            classifier.architecture,
+            regressor.path,
+            regressor.sha256,
+            regressor.architecture,
+            device=cluster.device,
+            torch_threads=cluster.torch_threads(),
+            preprocessing_version=models["classifier"].preprocessing_version,
+        )
         cluster.client.run(lambda: _predictor(spec) and None)  # models loaded before the clock starts
-        options = IngestOptions(shard_size=GPU_SHARD_SIZE if cluster.device == "cuda" else DEFAULT_SHARD_SIZE,
-                                max_in_flight=2 * cluster.threads)
-        with begin_run(database, kind="ingest", name=f"benchmark {workers} {device}", config={},
-                       classifier_id=classifier.id, regressor_id=regressor.id) as run:
+        options = IngestOptions(
+            shard_size=GPU_SHARD_SIZE if cluster.device == "cuda" else DEFAULT_SHARD_SIZE,
+            max_in_flight=2 * cluster.threads,
+        )
+        with begin_run(
+            database,
+            kind="ingest",
+            name=f"benchmark {workers} {device}",
+            config={},
+            classifier_id=classifier.id,
+            regressor_id=regressor.id,
+        ) as run:
             started = time.perf_counter()
-            run_ingest(database, paths, load_profile("csst"), cluster=cluster, spec=spec,
-                       classifier_id=classifier.id, regressor_id=regressor.id, run=run, options=options)
+            run_ingest(
+                database,
+                paths,
+                load_profile("csst"),
+                cluster=cluster,
+                spec=spec,
+                classifier_id=classifier.id,
+                regressor_id=regressor.id,
+                run=run,
+                options=options,
+            )
             seconds = time.perf_counter() - started
             run.finish(status="completed", counts={})
     with database.engine.connect() as connection:
-        stored = dict(connection.execute(sa.text(
-            "SELECT f.path, d.density_class FROM density_result d JOIN frame f ON f.id = d.frame_id")).all())
-        in_workers = connection.execute(sa.text(
-            "SELECT avg(read_seconds), avg(preprocess_seconds), avg(infer_seconds) FROM density_result")).one()
+        stored = dict(
+            connection.execute(
+                sa.text("SELECT f.path, d.density_class FROM density_result d JOIN frame f ON f.id = d.frame_id")
+            ).all()
+        )
+        in_workers = connection.execute(
+            sa.text("SELECT avg(read_seconds), avg(preprocess_seconds), avg(infer_seconds) FROM density_result")
+        ).one()
     return seconds, stored, dict(zip(("read_s", "preprocess_s", "infer_s"), map(float, in_workers)))
 
 
@@ -216,8 +274,12 @@ def classical_peer(tasks: list[FrameTask], truth: dict[str, int]) -> dict[str, f
         seconds.append(time.perf_counter() - started)
         predicted = int(np.searchsorted(CLASS_LOWER_EDGES, count, side="right")) - 1 if count >= 0 else -1
         correct += predicted == truth[task.path]
-    return {"seconds_per_frame": statistics.mean(seconds), "accuracy": correct / len(tasks),
-            "frames_sep_gave_up": failed, "sep": sep.__version__}
+    return {
+        "seconds_per_frame": statistics.mean(seconds),
+        "accuracy": correct / len(tasks),
+        "frames_sep_gave_up": failed,
+        "sep": sep.__version__,
+    }
 
 
 def main(arguments: argparse.Namespace) -> None:
@@ -226,8 +288,10 @@ def main(arguments: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     server = EmbeddedServer(arguments.home)
     status = server.ensure_running()
-    models = {stage: load_checkpoint(_checkpoint(getattr(arguments, stage), stage), stage=stage)
-              for stage in ("classifier", "regressor")}
+    models = {
+        stage: load_checkpoint(_checkpoint(getattr(arguments, stage), stage), stage=stage)
+        for stage in ("classifier", "regressor")
+    }
     with tempfile.TemporaryDirectory(dir=arguments.scratch) as scratch:
         print(f"simulating {arguments.per_field} full-size detectors in each of {len(FIELDS)} fields ...")
         truth = simulate(Path(scratch), arguments.per_field)
@@ -237,35 +301,55 @@ def main(arguments: argparse.Namespace) -> None:
         stage_sum = sum(value for key, value in stages.items() if key.endswith("_s"))
         runs = {}
         for workers in (1, 2):
-            seconds, stored, in_workers = end_to_end(fresh_database(server, status, "benchmark_ingest"), paths,
-                                                     models, workers=workers, device="cpu")
-            runs[workers] = {"seconds": seconds, "frames_per_s": len(paths) / seconds,
-                             "stages_in_workers_s_per_frame": in_workers}
+            seconds, stored, in_workers = end_to_end(
+                fresh_database(server, status, "benchmark_ingest"), paths, models, workers=workers, device="cpu"
+            )
+            runs[workers] = {
+                "seconds": seconds,
+                "frames_per_s": len(paths) / seconds,
+                "stages_in_workers_s_per_frame": in_workers,
+            }
         accuracy = sum(stored[path] == cls for path, cls in truth.items()) / len(truth)
         gpu = None
         if torch.cuda.is_available():
-            seconds, _stored, in_workers = end_to_end(fresh_database(server, status, "benchmark_ingest"), paths,
-                                                      models, workers=1, device="cuda")
-            gpu = {"seconds": seconds, "frames_per_s": len(paths) / seconds, "stages_in_workers_s_per_frame": in_workers}
+            seconds, _stored, in_workers = end_to_end(
+                fresh_database(server, status, "benchmark_ingest"), paths, models, workers=1, device="cuda"
+            )
+            gpu = {
+                "seconds": seconds,
+                "frames_per_s": len(paths) / seconds,
+                "stages_in_workers_s_per_frame": in_workers,
+            }
         raw_s = raw_read_seconds(paths)
         peer = classical_peer(frame_tasks(paths), truth)
-    machine = describe_machine({"torch": torch.__version__, "torch threads per worker": "1",
-                                **database_software(server.url(status))})
+    machine = describe_machine(
+        {"torch": torch.__version__, "torch threads per worker": "1", **database_software(server.url(status))}
+    )
     figures = {
         "machine": machine.describe(),
-        "models": {stage: {"architecture": loaded.architecture, "sha256": loaded.sha256,
-                           "preprocessing_version": loaded.preprocessing_version}
-                   for stage, loaded in models.items()},
-        "frames": len(paths), "mib_on_disk": size_mib,
-        "stages_alone_s_per_frame": stages, "stages_sum_s_per_frame": stage_sum,
+        "models": {
+            stage: {
+                "architecture": loaded.architecture,
+                "sha256": loaded.sha256,
+                "preprocessing_version": loaded.preprocessing_version,
+            }
+            for stage, loaded in models.items()
+        },
+        "frames": len(paths),
+        "mib_on_disk": size_mib,
+        "stages_alone_s_per_frame": stages,
+        "stages_sum_s_per_frame": stage_sum,
         "end_to_end": runs,
-        "overhead_ratio_1_worker": runs[1]["seconds"] / len(paths) / stage_sum, "overhead_goal": OVERHEAD_GOAL,
+        "overhead_ratio_1_worker": runs[1]["seconds"] / len(paths) / stage_sum,
+        "overhead_goal": OVERHEAD_GOAL,
         "scaling_efficiency_1_to_2": runs[2]["frames_per_s"] / (2 * runs[1]["frames_per_s"]),
         "scaling_goal": SCALING_GOAL,
-        "raw_read_frames_per_s": len(paths) / raw_s, "raw_read_mib_per_s": size_mib / raw_s,
+        "raw_read_frames_per_s": len(paths) / raw_s,
+        "raw_read_mib_per_s": size_mib / raw_s,
         "density_db_class_accuracy": accuracy,
         "classical_peer_sep": peer,
-        "gpu_end_to_end": gpu, "gpu_goal_frames_per_s": GPU_GOAL_FRAMES_PER_S,
+        "gpu_end_to_end": gpu,
+        "gpu_goal_frames_per_s": GPU_GOAL_FRAMES_PER_S,
     }
     report(figures)
     write_json(arguments.json, machine, figures)
@@ -280,33 +364,42 @@ def report(figures: dict) -> None:
     stages = figures["stages_alone_s_per_frame"]
     print(f"machine: {figures['machine']}")
     models = figures["models"]
-    print(f"{figures['frames']} full-size detectors, {figures['mib_on_disk']:.0f} MiB; models "
-          f"{models['classifier']['architecture']} + {models['regressor']['architecture']}, preprocessing version "
-          f"{models['classifier']['preprocessing_version']}")
+    print(
+        f"{figures['frames']} full-size detectors, {figures['mib_on_disk']:.0f} MiB; models "
+        f"{models['classifier']['architecture']} + {models['regressor']['architecture']}, preprocessing version "
+        f"{models['classifier']['preprocessing_version']}"
+    )
     print("stages alone, seconds per frame (one core):")
     for name in ("register_s", "read_s", "preprocess_s", "classify_s", "regress_s", "database_write_s"):
         print(f"  {name[:-2]:16s} {stages[name]:.4f}")
-    print(f"  {'sum':16s} {figures['stages_sum_s_per_frame']:.4f}  "
-          f"(regressor ran on {stages['regressed_fraction']:.0%} of the frames)")
+    print(
+        f"  {'sum':16s} {figures['stages_sum_s_per_frame']:.4f}  "
+        f"(regressor ran on {stages['regressed_fraction']:.0%} of the frames)"
+    )
     for workers, run in figures["end_to_end"].items():
         inside = run["stages_in_workers_s_per_frame"]
-        print(f"end to end, {workers} CPU worker(s): {run['frames_per_s']:.2f} frames/s ({run['seconds']:.1f} s); "
-              f"as timed inside the workers: read {inside['read_s']:.3f} s, preprocess {inside['preprocess_s']:.3f} s, "
-              f"infer {inside['infer_s']:.4f} s per frame")
-    print(f"overhead, 1 worker: {figures['overhead_ratio_1_worker']:.2f}x the stages' sum "
-          f"(goal <= {OVERHEAD_GOAL})")
+        print(
+            f"end to end, {workers} CPU worker(s): {run['frames_per_s']:.2f} frames/s ({run['seconds']:.1f} s); "
+            f"as timed inside the workers: read {inside['read_s']:.3f} s, preprocess {inside['preprocess_s']:.3f} s, "
+            f"infer {inside['infer_s']:.4f} s per frame"
+        )
+    print(f"overhead, 1 worker: {figures['overhead_ratio_1_worker']:.2f}x the stages' sum (goal <= {OVERHEAD_GOAL})")
     print(f"scaling 1 -> 2 workers: {figures['scaling_efficiency_1_to_2']:.0%} (goal >= {SCALING_GOAL:.0%})")
     best = max(run["frames_per_s"] for run in figures["end_to_end"].values())
-    print(f"raw read (cat, page cache): {figures['raw_read_frames_per_s']:.1f} frames/s "
-          f"({figures['raw_read_mib_per_s']:.0f} MiB/s); ingest at 2 workers is "
-          f"{best / figures['raw_read_frames_per_s']:.3f} of it")
+    print(
+        f"raw read (cat, page cache): {figures['raw_read_frames_per_s']:.1f} frames/s "
+        f"({figures['raw_read_mib_per_s']:.0f} MiB/s); ingest at 2 workers is "
+        f"{best / figures['raw_read_frames_per_s']:.3f} of it"
+    )
     print(f"density-db class accuracy on these frames: {figures['density_db_class_accuracy']:.0%}")
     peer = figures["classical_peer_sep"]
     if peer is None:
         print("classical peer: sep is not installed (pip install sep), not measured")
     else:
-        print(f"classical peer, sep {peer['sep']}: {peer['seconds_per_frame']:.2f} s per frame, "
-              f"class accuracy {peer['accuracy']:.0%} ({peer['frames_sep_gave_up']} frames sep gave up on)")
+        print(
+            f"classical peer, sep {peer['sep']}: {peer['seconds_per_frame']:.2f} s per frame, "
+            f"class accuracy {peer['accuracy']:.0%} ({peer['frames_sep_gave_up']} frames sep gave up on)"
+        )
     gpu = figures["gpu_end_to_end"]
     if gpu is None:
         print("GPU: no CUDA device on this machine, not measured")

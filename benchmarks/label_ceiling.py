@@ -72,14 +72,17 @@ def main() -> None:
     parser.add_argument("--regress-seed", type=int, default=202)
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "label_ceiling.json")
-    parser.add_argument("--figure", type=Path, default=None,
-                        help="also draw the two sets' class mix and count histograms to this PNG")
+    parser.add_argument(
+        "--figure", type=Path, default=None, help="also draw the two sets' class mix and count histograms to this PNG"
+    )
     arguments = parser.parse_args()
     machine = describe_machine({"torch": torch.__version__, "threads": str(torch.get_num_threads())})
     print(f"machine: {machine.describe()}")
     depths = {band: point_source_depth(band) for band in BANDS}
-    print("5-sigma point-source depth of one exposure: "
-          + ", ".join(f"{band} {depth:.2f}" for band, depth in depths.items()))
+    print(
+        "5-sigma point-source depth of one exposure: "
+        + ", ".join(f"{band} {depth:.2f}" for band, depth in depths.items())
+    )
     classify_specs = plan_samples(arguments.n, task="classify", seed=arguments.classify_seed)
     regress_specs = plan_samples(arguments.n, task="regress", seed=arguments.regress_seed)
     classify_catalogs = [truth_catalog(spec) for spec in classify_specs]
@@ -109,40 +112,80 @@ def classification_ceiling(
     depth = np.array([depths[spec.band] for spec in specs])
     near_edge = float(np.mean(near_class_edge(counted)))
     agreement = float(np.mean(paper_class == true_class))
-    print(f"\nclassification set (--n {count} --task classify --seed {seed}, galaxies on): {near_edge:.1%} of the "
-          f"images hold within 10 % of a class edge of detectable stars; the paper's rule (every catalogued star) "
-          f"gives the same class on {agreement:.1%} of them, a higher one on {np.mean(paper_class > true_class):.1%}")
+    print(
+        f"\nclassification set (--n {count} --task classify --seed {seed}, galaxies on): {near_edge:.1%} of the "
+        f"images hold within 10 % of a class edge of detectable stars; the paper's rule (every catalogued star) "
+        f"gives the same class on {agreement:.1%} of them, a higher one on {np.mean(paper_class > true_class):.1%}"
+    )
     star_magnitudes = [catalog.mag[catalog.is_star] for catalog in catalogs]
     source_magnitudes = [catalog.mag for catalog in catalogs]
     references = (
-        ("perfect_source_counter", "detectable-stars labels: perfect source counter (stars and galaxies alike)",
-         true_class, counted, source_magnitudes, (0.0, 1.0), (True, False)),
-        ("paper_rule_perfect_star_counter", "catalog-stars labels: perfect star counter (stars only)",
-         paper_class, star_count, star_magnitudes, (0.0, 1.0, 2.0), (True,)),
-        ("paper_rule_perfect_source_counter", "catalog-stars labels: perfect source counter",
-         paper_class, star_count, source_magnitudes, (0.0, 1.0), (True, False)),
+        (
+            "perfect_source_counter",
+            "detectable-stars labels: perfect source counter (stars and galaxies alike)",
+            true_class,
+            counted,
+            source_magnitudes,
+            (0.0, 1.0),
+            (True, False),
+        ),
+        (
+            "paper_rule_perfect_star_counter",
+            "catalog-stars labels: perfect star counter (stars only)",
+            paper_class,
+            star_count,
+            star_magnitudes,
+            (0.0, 1.0, 2.0),
+            (True,),
+        ),
+        (
+            "paper_rule_perfect_source_counter",
+            "catalog-stars labels: perfect source counter",
+            paper_class,
+            star_count,
+            source_magnitudes,
+            (0.0, 1.0),
+            (True, False),
+        ),
     )
-    results = {"seed": seed, "near_class_edge": near_edge, "paper_rule_agreement": agreement,
-               "paper_rule_higher": float(np.mean(paper_class > true_class))}
+    results = {
+        "seed": seed,
+        "near_class_edge": near_edge,
+        "paper_rule_agreement": agreement,
+        "paper_rule_higher": float(np.mean(paper_class > true_class)),
+    }
     for key, name, labels, label_counts, magnitudes, deepest_offsets, told_band_cases in references:
         results[key] = []
         for told_band, deepest in itertools.product(told_band_cases, deepest_offsets):
             offsets = np.arange(-3.0, deepest + 0.25, 0.5)
-            counts = np.array([[np.count_nonzero(mags < limit + offset) for offset in offsets]
-                               for mags, limit in zip(magnitudes, depth)])
-            probabilities = cross_fitted(reference_features(counts, specs, told_band=told_band), labels, folds,
-                                         classify=True)
+            counts = np.array(
+                [
+                    [np.count_nonzero(mags < limit + offset) for offset in offsets]
+                    for mags, limit in zip(magnitudes, depth)
+                ]
+            )
+            probabilities = cross_fitted(
+                reference_features(counts, specs, told_band=told_band), labels, folds, classify=True
+            )
             report = classification_report(labels, probabilities, label_counts)
             recall = [row["recall"] for row in report["per_class"]]
-            print(f"{name} to depth + {deepest:g} mag, {'with' if told_band else 'without'} the band: "
-                  f"accuracy {report['accuracy']:.1%}, macro-F1 {report['macro_f1']:.1%}, "
-                  f"within one class {report['accuracy_within_one_class']:.1%}; "
-                  "recall by class " + " ".join(f"{value:.0%}" for value in recall))
-            results[key].append({
-                "deepest_offset_mag": deepest, "told_band": told_band, "accuracy": report["accuracy"],
-                "macro_f1": report["macro_f1"], "accuracy_within_one_class": report["accuracy_within_one_class"],
-                "recall_by_class": recall, "confusion_matrix": report["confusion_matrix"],
-            })
+            print(
+                f"{name} to depth + {deepest:g} mag, {'with' if told_band else 'without'} the band: "
+                f"accuracy {report['accuracy']:.1%}, macro-F1 {report['macro_f1']:.1%}, "
+                f"within one class {report['accuracy_within_one_class']:.1%}; "
+                "recall by class " + " ".join(f"{value:.0%}" for value in recall)
+            )
+            results[key].append(
+                {
+                    "deepest_offset_mag": deepest,
+                    "told_band": told_band,
+                    "accuracy": report["accuracy"],
+                    "macro_f1": report["macro_f1"],
+                    "accuracy_within_one_class": report["accuracy_within_one_class"],
+                    "recall_by_class": recall,
+                    "confusion_matrix": report["confusion_matrix"],
+                }
+            )
     return results
 
 
@@ -160,28 +203,42 @@ def regression_ceiling(
     true_class = np.array([catalog.density_class for catalog in catalogs])
     bright_stars = np.array([catalog.bright_star_count for catalog in catalogs])
     true_log = np.log10(1 + bright_stars)
-    bright_galaxies = np.array([np.count_nonzero(~catalog.is_star & (catalog.mag < BRIGHT_MAGNITUDE_LIMIT))
-                                for catalog in catalogs])
+    bright_galaxies = np.array(
+        [np.count_nonzero(~catalog.is_star & (catalog.mag < BRIGHT_MAGNITUDE_LIMIT)) for catalog in catalogs]
+    )
     galaxies_outnumber = float(np.mean(bright_galaxies > bright_stars))
-    print(f"\nregression set (--n {count} --task regress --seed {seed}, galaxies on): galaxies brighter than "
-          f"{BRIGHT_MAGNITUDE_LIMIT:g} mag outnumber the stars that bright on {galaxies_outnumber:.1%} of the images "
-          f"(median {np.median(bright_galaxies):.0f} such galaxies against {np.median(bright_stars):.0f} stars)")
-    counts = np.array([[np.count_nonzero(catalog.mag < limit) for limit in (*SOURCE_MAGNITUDES, depths[spec.band])]
-                       for spec, catalog in zip(specs, catalogs)])
+    print(
+        f"\nregression set (--n {count} --task regress --seed {seed}, galaxies on): galaxies brighter than "
+        f"{BRIGHT_MAGNITUDE_LIMIT:g} mag outnumber the stars that bright on {galaxies_outnumber:.1%} of the images "
+        f"(median {np.median(bright_galaxies):.0f} such galaxies against {np.median(bright_stars):.0f} stars)"
+    )
+    counts = np.array(
+        [
+            [np.count_nonzero(catalog.mag < limit) for limit in (*SOURCE_MAGNITUDES, depths[spec.band])]
+            for spec, catalog in zip(specs, catalogs)
+        ]
+    )
     results = []
     for told_band in (True, False):
-        predicted = cross_fitted(reference_features(counts, specs, told_band=told_band), true_log, folds,
-                                 classify=False)
+        predicted = cross_fitted(
+            reference_features(counts, specs, told_band=told_band), true_log, folds, classify=False
+        )
         report = regression_report(true_log, predicted, true_class)
         overall = report["overall"]
         by_class = " ".join("-" if row["mae"] is None else f"{row['mae']:.3f}" for row in report["by_class"])
-        print(f"perfect source counter (stars and galaxies alike), {'with' if told_band else 'without'} the band: "
-              f"MAE {overall['mae']:.3f} dex, RMSE {overall['rmse']:.3f}, R^2 {overall['r2']:.3f}, "
-              f"within +-20 % {overall['within_20_percent']:.1%}; MAE by true class {by_class}")
+        print(
+            f"perfect source counter (stars and galaxies alike), {'with' if told_band else 'without'} the band: "
+            f"MAE {overall['mae']:.3f} dex, RMSE {overall['rmse']:.3f}, R^2 {overall['r2']:.3f}, "
+            f"within +-20 % {overall['within_20_percent']:.1%}; MAE by true class {by_class}"
+        )
         results.append({"told_band": told_band, **report})
-    return {"seed": seed, "bright_galaxies_outnumber_bright_stars": galaxies_outnumber,
-            "median_bright_galaxies": float(np.median(bright_galaxies)),
-            "median_bright_stars": float(np.median(bright_stars)), "perfect_source_counter": results}
+    return {
+        "seed": seed,
+        "bright_galaxies_outnumber_bright_stars": galaxies_outnumber,
+        "median_bright_galaxies": float(np.median(bright_galaxies)),
+        "median_bright_stars": float(np.median(bright_stars)),
+        "perfect_source_counter": results,
+    }
 
 
 def plot_label_sets(classify: Sequence[TruthCatalog], regress: Sequence[TruthCatalog], path: Path) -> None:
@@ -202,26 +259,46 @@ def plot_label_sets(classify: Sequence[TruthCatalog], regress: Sequence[TruthCat
         (width, np.bincount(density_class(every), minlength=N_CLASSES) / len(classify), "every catalogued star"),
     ):
         axes[0].bar(classes + offset, values, width, label=label)
-    axes[0].set(xlabel="density class", ylabel="fraction of images", xticks=classes,
-                title=f"classification set ({len(classify)} images, galaxies on)")
+    axes[0].set(
+        xlabel="density class",
+        ylabel="fraction of images",
+        xticks=classes,
+        title=f"classification set ({len(classify)} images, galaxies on)",
+    )
     axes[0].legend(fontsize=8)
     bins = np.linspace(0, 5.5, 45)
     axes[1].hist(np.log10(1 + counted), bins, alpha=0.6, label="detectable stars")
     axes[1].hist(np.log10(1 + every), bins, histtype="step", label="every catalogued star")
-    axes[1].hist(np.log10(1 + np.array([np.count_nonzero(~c.is_star & (c.mag < c.counting_limit)) for c in classify])),
-                 bins, histtype="step", label="detectable galaxies")
+    axes[1].hist(
+        np.log10(1 + np.array([np.count_nonzero(~c.is_star & (c.mag < c.counting_limit)) for c in classify])),
+        bins,
+        histtype="step",
+        label="detectable galaxies",
+    )
     axes[1].set(xlabel="log10(1 + N) per image", ylabel="images", title="classification set: counts per image")
     axes[1].legend(fontsize=8)
     bins = np.linspace(0, 4.5, 46)
-    axes[2].hist(np.log10(1 + np.array([catalog.bright_star_count for catalog in regress])), bins, alpha=0.6,
-                 label=f"stars brighter than {BRIGHT_MAGNITUDE_LIMIT:g} (target)")
-    axes[2].hist(np.log10(1 + np.array([np.count_nonzero(~c.is_star & (c.mag < BRIGHT_MAGNITUDE_LIMIT))
-                                        for c in regress])), bins, histtype="step",
-                 label=f"galaxies brighter than {BRIGHT_MAGNITUDE_LIMIT:g}")
-    axes[2].hist(np.log10(1 + np.array([catalog.counted_star_count for catalog in regress])), bins,
-                 histtype="step", label="detectable stars")
-    axes[2].set(xlabel="log10(1 + N) per image", ylabel="images",
-                title=f"regression set ({len(regress)} images, galaxies on)")
+    axes[2].hist(
+        np.log10(1 + np.array([catalog.bright_star_count for catalog in regress])),
+        bins,
+        alpha=0.6,
+        label=f"stars brighter than {BRIGHT_MAGNITUDE_LIMIT:g} (target)",
+    )
+    axes[2].hist(
+        np.log10(1 + np.array([np.count_nonzero(~c.is_star & (c.mag < BRIGHT_MAGNITUDE_LIMIT)) for c in regress])),
+        bins,
+        histtype="step",
+        label=f"galaxies brighter than {BRIGHT_MAGNITUDE_LIMIT:g}",
+    )
+    axes[2].hist(
+        np.log10(1 + np.array([catalog.counted_star_count for catalog in regress])),
+        bins,
+        histtype="step",
+        label="detectable stars",
+    )
+    axes[2].set(
+        xlabel="log10(1 + N) per image", ylabel="images", title=f"regression set ({len(regress)} images, galaxies on)"
+    )
     axes[2].legend(fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -257,8 +334,13 @@ def fitted_perceptron(features: np.ndarray, target: np.ndarray, *, classify: boo
     torch.manual_seed(0)
     inputs = torch.tensor(features, dtype=torch.float32)
     targets = torch.tensor(target, dtype=torch.int64 if classify else torch.float32)
-    model = nn.Sequential(nn.Linear(inputs.shape[1], 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
-                          nn.Linear(64, N_CLASSES if classify else 1))
+    model = nn.Sequential(
+        nn.Linear(inputs.shape[1], 64),
+        nn.ReLU(),
+        nn.Linear(64, 64),
+        nn.ReLU(),
+        nn.Linear(64, N_CLASSES if classify else 1),
+    )
     if not classify:
         model.append(nn.Flatten(0))
     loss_function = nn.functional.cross_entropy if classify else nn.functional.l1_loss

@@ -41,9 +41,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import psycopg
+from spatial_queries import load_frames
 
 from density_db.embedded import EmbeddedServer
-from spatial_queries import load_frames
 from support import (
     DEFAULT_HOME,
     RESULTS_DIR,
@@ -87,8 +87,10 @@ def add_results(libpq_url: str, seed: int) -> float:
     started = time.perf_counter()
     with psycopg.connect(libpq_url, autocommit=True) as connection:
         models = {}
-        for name, stage, architecture in (("bench-classifier", "classifier", "resnet34"),
-                                          ("bench-regressor", "regressor", "resnet50")):
+        for name, stage, architecture in (
+            ("bench-classifier", "classifier", "resnet34"),
+            ("bench-regressor", "regressor", "resnet50"),
+        ):
             models[stage] = connection.execute(
                 "INSERT INTO model (name, stage, architecture, sha256) VALUES (%s, %s, %s, %s) RETURNING id",
                 (name, stage, architecture, name.ljust(64, "0")),
@@ -97,9 +99,15 @@ def add_results(libpq_url: str, seed: int) -> float:
             "INSERT INTO run (kind, status, code_version, host, pid) VALUES ('ingest', 'completed', 'benchmark', "
             "'benchmark', 0) RETURNING id"
         ).fetchone()[0]
-        connection.execute(RESULTS_SQL, {
-            "classifier": models["classifier"], "regressor": models["regressor"], "run": run, "seed": seed,
-        })
+        connection.execute(
+            RESULTS_SQL,
+            {
+                "classifier": models["classifier"],
+                "regressor": models["regressor"],
+                "run": run,
+                "seed": seed,
+            },
+        )
         connection.execute("VACUUM ANALYZE density_result")
     return time.perf_counter() - started
 
@@ -112,12 +120,19 @@ def is_ready(libpq_url: str, frame_count: int) -> bool:
     return frames == results == frame_count
 
 
-def build_in_child(
-    sqlalchemy_url: str, nside: int, formats: str, compress: bool, region: str, out_dir: Path
-) -> dict:
+def build_in_child(sqlalchemy_url: str, nside: int, formats: str, compress: bool, region: str, out_dir: Path) -> dict:
     """Run the map building in a child process; return its figures and peak RSS."""
-    command = [sys.executable, __file__, "--child", sqlalchemy_url, str(nside), formats, str(int(compress)),
-               region, str(out_dir)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        sqlalchemy_url,
+        str(nside),
+        formats,
+        str(int(compress)),
+        region,
+        str(out_dir),
+    ]
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     output = child.stdout.read()
@@ -131,7 +146,8 @@ def build_in_child(
 
 def child_main(sqlalchemy_url: str, nside: int, formats: str, compress: bool, region: str, out_dir: Path) -> None:
     """The child: build every band's maps and the all-bands maps, print figures as one JSON line."""
-    from density_db.database import connect, sqlalchemy_url as to_url
+    from density_db.database import connect
+    from density_db.database import sqlalchemy_url as to_url
     from density_db.maps.build import MapSettings, build_maps
     from density_db.maps.source import Selection
     from density_db.regions import parse_region
@@ -139,22 +155,30 @@ def child_main(sqlalchemy_url: str, nside: int, formats: str, compress: bool, re
     database = connect(to_url(sqlalchemy_url))
     started = time.perf_counter()
     selection = Selection(region=parse_region(region) if region else None)
-    summary = build_maps(database, MapSettings(nside=nside, out_dir=out_dir, formats=tuple(formats.split(",")),
-                                               compress=compress, selection=selection))
+    summary = build_maps(
+        database,
+        MapSettings(
+            nside=nside, out_dir=out_dir, formats=tuple(formats.split(",")), compress=compress, selection=selection
+        ),
+    )
     total_s = time.perf_counter() - started
-    print(json.dumps({
-        "frames_placed": summary.frames_placed,
-        "sampling_orders": summary.bands[-1].sampling_orders,
-        "union_order": summary.sampling.mask_order,
-        "bands": [asdict(band) for band in summary.bands],
-        "files": len(summary.files),
-        "output_gib": sum(path.stat().st_size for path in summary.files) / 2**30,
-        "stream_s": summary.stream_seconds,
-        "finalize_s": summary.finalize_seconds,
-        "write_s": summary.write_seconds,
-        "total_s": total_s,
-        "peak_rss_gib": peak_rss_mib() / 1024,
-    }))
+    print(
+        json.dumps(
+            {
+                "frames_placed": summary.frames_placed,
+                "sampling_orders": summary.bands[-1].sampling_orders,
+                "union_order": summary.sampling.mask_order,
+                "bands": [asdict(band) for band in summary.bands],
+                "files": len(summary.files),
+                "output_gib": sum(path.stat().st_size for path in summary.files) / 2**30,
+                "stream_s": summary.stream_seconds,
+                "finalize_s": summary.finalize_seconds,
+                "write_s": summary.write_seconds,
+                "total_s": total_s,
+                "peak_rss_gib": peak_rss_mib() / 1024,
+            }
+        )
+    )
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -163,8 +187,11 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--nside", type=int, default=1024, help="nside of the maps (default 1024)")
     parser.add_argument("--formats", default="hsp", help="map formats to write: hsp, fits or hsp,fits (default hsp)")
     parser.add_argument("--compress", action="store_true", help="compress the healsparse maps (maps build --compress)")
-    parser.add_argument("--region", default="", help="map only the frames overlapping this region (maps build "
-                                                     "--region, e.g. a cone RA,DEC,RADIUS)")
+    parser.add_argument(
+        "--region",
+        default="",
+        help="map only the frames overlapping this region (maps build --region, e.g. a cone RA,DEC,RADIUS)",
+    )
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help=f"DENSITY_DB_HOME (default {DEFAULT_HOME})")
     parser.add_argument("--keep", action="store_true", help="reuse database bench_maps_N if it holds N frames")
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "maps.json", help="where to write the figures")
@@ -193,41 +220,61 @@ def main(arguments: argparse.Namespace) -> None:
         print(f"  results added in {results_s:.1f} s")
     machine = describe_machine(database_software(libpq_url))
     with tempfile.TemporaryDirectory(prefix="density-db-maps-") as out_dir:
-        figures = build_in_child(server.url(status, database=name, driver="psycopg"), arguments.nside,
-                                 arguments.formats, arguments.compress, arguments.region, Path(out_dir))
+        figures = build_in_child(
+            server.url(status, database=name, driver="psycopg"),
+            arguments.nside,
+            arguments.formats,
+            arguments.compress,
+            arguments.region,
+            Path(out_dir),
+        )
     if not was_running:
         server.stop()
     frames = figures["frames_placed"]
     rows_per_s = frames / figures["stream_s"]
     projected_s = REFERENCE_FRAMES / rows_per_s
     print(f"\nmachine: {machine.describe()}")
-    print(f"maps at nside {arguments.nside} of {frames:,} frames ({len(figures['bands']) - 1} bands and all together), "
-          f"formats {arguments.formats}:")
+    print(
+        f"maps at nside {arguments.nside} of {frames:,} frames ({len(figures['bands']) - 1} bands and all together), "
+        f"formats {arguments.formats}:"
+    )
     orders = ", ".join(f"{count:,} at order {order}" for order, count in figures["sampling_orders"].items())
-    print(f"  streaming from PostgreSQL, sampling footprints ({orders}; union at order {figures['union_order']}) "
-          f"and accumulating: {figures['stream_s']:.1f} s = {rows_per_s:,.0f} frames/s")
-    print(f"  statistics and merging the bands: {figures['finalize_s']:.1f} s; writing {figures['files']} files: "
-          f"{figures['write_s']:.1f} s; build_maps in all: {figures['total_s']:.1f} s "
-          f"(child process {figures['child_wall_s']:.1f} s)")
-    print(f"  peak RSS of the map building: {figures['peak_rss_gib']:.2f} GiB (goal <= {GOAL_PEAK_RSS_GIB:g} GB); "
-          f"files written: {figures['output_gib']:.2f} GiB")
+    print(
+        f"  streaming from PostgreSQL, sampling footprints ({orders}; union at order {figures['union_order']}) "
+        f"and accumulating: {figures['stream_s']:.1f} s = {rows_per_s:,.0f} frames/s"
+    )
+    print(
+        f"  statistics and merging the bands: {figures['finalize_s']:.1f} s; writing {figures['files']} files: "
+        f"{figures['write_s']:.1f} s; build_maps in all: {figures['total_s']:.1f} s "
+        f"(child process {figures['child_wall_s']:.1f} s)"
+    )
+    print(
+        f"  peak RSS of the map building: {figures['peak_rss_gib']:.2f} GiB (goal <= {GOAL_PEAK_RSS_GIB:g} GB); "
+        f"files written: {figures['output_gib']:.2f} GiB"
+    )
     if frames != REFERENCE_FRAMES:
-        print(f"  at this rate {REFERENCE_FRAMES:,} frames would stream, rasterise and accumulate in "
-              f"{projected_s:.0f} s (goal <= {GOAL_SECONDS_AT_2_MILLION:g} s for the aggregation); statistics, merging "
-              "and memory grow with the pixels covered, not with the frames")
-    write_json(arguments.json, machine, {
-        "frames": arguments.frames,
-        "nside": arguments.nside,
-        "formats": arguments.formats,
-        "compress": arguments.compress,
-        "region": arguments.region or None,
-        "seed": arguments.seed,
-        "load": None if load is None else asdict(load),
-        "results_insert_s": results_s,
-        "maps": figures,
-        "stream_frames_per_s": rows_per_s,
-        "projected_stream_s_at_2_million": projected_s,
-    })
+        print(
+            f"  at this rate {REFERENCE_FRAMES:,} frames would stream, rasterise and accumulate in "
+            f"{projected_s:.0f} s (goal <= {GOAL_SECONDS_AT_2_MILLION:g} s for the aggregation); statistics, merging "
+            "and memory grow with the pixels covered, not with the frames"
+        )
+    write_json(
+        arguments.json,
+        machine,
+        {
+            "frames": arguments.frames,
+            "nside": arguments.nside,
+            "formats": arguments.formats,
+            "compress": arguments.compress,
+            "region": arguments.region or None,
+            "seed": arguments.seed,
+            "load": None if load is None else asdict(load),
+            "results_insert_s": results_s,
+            "maps": figures,
+            "stream_frames_per_s": rows_per_s,
+            "projected_stream_s_at_2_million": projected_s,
+        },
+    )
     print(f"\nfigures written to {arguments.json}")
 
 

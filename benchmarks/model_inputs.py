@@ -54,9 +54,12 @@ NEAR_EDGE_DEX = np.log10(1.1)
 """Images whose counted stars lie within 10 % of a class edge."""
 
 PAPER_TABLE_5 = {
-    "accuracy": 0.9883, "macro_f1": 0.9627,
+    "accuracy": 0.9883,
+    "macro_f1": 0.9627,
     "recall": [1.0, 0.9874, 0.9879, 0.9790, 0.9919, 0.9962],
-    "mae": 0.0824, "rmse": 0.1333, "r2": 0.9076,
+    "mae": 0.0824,
+    "rmse": 0.1333,
+    "r2": 0.9076,
 }
 """Lai et al. (2026), Table 5 (per-class recall, regression MAE/RMSE), Table 4 (macro-F1), Sec. 4.2 (R^2)."""
 
@@ -66,10 +69,17 @@ def network_row(data: list[Path], classifier: Path, regressor: Path) -> dict:
     samples = predict_samples(data, load_checkpoint(classifier), load_checkpoint(regressor), split="all")
     row = _classification_row(samples.true_class, samples.probabilities, samples.star_count, samples.band)
     mask = samples.status == "predicted"
-    regression = regression_report(samples.true_log[mask], samples.predicted_log[mask],
-                                   samples.true_class[mask])["overall"]
-    return {**row, "regressed": int(mask.sum()), "mae": regression["mae"], "rmse": regression["rmse"],
-            "r2": regression["r2"], "regressed_mask": mask}
+    regression = regression_report(samples.true_log[mask], samples.predicted_log[mask], samples.true_class[mask])[
+        "overall"
+    ]
+    return {
+        **row,
+        "regressed": int(mask.sum()),
+        "mae": regression["mae"],
+        "rmse": regression["rmse"],
+        "r2": regression["r2"],
+        "regressed_mask": mask,
+    }
 
 
 def count_row(data: list[Path], regressed: np.ndarray) -> dict:
@@ -86,13 +96,20 @@ def count_row(data: list[Path], regressed: np.ndarray) -> dict:
     samples = dataset.samples
     predicted = np.searchsorted(CLASS_LOWER_EDGES, np.rint(point_like), side="right") - 1
     true_class = np.asarray(samples["density_class"], dtype=np.int64)
-    row = _classification_row(true_class, np.eye(N_CLASSES)[predicted], dataset.class_counts,
-                              np.asarray(samples["band"], dtype=str))
+    row = _classification_row(
+        true_class, np.eye(N_CLASSES)[predicted], dataset.class_counts, np.asarray(samples["band"], dtype=str)
+    )
     true_log = np.asarray(samples["log_bright"], dtype=np.float64)
-    regression = regression_report(true_log[regressed], np.log10(1 + bright[regressed]),
-                                   true_class[regressed])["overall"]
-    return {**row, "regressed": int(regressed.sum()), "mae": regression["mae"], "rmse": regression["rmse"],
-            "r2": regression["r2"]}
+    regression = regression_report(true_log[regressed], np.log10(1 + bright[regressed]), true_class[regressed])[
+        "overall"
+    ]
+    return {
+        **row,
+        "regressed": int(regressed.sum()),
+        "mae": regression["mae"],
+        "rmse": regression["rmse"],
+        "r2": regression["r2"],
+    }
 
 
 def _classification_row(true_class, probabilities, star_count, band) -> dict:
@@ -101,8 +118,10 @@ def _classification_row(true_class, probabilities, star_count, band) -> dict:
     correct = predicted == true_class
     near = edge_distance(star_count) <= NEAR_EDGE_DEX
     return {
-        "samples": report["samples"], "accuracy": report["accuracy"],
-        "within_one": report["accuracy_within_one_class"], "macro_f1": report["macro_f1"],
+        "samples": report["samples"],
+        "accuracy": report["accuracy"],
+        "within_one": report["accuracy_within_one_class"],
+        "macro_f1": report["macro_f1"],
         "recall": [row["recall"] for row in report["per_class"]],
         "near_edge": {"samples": int(near.sum()), "accuracy": float(correct[near].mean()) if near.any() else None},
         "far_from_edges": {"samples": int((~near).sum()), "accuracy": float(correct[~near].mean())},
@@ -114,18 +133,24 @@ def report(rows: dict[str, dict]) -> None:
     def percent(value) -> str:
         return "-" if value is None else f"{100 * value:.1f}"
 
-    print("| input | accuracy % | within one % | macro-F1 % | recall per class 0-5 % | near edges % (n) | "
-          "far % | MAE dex | RMSE dex | R^2 | regressed |")
+    print(
+        "| input | accuracy % | within one % | macro-F1 % | recall per class 0-5 % | near edges % (n) | "
+        "far % | MAE dex | RMSE dex | R^2 | regressed |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, row in rows.items():
         recall = " / ".join(percent(value) for value in row["recall"])
         near = row.get("near_edge", {})
         far = row.get("far_from_edges", {})
-        mae, rmse, r2 = ("-" if row.get(key) is None else f"{row[key]:.{digits}f}"
-                         for key, digits in (("mae", 4), ("rmse", 4), ("r2", 3)))
-        print(f"| {name} | {percent(row['accuracy'])} | {percent(row.get('within_one'))} | "
-              f"{percent(row['macro_f1'])} | {recall} | {percent(near.get('accuracy'))} ({near.get('samples', '-')}) | "
-              f"{percent(far.get('accuracy'))} | {mae} | {rmse} | {r2} | {row.get('regressed', '-')} |")
+        mae, rmse, r2 = (
+            "-" if row.get(key) is None else f"{row[key]:.{digits}f}"
+            for key, digits in (("mae", 4), ("rmse", 4), ("r2", 3))
+        )
+        print(
+            f"| {name} | {percent(row['accuracy'])} | {percent(row.get('within_one'))} | "
+            f"{percent(row['macro_f1'])} | {recall} | {percent(near.get('accuracy'))} ({near.get('samples', '-')}) | "
+            f"{percent(far.get('accuracy'))} | {mae} | {rmse} | {r2} | {row.get('regressed', '-')} |"
+        )
     bands = sorted(next(row for row in rows.values() if "by_band" in row)["by_band"])
     print("\n| input | " + " | ".join(bands) + " |")
     print("| --- |" + " --- |" * len(bands))
@@ -154,19 +179,36 @@ def main(arguments: argparse.Namespace) -> None:
         print(f"\n### {name}\n")
         report(rows)
     machine = describe_machine({})
-    write_json(arguments.json, machine, {
-        "data": list(map(str, arguments.data)), "regression_data": list(map(str, arguments.regression_data)),
-        "v1": list(map(str, arguments.v1)), "v2": list(map(str, arguments.v2)), "tables": tables,
-    })
+    write_json(
+        arguments.json,
+        machine,
+        {
+            "data": list(map(str, arguments.data)),
+            "regression_data": list(map(str, arguments.regression_data)),
+            "v1": list(map(str, arguments.v1)),
+            "v2": list(map(str, arguments.v2)),
+            "tables": tables,
+        },
+    )
     print(f"figures written to {arguments.json}")
 
 
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, action="append", required=True,
-                        help="held-out classification dataset of preprocessing version 2 (repeat: read as one)")
-    parser.add_argument("--regression-data", type=Path, action="append", default=[],
-                        help="held-out regression dataset of preprocessing version 2 (repeat: read as one)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        required=True,
+        help="held-out classification dataset of preprocessing version 2 (repeat: read as one)",
+    )
+    parser.add_argument(
+        "--regression-data",
+        type=Path,
+        action="append",
+        default=[],
+        help="held-out regression dataset of preprocessing version 2 (repeat: read as one)",
+    )
     parser.add_argument("--v1", type=Path, nargs=2, required=True, metavar=("CLASSIFIER", "REGRESSOR"))
     parser.add_argument("--v2", type=Path, nargs=2, required=True, metavar=("CLASSIFIER", "REGRESSOR"))
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "model_inputs.json")

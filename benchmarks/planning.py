@@ -20,14 +20,19 @@ import argparse
 import time
 from pathlib import Path
 
+from spatial_queries import load_frames
+
 from density_db.embedded import EmbeddedServer
 from density_db.planning.campaigns import (
-    PlanSelection, create_campaign, delete_campaign, diff_campaigns, show_campaign,
+    PlanSelection,
+    create_campaign,
+    delete_campaign,
+    diff_campaigns,
+    show_campaign,
 )
 from density_db.planning.flag_runs import FlagRules, recompute_flags
 from density_db.planning.rules import default_rules
 from maps import REFERENCE_FRAMES, add_results, is_ready
-from spatial_queries import load_frames
 from support import (
     DEFAULT_HOME,
     RESULTS_DIR,
@@ -85,16 +90,26 @@ def main(arguments: argparse.Namespace) -> None:
     print(f"\nmachine: {machine.describe()}")
     print(f"{frames:,} frames with results, shipped rules:")
     print(f"  flags recompute: {recompute_s:.1f} s ({recomputed.results / recompute_s:,.0f} results/s)")
-    print(f"  plan create: {create_s:.1f} s and {second_create_s:.1f} s ({frames / create_s:,.0f} frames/s; "
-          f"goal <= {GOAL_CREATE_SECONDS:g} s at 2 million)")
+    print(
+        f"  plan create: {create_s:.1f} s and {second_create_s:.1f} s ({frames / create_s:,.0f} frames/s; "
+        f"goal <= {GOAL_CREATE_SECONDS:g} s at 2 million)"
+    )
     print(f"  plan show (frames, area, cost per branch and band): {show_s:.1f} s")
     print(f"  plan diff of two campaigns: {diff_s:.1f} s ({difference.unchanged:,} frames kept their branch)")
     print(f"  deleting both campaigns: {delete_s:.1f} s")
-    write_json(arguments.json, machine, {
-        "frames": frames, "branches": first.frames_by_branch,
-        "flags_recompute_s": recompute_s, "create_s": [create_s, second_create_s], "show_s": show_s,
-        "diff_s": diff_s, "delete_both_s": delete_s,
-    })
+    write_json(
+        arguments.json,
+        machine,
+        {
+            "frames": frames,
+            "branches": first.frames_by_branch,
+            "flags_recompute_s": recompute_s,
+            "create_s": [create_s, second_create_s],
+            "show_s": show_s,
+            "diff_s": diff_s,
+            "delete_both_s": delete_s,
+        },
+    )
     print(f"\nfigures written to {arguments.json}")
 
 

@@ -60,8 +60,9 @@ def gpu_seconds(science: np.ndarray, quality: np.ndarray, repeats: int, **option
     pinned_quality = torch.from_numpy(quality).pin_memory()
 
     def run() -> None:
-        preprocess_tensor(pinned_science.to("cuda", non_blocking=True), pinned_quality.to("cuda", non_blocking=True),
-                          **options)
+        preprocess_tensor(
+            pinned_science.to("cuda", non_blocking=True), pinned_quality.to("cuda", non_blocking=True), **options
+        )
         torch.cuda.synchronize()
 
     return median_seconds(run, repeats, warm_up=True)
@@ -79,14 +80,14 @@ def main() -> None:
     _, image = simulate_sample(spec)
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "detector.fits"
-        fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image.science, name="SCI"),
-                      fits.ImageHDU(image.quality, name="DQ")]).writeto(path)
+        fits.HDUList(
+            [fits.PrimaryHDU(), fits.ImageHDU(image.science, name="SCI"), fits.ImageHDU(image.quality, name="DQ")]
+        ).writeto(path)
         read_s = median_seconds(lambda: read_native(path), arguments.repeats, warm_up=True)
         science, quality = read_native(path)
     preprocess_s = median_seconds(lambda: preprocess(science, quality), arguments.repeats, warm_up=True)
     version_2 = {"version": 2, "saturated_bits": QUALITY_SATURATED, "calibration": image_calibration(spec.band)}
-    preprocess_v2_s = median_seconds(lambda: preprocess(science, quality, **version_2), arguments.repeats,
-                                     warm_up=True)
+    preprocess_v2_s = median_seconds(lambda: preprocess(science, quality, **version_2), arguments.repeats, warm_up=True)
     gpu_s = gpu_seconds(science, quality, arguments.repeats)
     gpu_v2_s = gpu_seconds(science, quality, arguments.repeats, **version_2)
     figures = {
@@ -107,16 +108,22 @@ def main() -> None:
     print(f"machine: {figures['machine']}; image {science.shape[0]} x {science.shape[1]} float32")
     print(f"read SCI + DQ from page cache and byte-swap: {read_s:.3f} s")
     verdict = "met" if figures["cpu_ratio"] <= CPU_GOAL_RATIO else "MISSED"
-    print(f"preprocess on the CPU:                       {preprocess_s:.3f} s  "
-          f"({figures['cpu_ratio']:.2f}x the read; goal <= {CPU_GOAL_RATIO:g}x: {verdict})")
+    print(
+        f"preprocess on the CPU:                       {preprocess_s:.3f} s  "
+        f"({figures['cpu_ratio']:.2f}x the read; goal <= {CPU_GOAL_RATIO:g}x: {verdict})"
+    )
     verdict = "met" if figures["v2_cpu_ratio"] <= V2_CPU_GOAL_RATIO else "MISSED"
-    print(f"preprocess version 2 on the CPU:             {preprocess_v2_s:.3f} s  "
-          f"({figures['v2_cpu_ratio']:.2f}x the read; goal <= {V2_CPU_GOAL_RATIO:g}x: {verdict})")
+    print(
+        f"preprocess version 2 on the CPU:             {preprocess_v2_s:.3f} s  "
+        f"({figures['v2_cpu_ratio']:.2f}x the read; goal <= {V2_CPU_GOAL_RATIO:g}x: {verdict})"
+    )
     if gpu_s is None:
         print("preprocess on a GPU: no CUDA device on this machine, not measured")
     else:
-        print(f"preprocess on the GPU with the host-to-device copy: {1 / gpu_s:.1f} detectors/s, version 2 "
-              f"{1 / gpu_v2_s:.1f} (goal >= {GPU_GOAL_DETECTORS_PER_S:g})")
+        print(
+            f"preprocess on the GPU with the host-to-device copy: {1 / gpu_s:.1f} detectors/s, version 2 "
+            f"{1 / gpu_v2_s:.1f} (goal >= {GPU_GOAL_DETECTORS_PER_S:g})"
+        )
     arguments.json.parent.mkdir(parents=True, exist_ok=True)
     arguments.json.write_text(json.dumps(figures, indent=2) + "\n")
     print(f"figures written to {arguments.json}")

@@ -44,7 +44,13 @@ from density_db.instrument import load_profile
 from density_db.registration import register_paths
 from density_db.simulate.exposures import plan_pointings, simulate_exposures
 from support import (
-    DEFAULT_HOME, RESULTS_DIR, database_software, describe_machine, fresh_database, median_seconds, write_json,
+    DEFAULT_HOME,
+    RESULTS_DIR,
+    database_software,
+    describe_machine,
+    fresh_database,
+    median_seconds,
+    write_json,
 )
 
 VARIANTS = {"plain": ".fits", "tile-compressed": ".fits.fz", "gzip": ".fits.gz"}
@@ -73,8 +79,9 @@ class VariantFigures:
 def write_exposures(directory: Path, suffix: str, count: int, image_size: int, seed: int) -> list[Path]:
     """``count`` exposures with the same pointings, ids and pixels whatever the suffix."""
     pointings = plan_pointings(count, seed=seed, ra=FIELD_CENTRE[0], dec=FIELD_CENTRE[1])
-    rows = simulate_exposures(directory, pointings, shape=(image_size, image_size), seed=seed,
-                              compress=suffix == ".fits.fz")
+    rows = simulate_exposures(
+        directory, pointings, shape=(image_size, image_size), seed=seed, compress=suffix == ".fits.fz"
+    )
     paths = [Path(row.path) for row in rows]
     if suffix == ".fits.gz":
         for path in paths:
@@ -121,7 +128,8 @@ def command_into_fresh_database(server: EmbeddedServer, status: ServerStatus, di
     started = time.perf_counter()
     subprocess.run(
         [str(DENSITY_DB), "--db", url, "-q", "ingest", "--metadata-only", str(directory)],
-        check=True, stdout=subprocess.DEVNULL,
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     return time.perf_counter() - started
 
@@ -163,7 +171,9 @@ def print_table(figures: list[VariantFigures]) -> None:
 
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--exposures", type=int, default=50, help="exposures per variant, 18 detector files each (default 50)")
+    parser.add_argument(
+        "--exposures", type=int, default=50, help="exposures per variant, 18 detector files each (default 50)"
+    )
     parser.add_argument("--image-size", type=int, default=256, help="pixels on a side of each image (default 256)")
     parser.add_argument("--repeats", type=int, default=3, help="timings per measurement, median kept (default 3)")
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help=f"DENSITY_DB_HOME (default {DEFAULT_HOME})")
@@ -185,8 +195,9 @@ def main(arguments: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="density-db-registration-") as scratch:
         for variant, suffix in VARIANTS.items():
             print(f"writing {arguments.exposures} {variant} exposures of {arguments.image_size}^2 pixels", flush=True)
-            paths = write_exposures(Path(scratch) / variant, suffix, arguments.exposures, arguments.image_size,
-                                    arguments.seed)
+            paths = write_exposures(
+                Path(scratch) / variant, suffix, arguments.exposures, arguments.image_size, arguments.seed
+            )
             figures.append(measure_variant(server, status, variant, paths, arguments.repeats))
     machine = describe_machine(database_software(server.url(status, database="postgres")))
     if not was_running:
@@ -194,12 +205,16 @@ def main(arguments: argparse.Namespace) -> None:
     print(f"\nmachine: {machine.describe()}")
     print(f"median of {arguments.repeats} runs; files in the page cache; a fresh database per registration\n")
     print_table(figures)
-    write_json(arguments.json, machine, {
-        "exposures": arguments.exposures,
-        "image_size": arguments.image_size,
-        "repeats": arguments.repeats,
-        "variants": [asdict(row) for row in figures],
-    })
+    write_json(
+        arguments.json,
+        machine,
+        {
+            "exposures": arguments.exposures,
+            "image_size": arguments.image_size,
+            "repeats": arguments.repeats,
+            "variants": [asdict(row) for row in figures],
+        },
+    )
     print(f"\nfigures written to {arguments.json}")
 
 

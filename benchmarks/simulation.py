@@ -24,7 +24,8 @@ What it measures, on full-size CSST detectors (9216 x 9232 pixels):
   with galaxies), of preprocessing version ``--preprocessing-version`` (2 by
   default), against the goal of >= 2 images/s per core for version 1
   (cell-level noise, no full-resolution pixels) and >= 1 for version 2
-  (which draws the pixel noise its point sources are counted on), then for comparison the full-resolution path of the same samples,
+  (which draws the pixel noise its point sources are counted on), then
+  for comparison the full-resolution path of the same samples,
   :func:`~density_db.simulate.dataset.simulate_sample` then
   :func:`density_db.inference.preprocessing.preprocess`; and one class-5
   extreme (2e5 detectable stars, undimmed, in band r, no galaxies), which a
@@ -66,6 +67,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, TypeVar
@@ -75,12 +77,12 @@ import numpy as np
 from astropy.wcs import WCS
 
 from density_db.focal_plane import DETECTOR_SHAPE, detector_wcs_header
-from density_db.labels import LABEL_RULE
 from density_db.inference.preprocessing import preprocess
+from density_db.labels import LABEL_RULE
 from density_db.simulate.catalog import draw_catalog
 from density_db.simulate.dataset import (
-    SampleSpec,
     TASKS,
+    SampleSpec,
     plan_samples,
     preprocessed_sample,
     simulate_sample,
@@ -115,11 +117,14 @@ Result = TypeVar("Result")
 def describe_this_machine() -> Machine:
     import torch
 
-    return describe_machine({
-        "NumPy": np.__version__, "astropy": astropy.__version__,
-        "torch": f"{torch.__version__} ({torch.get_num_threads()} thread)",
-        "OPENBLAS_NUM_THREADS": os.environ["OPENBLAS_NUM_THREADS"],
-    })
+    return describe_machine(
+        {
+            "NumPy": np.__version__,
+            "astropy": astropy.__version__,
+            "torch": f"{torch.__version__} ({torch.get_num_threads()} thread)",
+            "OPENBLAS_NUM_THREADS": os.environ["OPENBLAS_NUM_THREADS"],
+        }
+    )
 
 
 # -- timing ---------------------------------------------------------------------------------
@@ -208,21 +213,33 @@ def measure_exposure(stars: int, seed: int, scratch: Path) -> ExposureFigures:
     pointing = plan_pointings(1, seed=seed, field=field)[0]
     rng = np.random.default_rng(np.random.SeedSequence([seed, stars]))
     header = detector_wcs_header(
-        DETECTOR, ra=pointing.ra, dec=pointing.dec, position_angle_deg=pointing.position_angle_deg,
+        DETECTOR,
+        ra=pointing.ra,
+        dec=pointing.dec,
+        position_angle_deg=pointing.position_angle_deg,
         shape=DETECTOR_SHAPE,
     )
     stopwatch = Stopwatch()
-    catalog, draw_s = stopwatch.time(lambda: draw_catalog(
-        WCS(header), DETECTOR_SHAPE, BAND, rng, field=field, counted=stars, rule="catalog-stars",
-        include_galaxies=False,
-    ))
+    catalog, draw_s = stopwatch.time(
+        lambda: draw_catalog(
+            WCS(header),
+            DETECTOR_SHAPE,
+            BAND,
+            rng,
+            field=field,
+            counted=stars,
+            rule="catalog-stars",
+            include_galaxies=False,
+        )
+    )
     image, render_s = stopwatch.time(lambda: render_detector(catalog, DETECTOR_SHAPE, BAND, rng))
     sizes, write_s = {}, {}
     with tempfile.TemporaryDirectory(dir=scratch) as directory:
         for compress in (False, True):
             job = DetectorJob(pointing, DETECTOR, BAND, DETECTOR_SHAPE, seed, field, False, Path(directory), compress)
             path = Path(directory) / f"CSST_MSC_{pointing.exposure_id}_{DETECTOR:02d}.fits{'.fz' if compress else ''}"
-            _, write_s[compress] = stopwatch.time(lambda: _write_image(path, job, header, image.science, image.quality))
+            write = partial(_write_image, path, job, header, image.science, image.quality)
+            _, write_s[compress] = stopwatch.time(write)
             sizes[compress] = path.stat().st_size / 2**20
             path.unlink()
 
@@ -303,24 +320,29 @@ def measure_samples(task: str, specs: list[SampleSpec], version: int) -> tuple[l
     stopwatch = Stopwatch()
     figures = []
     for spec in specs:
-        (_, labels), sample_s = stopwatch.time(lambda: preprocessed_sample(spec, version=version))
-        (catalog, image), simulate_s = stopwatch.time(lambda: simulate_sample(spec))
-        options = ({"version": 2, "calibration": image_calibration(spec.band), "saturated_bits": QUALITY_SATURATED}
-                   if version == 2 else {})
-        _, preprocess_s = stopwatch.time(lambda: preprocess(image.science, image.quality, **options))
+        (_, labels), sample_s = stopwatch.time(partial(preprocessed_sample, spec, version=version))
+        (catalog, image), simulate_s = stopwatch.time(partial(simulate_sample, spec))
+        options = (
+            {"version": 2, "calibration": image_calibration(spec.band), "saturated_bits": QUALITY_SATURATED}
+            if version == 2
+            else {}
+        )
+        _, preprocess_s = stopwatch.time(partial(preprocess, image.science, image.quality, **options))
         del image
-        figures.append(SampleFigures(
-            task=task,
-            index=spec.index,
-            star_count=labels.star_count,
-            density_class=labels.density_class,
-            galaxy_count=labels.galaxy_count,
-            field=spec.field,
-            band=spec.band,
-            sample_s=sample_s,
-            simulate_s=simulate_s,
-            preprocess_s=preprocess_s,
-        ))
+        figures.append(
+            SampleFigures(
+                task=task,
+                index=spec.index,
+                star_count=labels.star_count,
+                density_class=labels.density_class,
+                galaxy_count=labels.galaxy_count,
+                field=spec.field,
+                band=spec.band,
+                sample_s=sample_s,
+                simulate_s=simulate_s,
+                preprocess_s=preprocess_s,
+            )
+        )
     return figures, stopwatch.cpu_over_wall
 
 
@@ -346,9 +368,17 @@ def class5_extreme(seed: int) -> SampleSpec:
     """The heaviest sample plan_samples can ask for: 2e5 detectable stars, no dust, stars only."""
     field = NAMED_FIELDS[CLASS5_EXTREME_FIELD]
     return SampleSpec(
-        index=0, seed=seed, counted=CLASS5_EXTREME_STARS, label_rule=LABEL_RULE, galaxies=False, band=BAND,
+        index=0,
+        seed=seed,
+        counted=CLASS5_EXTREME_STARS,
+        label_rule=LABEL_RULE,
+        galaxies=False,
+        band=BAND,
         field=field.name,
-        ra=sum(field.ra_range) / 2, dec=sum(field.dec_range) / 2, position_angle_deg=0.0, detector=DETECTOR,
+        ra=sum(field.ra_range) / 2,
+        dec=sum(field.dec_range) / 2,
+        position_angle_deg=0.0,
+        detector=DETECTOR,
     )
 
 
@@ -372,12 +402,17 @@ def measure_write_dataset(
 ) -> WriteDatasetFigures:
     with tempfile.TemporaryDirectory(dir=scratch) as directory:
         started = time.perf_counter()
-        write_dataset(Path(directory) / "dataset", specs, task=task, balance="paper", workers=DATASET_WORKERS,
-                      version=version)
+        write_dataset(
+            Path(directory) / "dataset", specs, task=task, balance="paper", workers=DATASET_WORKERS, version=version
+        )
         wall_s = time.perf_counter() - started
     return WriteDatasetFigures(
-        task=task, samples=len(specs), workers=DATASET_WORKERS, wall_s=wall_s,
-        images_per_s=len(specs) / wall_s, one_core_s=one_core_s,
+        task=task,
+        samples=len(specs),
+        workers=DATASET_WORKERS,
+        wall_s=wall_s,
+        images_per_s=len(specs) / wall_s,
+        one_core_s=one_core_s,
     )
 
 
@@ -390,17 +425,34 @@ def print_exposures(exposures: list[ExposureFigures]) -> None:
         f"band {BAND}, stars only, each in a fresh process (seconds; MiB):"
     )
     columns = (
-        "draw", "render", "plain", "fz", "truth", "total", "total fz", "cpu/wall", "plain MiB", "fz MiB",
-        "RSS imp.", "peak RSS",
+        "draw",
+        "render",
+        "plain",
+        "fz",
+        "truth",
+        "total",
+        "total fz",
+        "cpu/wall",
+        "plain MiB",
+        "fz MiB",
+        "RSS imp.",
+        "peak RSS",
     )
     print(f"{'stars':>8} {'field':<18} " + " ".join(f"{column:>9}" for column in columns))
     for figures in exposures:
         values = (
-            figures.draw_s, figures.render_s, figures.write_plain_s, figures.write_compressed_s,
-            figures.write_truth_s, figures.total_plain_s, figures.total_compressed_s, figures.cpu_over_wall,
+            figures.draw_s,
+            figures.render_s,
+            figures.write_plain_s,
+            figures.write_compressed_s,
+            figures.write_truth_s,
+            figures.total_plain_s,
+            figures.total_compressed_s,
+            figures.cpu_over_wall,
         )
         print(
-            f"{figures.stars:>8,} {figures.field:<18} " + " ".join(f"{value:>9.2f}" for value in values)
+            f"{figures.stars:>8,} {figures.field:<18} "
+            + " ".join(f"{value:>9.2f}" for value in values)
             + f" {figures.plain_mib:>9.0f} {figures.compressed_mib:>9.0f} {figures.rss_after_imports_mib:>9.0f} "
             f"{figures.peak_rss_mib:>9.0f}  peak <= {PEAK_RSS_GOAL_GIB:g} GiB: {figures.memory_verdict}"
         )
@@ -412,8 +464,10 @@ def print_exposures(exposures: list[ExposureFigures]) -> None:
 
 def print_dataset(tasks: list[TaskFigures], extreme: SampleFigures, write: WriteDatasetFigures) -> None:
     version = tasks[0].version
-    print(f"dataset mode on one core, full-size samples, preprocessing version {version} "
-          f"(goal >= {IMAGES_PER_S_GOALS[version]:g} images/s per core):")
+    print(
+        f"dataset mode on one core, full-size samples, preprocessing version {version} "
+        f"(goal >= {IMAGES_PER_S_GOALS[version]:g} images/s per core):"
+    )
     columns = ("images/s", "mean s", "slowest s", "simulate", "preproc.", "cpu/wall")
     print(f"{'task':<10} {'samples':>7} {'stars':>15} {'classes':>12} " + " ".join(f"{c:>9}" for c in columns))
     for task in tasks:
@@ -473,22 +527,34 @@ def print_gpu(gpu: dict[str, Any] | None) -> None:
     print(f"dataset mode on {gpu['device']} (goal >= {GPU_IMAGES_PER_S_GOAL} images/s):")
     for task in TASKS:
         print(f"  {task}: {gpu[f'{task}_one_process_images_per_s']:.1f} images/s in one process")
-    print(f"  write_dataset(classify, {gpu['write_dataset_workers']} workers, start-up included): "
-          f"{gpu['write_dataset_images_per_s']:.1f} images/s")
+    print(
+        f"  write_dataset(classify, {gpu['write_dataset_workers']} workers, start-up included): "
+        f"{gpu['write_dataset_images_per_s']:.1f} images/s"
+    )
 
 
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--stars", type=int, nargs="+", default=list(DEFAULT_STARS),
+        "--stars",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_STARS),
         help="star counts of the exposures-mode detectors (default 1000 10000 200000)",
     )
     parser.add_argument("--samples", type=int, default=12, help="dataset-mode samples per task (default 12)")
     parser.add_argument("--seed", type=int, default=2027, help="seed of the pointings and sample plans")
-    parser.add_argument("--preprocessing-version", type=int, choices=(1, 2), default=2,
-                        help="the model input dataset mode makes (default 2)")
     parser.add_argument(
-        "--scratch", type=Path, default=Path(tempfile.gettempdir()),
+        "--preprocessing-version",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="the model input dataset mode makes (default 2)",
+    )
+    parser.add_argument(
+        "--scratch",
+        type=Path,
+        default=Path(tempfile.gettempdir()),
         help="where the temporary FITS files and dataset go (default the system's temporary directory)",
     )
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "simulation.json", help="where to write the figures")
@@ -530,21 +596,26 @@ def main(arguments: argparse.Namespace) -> None:
     print_dataset(tasks, extreme, write)
     print()
     print_gpu(gpu)
-    write_json(arguments.json, machine, {
-        "seed": arguments.seed,
-        "detector_shape": list(DETECTOR_SHAPE),
-        "preprocessing_version": version,
-        "goals": {"peak_rss_gib": PEAK_RSS_GOAL_GIB, "images_per_s_per_core": IMAGES_PER_S_GOALS[version]},
-        "exposures": [
-            asdict(figures) | {"total_plain_s": figures.total_plain_s, "total_compressed_s": figures.total_compressed_s}
-            for figures in exposures
-        ],
-        "dataset_tasks": [asdict(task) for task in tasks],
-        "dataset_samples": [asdict(sample) for sample in samples],
-        "class5_extreme": asdict(extreme),
-        "write_dataset": asdict(write) | {"speed_up": write.speed_up},
-        "gpu": gpu,
-    })
+    write_json(
+        arguments.json,
+        machine,
+        {
+            "seed": arguments.seed,
+            "detector_shape": list(DETECTOR_SHAPE),
+            "preprocessing_version": version,
+            "goals": {"peak_rss_gib": PEAK_RSS_GOAL_GIB, "images_per_s_per_core": IMAGES_PER_S_GOALS[version]},
+            "exposures": [
+                asdict(figures)
+                | {"total_plain_s": figures.total_plain_s, "total_compressed_s": figures.total_compressed_s}
+                for figures in exposures
+            ],
+            "dataset_tasks": [asdict(task) for task in tasks],
+            "dataset_samples": [asdict(sample) for sample in samples],
+            "class5_extreme": asdict(extreme),
+            "write_dataset": asdict(write) | {"speed_up": write.speed_up},
+            "gpu": gpu,
+        },
+    )
     print(f"\nfigures written to {arguments.json}")
 
 

@@ -56,28 +56,63 @@ def published_comparison() -> dict:
     rows = []
     print("field stars per deg^2, model against published:")
     for published in STAR_COUNTS:
-        model = float(np.mean([stars_per_deg2(l_deg, b_deg, published.band, published.brighter_than)
-                               for l_deg, b_deg in published.positions]))
-        rows.append({"source": published.source, "band": published.band, "brighter_than": published.brighter_than,
-                     "published": published.per_deg2, "model": model})
-        print(f"  {published.band} < {published.brighter_than:g}: {model:8.0f} against {published.per_deg2:8.0f} "
-              f"(ratio {model / published.per_deg2:.2f}) -- {published.source}")
+        model = float(
+            np.mean(
+                [
+                    stars_per_deg2(l_deg, b_deg, published.band, published.brighter_than)
+                    for l_deg, b_deg in published.positions
+                ]
+            )
+        )
+        rows.append(
+            {
+                "source": published.source,
+                "band": published.band,
+                "brighter_than": published.brighter_than,
+                "published": published.per_deg2,
+                "model": model,
+            }
+        )
+        print(
+            f"  {published.band} < {published.brighter_than:g}: {model:8.0f} against {published.per_deg2:8.0f} "
+            f"(ratio {model / published.per_deg2:.2f}) -- {published.source}"
+        )
     for b_deg in LATITUDES:
         for i_magnitude in LIMITS:
             model, lsst = stars_per_deg2(90.0, b_deg, "i", i_magnitude), float(lsst_star_model(i_magnitude, b_deg))
-            rows.append({"source": "LSST star model (Slater, Ivezic & Lupton 2020)", "band": "i",
-                         "brighter_than": i_magnitude, "b_deg": b_deg, "published": lsst, "model": model})
-            print(f"  b = {b_deg:2.0f}, i < {i_magnitude:4.1f}: {model:8.0f} against the LSST star model's "
-                  f"{lsst:8.0f} (ratio {model / lsst:.2f})")
+            rows.append(
+                {
+                    "source": "LSST star model (Slater, Ivezic & Lupton 2020)",
+                    "band": "i",
+                    "brighter_than": i_magnitude,
+                    "b_deg": b_deg,
+                    "published": lsst,
+                    "model": model,
+                }
+            )
+            print(
+                f"  b = {b_deg:2.0f}, i < {i_magnitude:4.1f}: {model:8.0f} against the LSST star model's "
+                f"{lsst:8.0f} (ratio {model / lsst:.2f})"
+            )
     print("galaxies per deg^2, model against LSST eq. 3.7 (faint slope 0.26 beyond i = 25.5):")
     for i_magnitude in LIMITS:
         drawn = GALAXY_DENSITY_PER_DEG2 * float(GALAXIES.brighter_fraction("i", i_magnitude, 0.0))
         model = float(galaxies_brighter_than(i_magnitude + GALAXY_MEAN_R_MINUS_I))
         published = float(lsst_galaxy_counts(i_magnitude))
-        rows.append({"source": "LSST Science Book eq. 3.7", "band": "i", "brighter_than": i_magnitude,
-                     "published": published, "model": model, "drawn": drawn})
-        print(f"  i < {i_magnitude:4.1f}: {model:9.0f} against {published:9.0f} (ratio {model / published:.2f}); "
-              f"drawn one by one {drawn:9.0f}")
+        rows.append(
+            {
+                "source": "LSST Science Book eq. 3.7",
+                "band": "i",
+                "brighter_than": i_magnitude,
+                "published": published,
+                "model": model,
+                "drawn": drawn,
+            }
+        )
+        print(
+            f"  i < {i_magnitude:4.1f}: {model:9.0f} against {published:9.0f} (ratio {model / published:.2f}); "
+            f"drawn one by one {drawn:9.0f}"
+        )
     return {"rows": rows}
 
 
@@ -102,15 +137,21 @@ def named_fields(seed: int) -> dict:
     for name, field in NAMED_FIELDS.items():
         ra, dec = field.sample_positions(rng, FIELD_POSITIONS)
         every = expected_stars(ra, dec, DETECTOR_AREA_DEG2, field=field)
-        detectable = {band: expected_stars(ra, dec, DETECTOR_AREA_DEG2, field=field, band=band,
-                                           brighter_than=depth) for band, depth in depths.items()}
-        table[name] = {"all": [float(every.min()), float(every.max())],
-                       **{band: [float(counts.min()), float(counts.max())] for band, counts in detectable.items()},
-                       "table_1": list(field.stellar_density_range)}
+        detectable = {
+            band: expected_stars(ra, dec, DETECTOR_AREA_DEG2, field=field, band=band, brighter_than=depth)
+            for band, depth in depths.items()
+        }
+        table[name] = {
+            "all": [float(every.min()), float(every.max())],
+            **{band: [float(counts.min()), float(counts.max())] for band, counts in detectable.items()},
+            "table_1": list(field.stellar_density_range),
+        }
         low, high = field.stellar_density_range
-        print(f"  {name:18s} {every.min():7.0f}-{every.max():<7.0f} "
-              + " ".join(f"{counts.min():7.0f}-{counts.max():<7.0f}" for counts in detectable.values())
-              + f"   {low:g}-{high:g}")
+        print(
+            f"  {name:18s} {every.min():7.0f}-{every.max():<7.0f} "
+            + " ".join(f"{counts.min():7.0f}-{counts.max():<7.0f}" for counts in detectable.values())
+            + f"   {low:g}-{high:g}"
+        )
     return {"depths": depths, "fields": table}
 
 
@@ -120,8 +161,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "sky_model.json")
     arguments = parser.parse_args()
     machine = describe_machine({})
-    figures = {"published": published_comparison(), "stars_per_detector": stars_per_detector(),
-               "named_fields": named_fields(arguments.seed)}
+    figures = {
+        "published": published_comparison(),
+        "stars_per_detector": stars_per_detector(),
+        "named_fields": named_fields(arguments.seed),
+    }
     write_json(arguments.json, machine, figures)
     print(f"figures written to {arguments.json}")
 

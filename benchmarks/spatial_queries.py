@@ -102,11 +102,33 @@ FOOTPRINT_SAMPLE = 2000
 """Frames on which MOC.from_polygons and sky.footprint_ranges are timed against each other."""
 
 EXPOSURE_COLUMNS = (
-    "id", "instrument", "exposure_id", "mjd", "obs_time", "exposure_time", "pointing_ra", "pointing_dec",
+    "id",
+    "instrument",
+    "exposure_id",
+    "mjd",
+    "obs_time",
+    "exposure_time",
+    "pointing_ra",
+    "pointing_dec",
 )
 FRAME_COLUMNS = (
-    "id", "exposure_pk", "detector", "band", "path", "hdu_index", "dq_hdu_index", "naxis1", "naxis2",
-    "ra", "dec", "corner_ra", "corner_dec", "radius_deg", "hpx", "footprint", "footprint_depth",
+    "id",
+    "exposure_pk",
+    "detector",
+    "band",
+    "path",
+    "hdu_index",
+    "dq_hdu_index",
+    "naxis1",
+    "naxis2",
+    "ra",
+    "dec",
+    "corner_ra",
+    "corner_dec",
+    "radius_deg",
+    "hpx",
+    "footprint",
+    "footprint_depth",
 )
 
 GIST_ONLY_SQL = "SELECT id FROM frame WHERE footprint @> CAST(:point AS bigint)"
@@ -284,8 +306,14 @@ def frame_copy_text(first_id: int, frames: Frames, footprint_ranges: list[np.nda
     hdu_of = {detector: 1 + 2 * slot for slot, detector in enumerate(CSST_DETECTORS)}
     naxis2, naxis1 = focal_plane.DETECTOR_SHAPE
     rows = zip(
-        frames.exposure_pk.tolist(), frames.detector.tolist(), frames.ra.tolist(), frames.dec.tolist(),
-        frames.corner_ra.tolist(), frames.corner_dec.tolist(), frames.radius_deg.tolist(), frames.hpx.tolist(),
+        frames.exposure_pk.tolist(),
+        frames.detector.tolist(),
+        frames.ra.tolist(),
+        frames.dec.tolist(),
+        frames.corner_ra.tolist(),
+        frames.corner_dec.tolist(),
+        frames.radius_deg.tolist(),
+        frames.hpx.tolist(),
         footprint_ranges,
     )
     return "".join(
@@ -546,7 +574,9 @@ def measure_queries(database: Database, ra: np.ndarray, dec: np.ndarray) -> dict
         "cone_search": time_queries(
             f"cone_search({CONE_RADIUS_DEG:g} deg)",
             lambda ra, dec: len(queries.cone_search(database, ra, dec, CONE_RADIUS_DEG).rows),
-            ra, dec, CONE_GOAL_MS,
+            ra,
+            dec,
+            CONE_GOAL_MS,
         ),
         "frames_at": time_queries(
             "frames_at", lambda ra, dec: len(queries.frames_at(database, ra, dec).rows), ra, dec, FRAMES_AT_GOAL_MS
@@ -559,15 +589,20 @@ def measure_queries(database: Database, ra: np.ndarray, dec: np.ndarray) -> dict
             "gist_only": time_queries(
                 "raw SQL: footprint @> point (GiST only)",
                 lambda ra, dec: len(connection.execute(gist_only, {"point": int(sky.hpx29(ra, dec))}).all()),
-                ra, dec,
+                ra,
+                dec,
             ),
             "unnest_cells": time_queries(
                 "raw SQL: hpx cells from unnest(), footprint",
-                lambda ra, dec: unnest_cells_count(connection, ra, dec, radius), ra, dec,
+                lambda ra, dec: unnest_cells_count(connection, ra, dec, radius),
+                ra,
+                dec,
             ),
             "ored_cells": time_queries(
                 "raw SQL: hpx cells as OR'd ranges, footprint",
-                lambda ra, dec: ored_cells_count(connection, ra, dec, radius), ra, dec,
+                lambda ra, dec: ored_cells_count(connection, ra, dec, radius),
+                ra,
+                dec,
             ),
         }
     return results
@@ -583,9 +618,9 @@ def explain_gist_only(database: Database, ra: np.ndarray, dec: np.ndarray) -> di
     """EXPLAIN (ANALYZE, BUFFERS) of the GiST-only query at the first position; recheck losses at all."""
     points = [int(sky.hpx29(r, d)) for r, d in zip(ra.tolist(), dec.tolist())]
     with database.engine.connect() as connection:
-        text_plan = "\n".join(connection.execute(
-            sa.text(f"EXPLAIN (ANALYZE, BUFFERS) {GIST_ONLY_SQL}"), {"point": points[0]}
-        ).scalars())
+        text_plan = "\n".join(
+            connection.execute(sa.text(f"EXPLAIN (ANALYZE, BUFFERS) {GIST_ONLY_SQL}"), {"point": points[0]}).scalars()
+        )
         kept, removed, index_names = [], [], set()
         for point in points:
             plan = connection.execute(
@@ -717,15 +752,19 @@ def main(arguments: argparse.Namespace) -> None:
     print_latencies(latencies, ratios)
     print()
     print_explain(explain)
-    write_json(arguments.json, machine, {
-        "frames": arguments.frames,
-        "seed": arguments.seed,
-        "load": None if load is None else asdict(load),
-        "sizes_mib": sizes,
-        "latencies": {key: asdict(latency) for key, latency in latencies.items()},
-        "median_ratios": ratios,
-        "gist_only_explain": explain,
-    })
+    write_json(
+        arguments.json,
+        machine,
+        {
+            "frames": arguments.frames,
+            "seed": arguments.seed,
+            "load": None if load is None else asdict(load),
+            "sizes_mib": sizes,
+            "latencies": {key: asdict(latency) for key, latency in latencies.items()},
+            "median_ratios": ratios,
+            "gist_only_explain": explain,
+        },
+    )
     print(f"\nfigures written to {arguments.json}")
 
 

@@ -59,7 +59,11 @@ class _DensityGroup(click.Group):
 
 @click.group(cls=_DensityGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--db", "database_url", metavar="URL", envvar="DENSITY_DB_URL", show_envvar=True,
+    "--db",
+    "database_url",
+    metavar="URL",
+    envvar="DENSITY_DB_URL",
+    show_envvar=True,
     help="PostgreSQL URL of the catalog (default: the embedded server in DENSITY_DB_HOME).",
 )
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug); tracebacks on errors.")

@@ -19,8 +19,7 @@ def db() -> None:
 def _embedded_server(app: AppContext):
     if not app.settings.uses_embedded_server:
         raise DensityDBError(
-            "a database URL is configured (--db or DENSITY_DB_URL); "
-            "this command manages only the embedded server"
+            "a database URL is configured (--db or DENSITY_DB_URL); this command manages only the embedded server"
         )
     from density_db.embedded import EmbeddedServer
 
@@ -102,7 +101,8 @@ def shell(app: AppContext) -> None:
 @pass_app
 def upgrade(app: AppContext, revision: str) -> None:
     """Bring the schema to REVISION (default: the newest)."""
-    from density_db.database import current_revision, upgrade as upgrade_schema
+    from density_db.database import current_revision
+    from density_db.database import upgrade as upgrade_schema
 
     database = app.open_database(ensure_schema=False)
     upgrade_schema(database, revision)
@@ -116,7 +116,8 @@ def upgrade(app: AppContext, revision: str) -> None:
 @pass_app
 def downgrade(app: AppContext, revision: str, yes: bool) -> None:
     """Take the schema back to REVISION ('-1' for one step, 'base' removes all tables and data)."""
-    from density_db.database import current_revision, downgrade as downgrade_schema
+    from density_db.database import current_revision
+    from density_db.database import downgrade as downgrade_schema
 
     database = app.open_database(ensure_schema=False)
     if not yes:
@@ -138,9 +139,15 @@ def current(app: AppContext) -> None:
 
 @db.command("grant-readonly")
 @click.argument("role")
-@click.option("--password", default=None, prompt="Password for the role", prompt_required=False,
-              hide_input=True, confirmation_prompt=True,
-              help="Set the role's password; --password alone asks for it without echoing.")
+@click.option(
+    "--password",
+    default=None,
+    prompt="Password for the role",
+    prompt_required=False,
+    hide_input=True,
+    confirmation_prompt=True,
+    help="Set the role's password; --password alone asks for it without echoing.",
+)
 @pass_app
 def grant_readonly(app: AppContext, role: str, password: str | None) -> None:
     """Create the login role ROLE if needed and let it read the catalog, nothing more.
@@ -155,7 +162,10 @@ def grant_readonly(app: AppContext, role: str, password: str | None) -> None:
     state = "created" if granted.created else "already existed"
     click.echo(f"role {granted.role} {state}: it can read schema {granted.schema} of the catalog, not write to it")
     if granted.can_create:
-        click.echo(f"warning: {granted.role} can still create tables in schema {granted.schema} through PUBLIC; "
-                   f"an administrator can run: REVOKE CREATE ON SCHEMA {granted.schema} FROM PUBLIC", err=True)
+        click.echo(
+            f"warning: {granted.role} can still create tables in schema {granted.schema} through PUBLIC; "
+            f"an administrator can run: REVOKE CREATE ON SCHEMA {granted.schema} FROM PUBLIC",
+            err=True,
+        )
     click.echo("connect with:")
-    click.echo(f"  psql \"{granted.url}\"")
+    click.echo(f'  psql "{granted.url}"')

@@ -31,8 +31,9 @@ def list_flags(app: AppContext, output_format: str | None) -> None:
 
     rules = flag_rules_in_force(app.open_database())
     rows = [(flag.bit, flag.mask, flag.name, flag.meaning) for flag in FLAGS]
-    write_result(QueryResult(columns=("bit", "mask", "name", "meaning"), rows=rows),
-                 resolve_output_format(output_format))
+    write_result(
+        QueryResult(columns=("bit", "mask", "name", "meaning"), rows=rows), resolve_output_format(output_format)
+    )
     if resolve_output_format(output_format) == "table":
         thresholds = ", ".join(f"{name} = {value}" for name, value in rules.thresholds.as_dict().items())
         click.echo(f"thresholds in force ({rules.provenance.get('source')}): {thresholds}")
@@ -57,5 +58,7 @@ def recompute(app: AppContext, rules_path: Path | None, run_name: str | None) ->
     rules = load_rules(rules_path, canonical_band=app.canonical_band)
     outcome = recompute_flags(app.open_database(), FlagRules.from_rules(rules), run_name=run_name)
     set_flags = ", ".join(f"{name} {count}" for name, count in outcome.counts.items() if count)
-    click.echo(f"run {outcome.run_id}: flags of {outcome.results} results recomputed with {rules.source} rules"
-               f" ({set_flags or 'no flag set'})")
+    click.echo(
+        f"run {outcome.run_id}: flags of {outcome.results} results recomputed with {rules.source} rules"
+        f" ({set_flags or 'no flag set'})"
+    )

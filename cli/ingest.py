@@ -18,35 +18,84 @@ EXIT_SOME_INPUTS_FAILED = 3
 @click.command()
 @click.argument("paths", nargs=-1)
 @click.option(
-    "--from-file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    "--from-file",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
     help="Text file with one input path per line ('-' for stdin).",
 )
 @click.option("--metadata-only", is_flag=True, help="Register exposures and frames from headers only (no inference).")
-@click.option("--classifier", default="demo", show_default=True,
-              help="Classifier: 'demo' (shipped), a checkpoint file, or a registered model's name.")
-@click.option("--regressor", default="demo", show_default=True,
-              help="Regressor: 'demo' (shipped), a checkpoint file, or a registered model's name.")
-@click.option("--arch-classifier", "classifier_architecture", default=None,
-              help="Architecture of a plain state dict given as --classifier (e.g. resnet34).")
-@click.option("--arch-regressor", "regressor_architecture", default=None,
-              help="Architecture of a plain state dict given as --regressor (e.g. resnet50).")
-@click.option("--scheduler", default=None,
-              help="Address of a running Dask scheduler (default: $DASK_SCHEDULER_ADDRESS, else a local cluster).")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Worker processes of the local cluster [default: one per GPU, else one per CPU core].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where workers reduce images and run the models (auto: CUDA where a worker has it).")
-@click.option("--shard-size", type=click.IntRange(min=1), default=None,
-              help="Detector images per Dask task [default: 2 on CPU, 64 on GPU].")
-@click.option("--rules", "rules_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="Rules file whose [flags] thresholds flag the new results [default: those in force].")
-@click.option("--max-in-flight", type=click.IntRange(min=1), default=None,
-              help="Tasks submitted at once [default: twice the worker threads].")
-@click.option("--rerun", is_flag=True, help="Recompute frames that already have a result for these models, replacing it.")
+@click.option(
+    "--classifier",
+    default="demo",
+    show_default=True,
+    help="Classifier: 'demo' (shipped), a checkpoint file, or a registered model's name.",
+)
+@click.option(
+    "--regressor",
+    default="demo",
+    show_default=True,
+    help="Regressor: 'demo' (shipped), a checkpoint file, or a registered model's name.",
+)
+@click.option(
+    "--arch-classifier",
+    "classifier_architecture",
+    default=None,
+    help="Architecture of a plain state dict given as --classifier (e.g. resnet34).",
+)
+@click.option(
+    "--arch-regressor",
+    "regressor_architecture",
+    default=None,
+    help="Architecture of a plain state dict given as --regressor (e.g. resnet50).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    help="Address of a running Dask scheduler (default: $DASK_SCHEDULER_ADDRESS, else a local cluster).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes of the local cluster [default: one per GPU, else one per CPU core].",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where workers reduce images and run the models (auto: CUDA where a worker has it).",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Detector images per Dask task [default: 2 on CPU, 64 on GPU].",
+)
+@click.option(
+    "--rules",
+    "rules_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Rules file whose [flags] thresholds flag the new results [default: those in force].",
+)
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tasks submitted at once [default: twice the worker threads].",
+)
+@click.option(
+    "--rerun", is_flag=True, help="Recompute frames that already have a result for these models, replacing it."
+)
 @click.option("--profile", default=None, help="Instrument profile: a shipped name (csst) or a TOML file.")
 @click.option("--run-name", default=None, help="A name for this run, stored in the run table.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True,
-              help="Frames registered per transaction.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Frames registered per transaction.",
+)
 @click.pass_context
 def ingest(ctx: click.Context, paths: tuple[str, ...], from_file: Path | None, metadata_only: bool, **options) -> None:
     """Register FITS detector images from PATHS and store a density result for each.
@@ -82,16 +131,26 @@ def _register_only(app: AppContext, paths, from_file, options) -> int:
     instrument = load_profile(options["profile"] or app.settings.profile)
     database = app.open_database()
     config = {
-        "paths": list(paths), "from_file": str(from_file) if from_file else None,
-        "metadata_only": True, "profile": instrument.name, "batch_size": options["batch_size"],
+        "paths": list(paths),
+        "from_file": str(from_file) if from_file else None,
+        "metadata_only": True,
+        "profile": instrument.name,
+        "batch_size": options["batch_size"],
     }
-    with begin_run(database, kind="register", name=options["run_name"], config=config) as run, \
-            progress_bar(app, SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()) as bar:
+    with (
+        begin_run(database, kind="register", name=options["run_name"], config=config) as run,
+        progress_bar(app, SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()) as bar,
+    ):
         counts = RegistrationCounts()
         with recording_outcome(run, counts.as_dict):
             register_paths(
-                database, discover_inputs(paths, from_file=from_file), instrument, counts=counts,
-                run_id=run.id, batch_size=options["batch_size"], progress=_registration_reporter(bar),
+                database,
+                discover_inputs(paths, from_file=from_file),
+                instrument,
+                counts=counts,
+                run_id=run.id,
+                batch_size=options["batch_size"],
+                progress=_registration_reporter(bar),
             )
     click.echo(
         f"run {run.id}: {counts.files} files, {counts.frames_new} frames registered, "
@@ -126,7 +185,11 @@ def _warn_of_label_rule(classifier) -> None:
         rule = label_rule(recorded_label_rule(classifier.metadata))
         logging.getLogger(__name__).warning(
             "%s was trained under the %r label rule: its classes count %s, not %s (%r)",
-            classifier.name, rule.name, rule.description, label_rule(LABEL_RULE).description, LABEL_RULE,
+            classifier.name,
+            rule.name,
+            rule.description,
+            label_rule(LABEL_RULE).description,
+            LABEL_RULE,
         )
 
 
@@ -148,7 +211,11 @@ def _ingest(app: AppContext, paths, from_file, options) -> int:
     from density_db.fits_input import discover_inputs
     from density_db.inference.cluster import Cluster
     from density_db.inference.ingest import (
-        DEFAULT_SHARD_SIZE, GPU_SHARD_SIZE, IngestCounts, IngestOptions, run_ingest,
+        DEFAULT_SHARD_SIZE,
+        GPU_SHARD_SIZE,
+        IngestCounts,
+        IngestOptions,
+        run_ingest,
     )
     from density_db.inference.runner import ModelSpec
     from density_db.instrument import load_profile
@@ -159,14 +226,19 @@ def _ingest(app: AppContext, paths, from_file, options) -> int:
 
     instrument = load_profile(options["profile"] or app.settings.profile)
     database = app.open_database()
-    classifier = resolve_model(database, options["classifier"], stage="classifier",
-                               architecture=options["classifier_architecture"])
-    regressor = resolve_model(database, options["regressor"], stage="regressor",
-                              architecture=options["regressor_architecture"])
+    classifier = resolve_model(
+        database, options["classifier"], stage="classifier", architecture=options["classifier_architecture"]
+    )
+    regressor = resolve_model(
+        database, options["regressor"], stage="regressor", architecture=options["regressor_architecture"]
+    )
     _warn_of_label_rule(classifier)
     version = _shared_preprocessing_version(classifier, regressor)
-    flag_rules = (FlagRules.from_rules(load_rules(options["rules_path"])) if options["rules_path"]
-                  else flag_rules_in_force(database))
+    flag_rules = (
+        FlagRules.from_rules(load_rules(options["rules_path"]))
+        if options["rules_path"]
+        else flag_rules_in_force(database)
+    )
     with Cluster(scheduler=options["scheduler"], workers=options["workers"], device=options["device"]) as cluster:
         shard_size = options["shard_size"] or (GPU_SHARD_SIZE if cluster.device == "cuda" else DEFAULT_SHARD_SIZE)
         ingest_options = IngestOptions(
@@ -177,31 +249,57 @@ def _ingest(app: AppContext, paths, from_file, options) -> int:
             flag_rules=flag_rules,
         )
         spec = ModelSpec(
-            classifier_path=classifier.path, classifier_sha256=classifier.sha256,
+            classifier_path=classifier.path,
+            classifier_sha256=classifier.sha256,
             classifier_architecture=classifier.architecture,
-            regressor_path=regressor.path, regressor_sha256=regressor.sha256,
+            regressor_path=regressor.path,
+            regressor_sha256=regressor.sha256,
             regressor_architecture=regressor.architecture,
             device=cluster.device if cluster.local else options["device"],
             torch_threads=cluster.torch_threads(),
             preprocessing_version=version,
         )
         config = {
-            "paths": list(paths), "from_file": str(from_file) if from_file else None, "profile": instrument.name,
-            "classifier": classifier.name, "regressor": regressor.name, "device": spec.device,
-            "label_rule": recorded_label_rule(classifier.metadata), "preprocessing_version": version,
-            "scheduler": cluster.address, "workers": cluster.workers,
-            "shard_size": shard_size, "max_in_flight": ingest_options.max_in_flight, "rerun": ingest_options.rerun,
+            "paths": list(paths),
+            "from_file": str(from_file) if from_file else None,
+            "profile": instrument.name,
+            "classifier": classifier.name,
+            "regressor": regressor.name,
+            "device": spec.device,
+            "label_rule": recorded_label_rule(classifier.metadata),
+            "preprocessing_version": version,
+            "scheduler": cluster.address,
+            "workers": cluster.workers,
+            "shard_size": shard_size,
+            "max_in_flight": ingest_options.max_in_flight,
+            "rerun": ingest_options.rerun,
             "flag_rules": flag_rules.provenance,
         }
-        with begin_run(database, kind="ingest", name=options["run_name"], config=config,
-                       classifier_id=classifier.id, regressor_id=regressor.id) as run, \
-                _ingest_progress(app, cluster) as report:
+        with (
+            begin_run(
+                database,
+                kind="ingest",
+                name=options["run_name"],
+                config=config,
+                classifier_id=classifier.id,
+                regressor_id=regressor.id,
+            ) as run,
+            _ingest_progress(app, cluster) as report,
+        ):
             counts = IngestCounts()
             with recording_outcome(run, counts.as_dict):
                 run_ingest(
-                    database, discover_inputs(paths, from_file=from_file), instrument,
-                    cluster=cluster, spec=spec, classifier_id=classifier.id, regressor_id=regressor.id,
-                    run=run, options=ingest_options, progress=report, counts=counts,
+                    database,
+                    discover_inputs(paths, from_file=from_file),
+                    instrument,
+                    cluster=cluster,
+                    spec=spec,
+                    classifier_id=classifier.id,
+                    regressor_id=regressor.id,
+                    run=run,
+                    options=ingest_options,
+                    progress=report,
+                    counts=counts,
                 )
     registration = counts.registration
     click.echo(
@@ -218,7 +316,7 @@ def _point_at_failures(run_id: int, failures: int) -> None:
     if failures:
         click.echo(
             "failures are listed by: density-db query sql "
-            f"\"SELECT path, hdu_index, stage, error_kind, message FROM failure WHERE run_id = {run_id}\"",
+            f'"SELECT path, hdu_index, stage, error_kind, message FROM failure WHERE run_id = {run_id}"',
             err=True,
         )
 
@@ -230,10 +328,13 @@ def _registration_reporter(bar):
     task = bar.add_task("registering")
 
     def report(counts) -> None:
-        bar.update(task, description=(
-            f"{counts.files} files, {counts.frames_new} new frames, "
-            f"{counts.frames_known} known, {counts.failures} failures"
-        ))
+        bar.update(
+            task,
+            description=(
+                f"{counts.files} files, {counts.frames_new} new frames, "
+                f"{counts.frames_known} known, {counts.failures} failures"
+            ),
+        )
 
     return report
 
@@ -244,9 +345,17 @@ def _ingest_progress(app: AppContext, cluster):
 
     @contextlib.contextmanager
     def reporter():
-        with progress_bar(app, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                          TimeRemainingColumn(), TextColumn("{task.fields[status]}")) as bar:
+        with progress_bar(
+            app,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+        ) as bar:
             if bar is None:
                 yield None
                 return
@@ -257,10 +366,14 @@ def _ingest_progress(app: AppContext, cluster):
 
                 elapsed = max(time.monotonic() - counts.started, 1e-9)
                 bar.update(
-                    task, completed=counts.processed, total=counts.queued or None,
+                    task,
+                    completed=counts.processed,
+                    total=counts.queued or None,
                     rate=f"{counts.processed / elapsed:.2f} frames/s",
-                    status=(f"{counts.failures} failed, {counts.already_done} done before, "
-                            f"{counts.registration.files} files read"),
+                    status=(
+                        f"{counts.failures} failed, {counts.already_done} done before, "
+                        f"{counts.registration.files} files read"
+                    ),
                 )
 
             yield report

@@ -20,21 +20,48 @@ def maps() -> None:
 @click.option("--nside", type=click.IntRange(min=1), required=True, help="HEALPix nside of the maps (a power of two).")
 @click.option("--band", "bands", multiple=True, help="Map this band (repeatable; default: every band with results).")
 @click.option("--all-bands", is_flag=True, help="Map every band with results (the default), each and all together.")
-@click.option("--run", "run_id", type=click.IntRange(min=1), default=None,
-              help="Use this run's results (default: each frame's latest result).")
+@click.option(
+    "--run",
+    "run_id",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use this run's results (default: each frame's latest result).",
+)
 @region_option
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Directory for the map files (created if needed).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for the map files (created if needed).",
+)
 @click.option("--png", is_flag=True, help="Also draw a Mollweide PNG of every map.")
 @click.option("--moc", is_flag=True, help="Also write MOCs of pixels with class >= 4 frames and with flagged frames.")
-@click.option("--compress", is_flag=True,
-              help="Compress the healsparse integer and float maps losslessly (smaller files, slower to write).")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Frames read from the database and rasterised at a time.")
+@click.option(
+    "--compress",
+    is_flag=True,
+    help="Compress the healsparse integer and float maps losslessly (smaller files, slower to write).",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Frames read from the database and rasterised at a time.",
+)
 @pass_app
 def build(
-    app: AppContext, nside: int, bands: tuple[str, ...], all_bands: bool, run_id: int | None, region,
-    out_dir: Path, png: bool, moc: bool, compress: bool, chunk_size: int,
+    app: AppContext,
+    nside: int,
+    bands: tuple[str, ...],
+    all_bands: bool,
+    run_id: int | None,
+    region,
+    out_dir: Path,
+    png: bool,
+    moc: bool,
+    compress: bool,
+    chunk_size: int,
 ) -> None:
     """Aggregate frame results into HEALPix maps, per band and for all bands together.
 
@@ -57,7 +84,12 @@ def build(
     selection = Selection(bands=app.canonical_bands(bands) if bands else None, run_id=run_id, region=region)
     try:
         settings = MapSettings(
-            nside=nside, out_dir=out_dir, selection=selection, png=png, moc=moc, compress=compress,
+            nside=nside,
+            out_dir=out_dir,
+            selection=selection,
+            png=png,
+            moc=moc,
+            compress=compress,
             chunk_size=chunk_size,
         )
     except ValueError as error:
@@ -65,8 +97,9 @@ def build(
     database = app.open_database()
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    with progress_bar(app, TextColumn("mapping frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TimeRemainingColumn()) as bar:
+    with progress_bar(
+        app, TextColumn("mapping frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
+    ) as bar:
         task = None if bar is None else bar.add_task("maps", total=None)
 
         def report(done: int, total: int) -> None:

@@ -10,7 +10,10 @@ import click
 OUTPUT_FORMATS = ("table", "csv", "ecsv", "json", "votable")
 
 output_format_option = click.option(
-    "--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default=None,
+    "--format",
+    "output_format",
+    type=click.Choice(OUTPUT_FORMATS),
+    default=None,
     help="Output format (default: table on a terminal, csv otherwise).",
 )
 
@@ -37,12 +40,17 @@ def _parse_region(context: click.Context, parameter: click.Parameter, value: str
 
 
 region_option = click.option(
-    "--region", callback=_parse_region, metavar="REGION",
+    "--region",
+    callback=_parse_region,
+    metavar="REGION",
     help="Only frames overlapping a sky region: RA,DEC,RADIUS (a cone), polygon:RA,DEC,RA,DEC,... "
-         "or a MOC FITS file (degrees, ICRS).",
+    "or a MOC FITS file (degrees, ICRS).",
 )
 
 rules_option = click.option(
-    "--rules", "rules_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+    "--rules",
+    "rules_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
     help="Rules file (TOML) [default: the shipped paper routing; see `density-db plan rules`].",
 )

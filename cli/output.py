@@ -13,8 +13,9 @@ from density_db.queries import QueryResult
 
 def write_result(result: QueryResult, output_format: str) -> None:
     """Write ``result`` to stdout in ``output_format`` (one of ``options.OUTPUT_FORMATS``)."""
-    {"table": _write_table, "csv": _write_csv, "json": _write_json,
-     "ecsv": _write_astropy, "votable": _write_astropy}[output_format](result, output_format)
+    {"table": _write_table, "csv": _write_csv, "json": _write_json, "ecsv": _write_astropy, "votable": _write_astropy}[
+        output_format
+    ](result, output_format)
 
 
 def _plain(value: Any) -> Any:

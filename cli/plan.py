@@ -33,7 +33,9 @@ def _write(result, output_format: str | None, out: Path | None = None) -> None:
 
 @plan.command()
 @rules_option
-@click.option("--dump", is_flag=True, help="Print the rules file itself (the shipped one by default), to copy and edit.")
+@click.option(
+    "--dump", is_flag=True, help="Print the rules file itself (the shipped one by default), to copy and edit."
+)
 @pass_app
 def rules(app: AppContext, rules_path: Path | None, dump: bool) -> None:
     """Check a rules file and show its branches in order (the shipped rules without --rules).
@@ -64,12 +66,22 @@ def rules(app: AppContext, rules_path: Path | None, dump: bool) -> None:
 @rules_option
 @click.option("--band", "bands", multiple=True, help="Only frames of this band (repeatable).")
 @region_option
-@click.option("--run", "run_id", type=click.IntRange(min=1), default=None,
-              help="Route this run's results [default: each frame's latest result].")
+@click.option(
+    "--run",
+    "run_id",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Route this run's results [default: each frame's latest result].",
+)
 @click.option("--description", default=None, help="What the campaign is for [default: the rules' description].")
 @pass_app
 def create(
-    app: AppContext, name: str, rules_path: Path | None, bands: tuple[str, ...], region, run_id: int | None,
+    app: AppContext,
+    name: str,
+    rules_path: Path | None,
+    bands: tuple[str, ...],
+    region,
+    run_id: int | None,
     description: str | None,
 ) -> None:
     """Create campaign NAME: one pending item per selected frame with a result, in its branch.
@@ -87,8 +99,10 @@ def create(
     for branch, frames in created.frames_by_branch.items():
         click.echo(f"  {branch.ljust(width)}  {frames}")
     if created.frames_without_result:
-        click.echo(f"{created.frames_without_result} selected frames have no density result and are not planned "
-                   "(run density-db ingest on them first)")
+        click.echo(
+            f"{created.frames_without_result} selected frames have no density result and are not planned "
+            "(run density-db ingest on them first)"
+        )
     for warning in created.warnings:
         click.echo(f"warning: {warning}", err=True)
 
@@ -128,8 +142,10 @@ def show(app: AppContext, name: str, output_format: str | None) -> None:
     if output_format == "table":
         rows = report.table.rows
         costs = [row[4] for row in rows if row[4] is not None]
-        click.echo(f"total: {sum(row[2] for row in rows)} frames, {sum(row[3] for row in rows):.2f} deg2"
-                   + (f", cost {sum(costs):g}" if costs else ""))
+        click.echo(
+            f"total: {sum(row[2] for row in rows)} frames, {sum(row[3] for row in rows):.2f} deg2"
+            + (f", cost {sum(costs):g}" if costs else "")
+        )
 
 
 def _describe_selection(selection: dict) -> str:
@@ -144,11 +160,22 @@ def _describe_selection(selection: dict) -> str:
 
 @plan.command()
 @click.argument("name")
-@click.option("--format", "export_format", type=click.Choice(_EXPORT_FORMATS), default="csv", show_default=True,
-              help="csv, ecsv or json: one row per frame; moc: one MOC FITS file per branch (for Aladin).")
+@click.option(
+    "--format",
+    "export_format",
+    type=click.Choice(_EXPORT_FORMATS),
+    default="csv",
+    show_default=True,
+    help="csv, ecsv or json: one row per frame; moc: one MOC FITS file per branch (for Aladin).",
+)
 @click.option("--branch", default=None, help="Only this branch.")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
-              help="File to write (a directory for moc) [default: stdout; the current directory for moc].")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="File to write (a directory for moc) [default: stdout; the current directory for moc].",
+)
 @pass_app
 def export(app: AppContext, name: str, export_format: str, branch: str | None, out: Path | None) -> None:
     """Export campaign NAME's items, or its branches' sky coverage as MOCs.
@@ -192,9 +219,14 @@ def diff(app: AppContext, first: str, second: str, list_frames: bool, output_for
 
 @plan.command()
 @click.argument("name")
-@click.option("--from", "report", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
-              help="A pipeline's CSV report: a status column (done, failed, pending) and frame_id, path "
-                   "(+ hdu_index) or exposure_id + detector.")
+@click.option(
+    "--from",
+    "report",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="A pipeline's CSV report: a status column (done, failed, pending) and frame_id, path "
+    "(+ hdu_index) or exposure_id + detector.",
+)
 @pass_app
 def update(app: AppContext, name: str, report: Path) -> None:
     """Mark items of campaign NAME done or failed from a pipeline's report.
@@ -205,8 +237,10 @@ def update(app: AppContext, name: str, report: Path) -> None:
     from density_db.planning.campaigns import update_from_report
 
     outcome = update_from_report(app.open_database(), name, report)
-    click.echo(f"campaign {name!r}: {outcome.updated} items updated, {outcome.unchanged} already had that status, "
-               f"{len(outcome.problems)} report lines matched no item")
+    click.echo(
+        f"campaign {name!r}: {outcome.updated} items updated, {outcome.unchanged} already had that status, "
+        f"{len(outcome.problems)} report lines matched no item"
+    )
     for problem in outcome.problems[:_PROBLEMS_SHOWN]:
         click.echo(f"  {problem}", err=True)
     if len(outcome.problems) > _PROBLEMS_SHOWN:

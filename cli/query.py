@@ -33,8 +33,13 @@ def _emit(result, output_format: str | None) -> None:
 
 @query.command()
 @click.argument("statement")
-@click.option("--param", "parameters", multiple=True, metavar="NAME=VALUE",
-              help="Bind :NAME in the statement to VALUE (repeatable).")
+@click.option(
+    "--param",
+    "parameters",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Bind :NAME in the statement to VALUE (repeatable).",
+)
 @output_format_option
 @pass_app
 def sql(app: AppContext, statement: str, parameters: tuple[str, ...], output_format: str | None) -> None:
@@ -55,7 +60,9 @@ def sql(app: AppContext, statement: str, parameters: tuple[str, ...], output_for
 @band_option
 @output_format_option
 @pass_app
-def cone(app: AppContext, ra: float, dec: float, radius_deg: float, band: str | None, output_format: str | None) -> None:
+def cone(
+    app: AppContext, ra: float, dec: float, radius_deg: float, band: str | None, output_format: str | None
+) -> None:
     """Frames whose centre lies within RADIUS_DEG of (RA, DEC), degrees ICRS, nearest first."""
     from density_db.queries import cone_search
 
@@ -63,8 +70,9 @@ def cone(app: AppContext, ra: float, dec: float, radius_deg: float, band: str | 
 
 
 @query.command()
-@click.option("--at", "position", type=(float, float), required=True, metavar="RA DEC",
-              help="The sky position, degrees ICRS.")
+@click.option(
+    "--at", "position", type=(float, float), required=True, metavar="RA DEC", help="The sky position, degrees ICRS."
+)
 @band_option
 @output_format_option
 @pass_app
@@ -92,10 +100,19 @@ def _parse_polygon(text: str) -> tuple[list[float], list[float]]:
 
 
 @query.command()
-@click.option("--polygon", metavar="RA,DEC,RA,DEC,...", default=None,
-              help="Vertices in order, degrees ICRS, edges along great circles (at least 3 vertices).")
-@click.option("--moc", "moc_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A MOC FITS file (mocpy, Aladin ...).")
+@click.option(
+    "--polygon",
+    metavar="RA,DEC,RA,DEC,...",
+    default=None,
+    help="Vertices in order, degrees ICRS, edges along great circles (at least 3 vertices).",
+)
+@click.option(
+    "--moc",
+    "moc_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A MOC FITS file (mocpy, Aladin ...).",
+)
 @band_option
 @output_format_option
 @pass_app

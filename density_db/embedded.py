@@ -201,10 +201,19 @@ class EmbeddedServer:
         scratch = self.home / f"{_SCRATCH_PREFIX}{os.getpid()}"
         scratch.mkdir(mode=0o700)
         self._hand_to_service_user(scratch)
-        self._run([
-            "initdb", "-D", str(scratch), "-U", SUPERUSER, "--auth=trust",
-            "--encoding=UTF8", "--locale=C", "--no-instructions",
-        ])
+        self._run(
+            [
+                "initdb",
+                "-D",
+                str(scratch),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-instructions",
+            ]
+        )
         if self.data_dir.exists():
             self.data_dir.rmdir()
         scratch.rename(self.data_dir)
@@ -220,9 +229,7 @@ class EmbeddedServer:
         from psycopg import errors, sql
 
         with psycopg.connect(self.url(status, database="postgres"), autocommit=True) as connection:
-            exists = connection.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
-            ).fetchone()
+            exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
             if exists is None:
                 with contextlib.suppress(errors.DuplicateDatabase):
                     connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE_NAME)))
@@ -236,8 +243,17 @@ class EmbeddedServer:
         self._remove_stale_lock_files(socket_dir)
         options = f"-c listen_addresses='' -k {shlex.quote(str(socket_dir))}"
         command = [
-            "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_path),
-            "-w", "-t", "60", "-o", options, "start",
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.log_path),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            "start",
         ]
         for attempt in range(_START_ATTEMPTS):
             try:
@@ -330,9 +346,19 @@ class EmbeddedServer:
         logger.info("creating system user %s to run the embedded server", SERVICE_USER)
         try:
             subprocess.run(
-                ["useradd", "--system", "--user-group", "--no-create-home",
-                 "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", SERVICE_USER],
-                check=True, capture_output=True,
+                [
+                    "useradd",
+                    "--system",
+                    "--user-group",
+                    "--no-create-home",
+                    "--home-dir",
+                    "/nonexistent",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    SERVICE_USER,
+                ],
+                check=True,
+                capture_output=True,
             )
         except (OSError, subprocess.CalledProcessError) as error:
             raise EmbeddedServerError(

@@ -121,7 +121,6 @@ class FrameHeader:
     psf_fwhm_px: float | None = None
 
 
-
 @dataclass(frozen=True)
 class InputFailure:
     """An input that cannot be used, as stored in the ``failure`` table.
@@ -552,9 +551,7 @@ def _log_walk_error(error: OSError) -> None:
 
 def _listed_paths(from_file: str | Path) -> Iterator[str]:
     try:
-        opened = (
-            contextlib.nullcontext(sys.stdin) if str(from_file) == "-" else open(from_file, encoding="utf-8")
-        )
+        opened = contextlib.nullcontext(sys.stdin) if str(from_file) == "-" else open(from_file, encoding="utf-8")
     except OSError as error:
         raise ConfigurationError(f"cannot read the list of inputs {from_file}: {error}") from error
     with opened as lines:

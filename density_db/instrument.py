@@ -261,17 +261,13 @@ def _profile_from_toml(data: dict[str, Any], source: str) -> InstrumentProfile:
 def _check_table(table: dict[str, Any], schema: dict[str, tuple[bool, str]], where: str, source: str) -> None:
     unknown = sorted(set(table) - set(schema))
     if unknown:
-        raise ConfigurationError(
-            f"{source}: unknown key {unknown[0]!r} in {where}; accepted keys: {', '.join(schema)}"
-        )
+        raise ConfigurationError(f"{source}: unknown key {unknown[0]!r} in {where}; accepted keys: {', '.join(schema)}")
     for key, (required, kind) in schema.items():
         if key not in table:
             if required:
                 raise ConfigurationError(f"{source}: missing key {key!r} in {where}")
         elif not _is_kind(table[key], kind):
-            raise ConfigurationError(
-                f"{source}: key {key!r} in {where} must be {kind}, got {table[key]!r}"
-            )
+            raise ConfigurationError(f"{source}: key {key!r} in {where} must be {kind}, got {table[key]!r}")
 
 
 def _is_kind(value: Any, kind: str) -> bool:
@@ -306,9 +302,7 @@ def _band_aliases(bands: dict[str, Any], source: str) -> dict[str, tuple[str, ..
     return aliases
 
 
-def _detector_bands(
-    detectors: dict[str, Any], band_aliases: dict[str, tuple[str, ...]], source: str
-) -> dict[int, str]:
+def _detector_bands(detectors: dict[str, Any], band_aliases: dict[str, tuple[str, ...]], source: str) -> dict[int, str]:
     detector_bands = {}
     for detector, band in detectors.items():
         if not detector.isdigit():
@@ -337,8 +331,9 @@ def _calibration(table: dict[str, Any], band_aliases: dict[str, tuple[str, ...]]
         band_values[band] = BandCalibration(values.get("zero_point"), values.get("psf_fwhm"))
     saturated_bits = table.get("saturated_bits", 0)
     if saturated_bits != int(saturated_bits) or saturated_bits < 0:
-        raise ConfigurationError(f"{source}: saturated_bits in [calibration] must be a bit mask (>= 0), "
-                                 f"got {saturated_bits!r}")
+        raise ConfigurationError(
+            f"{source}: saturated_bits in [calibration] must be a bit mask (>= 0), got {saturated_bits!r}"
+        )
     return CalibrationSettings(
         zero_point_keyword=_upper_or_none(table.get("zero_point")),
         psf_fwhm_keyword=_upper_or_none(table.get("psf_fwhm")),

@@ -21,7 +21,6 @@ from density_db.database import Database
 from density_db.errors import ConfigurationError
 from density_db.models import Model
 
-
 _COLUMNS = sa.select(Model.id, Model.name, Model.stage, Model.architecture, Model.sha256, Model.path, Model.metadata_)
 
 
@@ -68,8 +67,12 @@ def register_model(
         inserted = connection.execute(
             insert(Model)
             .values(
-                name=chosen_name, stage=loaded.stage, architecture=loaded.architecture,
-                sha256=loaded.sha256, path=str(Path(path).absolute()), metadata_=loaded.metadata,
+                name=chosen_name,
+                stage=loaded.stage,
+                architecture=loaded.architecture,
+                sha256=loaded.sha256,
+                path=str(Path(path).absolute()),
+                metadata_=loaded.metadata,
             )
             .on_conflict_do_nothing(index_elements=["sha256"])
             .returning(Model.id)

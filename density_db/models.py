@@ -64,7 +64,9 @@ class Exposure(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     instrument: Mapped[str]
-    exposure_id: Mapped[str] = mapped_column(comment="Exposure identifier as written in the FITS header (OBSID for CSST)")
+    exposure_id: Mapped[str] = mapped_column(
+        comment="Exposure identifier as written in the FITS header (OBSID for CSST)"
+    )
     mjd: Mapped[float] = mapped_column(comment="Modified Julian Date of the exposure start")
     obs_time: Mapped[datetime.datetime] = mapped_column(comment="Exposure start, UTC")
     exposure_time: Mapped[float | None] = mapped_column(comment="Seconds")
@@ -101,15 +103,21 @@ class Frame(Base):
     valid_fraction: Mapped[float | None] = mapped_column(sa.REAL, comment="Fraction of finite, unflagged pixels")
     ra: Mapped[float] = mapped_column(comment="Centre, degrees ICRS")
     dec: Mapped[float] = mapped_column(comment="Centre, degrees ICRS")
-    corner_ra: Mapped[list[float]] = mapped_column(ARRAY(sa.Double, dimensions=1), comment="Outer pixel corners, degrees")
-    corner_dec: Mapped[list[float]] = mapped_column(ARRAY(sa.Double, dimensions=1), comment="Outer pixel corners, degrees")
+    corner_ra: Mapped[list[float]] = mapped_column(
+        ARRAY(sa.Double, dimensions=1), comment="Outer pixel corners, degrees"
+    )
+    corner_dec: Mapped[list[float]] = mapped_column(
+        ARRAY(sa.Double, dimensions=1), comment="Outer pixel corners, degrees"
+    )
     radius_deg: Mapped[float] = mapped_column(comment="Largest centre-to-corner separation, degrees")
     hpx: Mapped[int] = mapped_column(comment="Order-29 NESTED HEALPix index of the centre")
     footprint: Mapped[Any] = mapped_column(
         INT8MULTIRANGE, comment="Depth-29 NESTED ranges of the footprint MOC at footprint_depth"
     )
     footprint_depth: Mapped[int] = mapped_column(sa.SmallInteger)
-    run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("run.id", ondelete="SET NULL"), comment="Run that registered it")
+    run_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("run.id", ondelete="SET NULL"), comment="Run that registered it"
+    )
     registered_at: Mapped[datetime.datetime] = mapped_column(server_default=_now)
 
     exposure: Mapped[Exposure] = relationship(back_populates="frames", lazy="raise")
@@ -132,7 +140,8 @@ class Model(Base):
     sha256: Mapped[str]
     path: Mapped[str | None]
     metadata_: Mapped[dict[str, Any]] = mapped_column(
-        "metadata", server_default=sa.text("'{}'::jsonb"),
+        "metadata",
+        server_default=sa.text("'{}'::jsonb"),
         comment="Class edges, magnitude limit, input size, preprocessing version, training summary",
     )
     created_at: Mapped[datetime.datetime] = mapped_column(server_default=_now)
@@ -214,7 +223,9 @@ class Failure(Base):
     error_kind: Mapped[str] = mapped_column(comment="not_fits, truncated, no_wcs, missing_keyword, ...")
     message: Mapped[str]
     frame_id: Mapped[int | None] = mapped_column(sa.ForeignKey("frame.id", ondelete="CASCADE"))
-    run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("run.id", ondelete="SET NULL"), comment="Last run that saw it")
+    run_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("run.id", ondelete="SET NULL"), comment="Last run that saw it"
+    )
     attempts: Mapped[int] = mapped_column(sa.Integer, server_default="1")
     first_seen_at: Mapped[datetime.datetime] = mapped_column(server_default=_now)
     last_seen_at: Mapped[datetime.datetime] = mapped_column(server_default=_now)

@@ -121,16 +121,19 @@ def frames_at(database: Database, ra: float, dec: float, *, band: str | None = N
             return query_result(empty)
         parameters: dict[str, Any] = {"ra": ra, "dec": dec, "band": band, "point": int(sky.hpx29(ra, dec))}
         near = _near_centres_sql(sky.cone_ranges(ra, dec, min(largest_radius * 1.0001, 180.0)), parameters)
-        candidates = query_result(connection.execute(sa.text(f"""
+        candidates = query_result(
+            connection.execute(
+                sa.text(f"""
             SELECT c.*, f.corner_ra, f.corner_dec
             FROM ({near}) AS c JOIN frame f ON f.id = c.frame_id
             WHERE f.footprint @> CAST(:point AS bigint) AND distance_deg <= f.radius_deg * 1.0001
             ORDER BY distance_deg
-        """), parameters))
+        """),
+                parameters,
+            )
+        )
     inside = [
-        row[:-2]
-        for row in candidates.rows
-        if sky.polygon_contains(np.asarray(row[-2]), np.asarray(row[-1]), ra, dec)
+        row[:-2] for row in candidates.rows if sky.polygon_contains(np.asarray(row[-2]), np.asarray(row[-1]), ra, dec)
     ]
     return QueryResult(columns=candidates.columns[:-2], rows=inside)
 
@@ -154,10 +157,12 @@ def region_search(database: Database, region: SkyRegion, *, band: str | None = N
     """
     with database.engine.connect() as connection:
         frame_ids = frame_ids_in_region(connection, region, band=band)
-        return query_result(connection.execute(
-            sa.text("SELECT * FROM field_density WHERE frame_id = ANY(CAST(:ids AS bigint[])) ORDER BY frame_id"),
-            {"ids": frame_ids.tolist()},
-        ))
+        return query_result(
+            connection.execute(
+                sa.text("SELECT * FROM field_density WHERE frame_id = ANY(CAST(:ids AS bigint[])) ORDER BY frame_id"),
+                {"ids": frame_ids.tolist()},
+            )
+        )
 
 
 def frame_ids_in_region(connection: sa.Connection, region: SkyRegion, *, band: str | None = None) -> np.ndarray:

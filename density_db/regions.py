@@ -141,8 +141,9 @@ class PolygonRegion:
         """Depth-29 ranges of the polygon's MOC, at an order fitted to its size (at most the footprint depth)."""
         radius = float(np.degrees(np.arccos(np.clip(np.min(self._vertices @ self._centre), -1, 1))))
         # pixels of about an eighth of the polygon's radius: some hundred ranges, whatever the size
-        order = int(np.clip(np.floor(np.log2(sky._ORDER0_RESOLUTION_DEG / max(radius, 1e-9))) + 3,
-                            0, sky.FOOTPRINT_DEPTH))
+        order = int(
+            np.clip(np.floor(np.log2(sky._ORDER0_RESOLUTION_DEG / max(radius, 1e-9))) + 3, 0, sky.FOOTPRINT_DEPTH)
+        )
         return sky.footprint_ranges(np.asarray(self.vertex_ra), np.asarray(self.vertex_dec), depth=order)
 
     def contains(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
@@ -181,8 +182,10 @@ class PolygonRegion:
         sides = np.einsum("fkc,mc->fkm", normals, vertices) * inward[:, :, None]
         vertex_inside = np.all(sides >= -_EDGE_TOLERANCE, axis=1).any(axis=1)
         crossing = _arcs_cross(
-            corners[:, :, None, :], np.roll(corners, -1, axis=1)[:, :, None, :],
-            vertices[None, None, :, :], np.roll(vertices, -1, axis=0)[None, None, :, :],
+            corners[:, :, None, :],
+            np.roll(corners, -1, axis=1)[:, :, None, :],
+            vertices[None, None, :, :],
+            np.roll(vertices, -1, axis=0)[None, None, :, :],
         ).any(axis=(1, 2))
         return corner_inside | vertex_inside | crossing
 
@@ -223,9 +226,7 @@ class MocRegion:
         undecided = np.arange(len(corner_ra))
         order = min(sky.FOOTPRINT_DEPTH, final_order)
         while len(undecided):
-            polygons = [
-                value for index in undecided for value in (corner_ra[index] % 360, corner_dec[index])
-            ]
+            polygons = [value for index in undecided for value in (corner_ra[index] % 360, corner_dec[index])]
             coverages = MOC.from_polygons(polygons, max_depth=order, n_threads=1)
             still = []
             for index, coverage in zip(undecided, coverages, strict=True):
@@ -336,16 +337,19 @@ def region_from_table(table: object, base_dir: Path | None = None) -> SkyRegion:
         If the table has not exactly one of these keys, or its value is wrong.
     """
     if not isinstance(table, dict) or len(table) != 1 or next(iter(table)) not in ("cone", "polygon", "moc"):
-        raise DensityDBError("a region is a table with one key: cone = [ra, dec, radius], "
-                             "polygon = [ra, dec, ra, dec, ...] or moc = \"file.fits\"")
-    (kind, value), = table.items()
+        raise DensityDBError(
+            "a region is a table with one key: cone = [ra, dec, radius], "
+            'polygon = [ra, dec, ra, dec, ...] or moc = "file.fits"'
+        )
+    ((kind, value),) = table.items()
     if kind == "moc":
         if not isinstance(value, str):
             raise DensityDBError(f"region moc must be the path of a MOC FITS file, got {value!r}")
         path = Path(value)
         return read_moc(path if path.is_absolute() or base_dir is None else base_dir / path)
-    if not isinstance(value, list) or not all(isinstance(item, int | float) and not isinstance(item, bool)
-                                              for item in value):
+    if not isinstance(value, list) or not all(
+        isinstance(item, int | float) and not isinstance(item, bool) for item in value
+    ):
         raise DensityDBError(f"region {kind} must be a list of numbers (degrees), got {value!r}")
     if kind == "cone":
         if len(value) != 3:

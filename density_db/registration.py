@@ -104,8 +104,9 @@ def register_paths(
         Called after every file with the running totals.
     """
     counts = counts if counts is not None else RegistrationCounts()
-    for _batch in register_batches(database, paths, profile, counts, run_id=run_id, batch_size=batch_size,
-                                   progress=progress):
+    for _batch in register_batches(
+        database, paths, profile, counts, run_id=run_id, batch_size=batch_size, progress=progress
+    ):
         pass
     return counts
 
@@ -213,11 +214,7 @@ def _insert_frames(
 ) -> int:
     """Insert frames not registered yet; return how many were new."""
     rows = [_frame_row(frame, exposure_keys[(frame.instrument, frame.exposure_id)], run_id) for frame in frames]
-    statement = (
-        insert(Frame)
-        .on_conflict_do_nothing(index_elements=["exposure_pk", "detector"])
-        .returning(Frame.id)
-    )
+    statement = insert(Frame).on_conflict_do_nothing(index_elements=["exposure_pk", "detector"]).returning(Frame.id)
     return len(connection.execute(statement, rows).all())
 
 
@@ -227,11 +224,13 @@ def _frame_ids(
     """The id of every frame of the batch, new or registered before, and the path each is registered at."""
     key_of = {(exposure_keys[(f.instrument, f.exposure_id)], f.detector): f for f in frames}
     rows = connection.execute(
-        sa.select(Frame.exposure_pk, Frame.detector, Frame.id, Frame.path)
-        .where(sa.tuple_(Frame.exposure_pk, Frame.detector).in_(list(key_of)))
+        sa.select(Frame.exposure_pk, Frame.detector, Frame.id, Frame.path).where(
+            sa.tuple_(Frame.exposure_pk, Frame.detector).in_(list(key_of))
+        )
     ).all()
-    registered = [RegisteredFrame(frame_id, key_of[(exposure_pk, detector)])
-                  for exposure_pk, detector, frame_id, _path in rows]
+    registered = [
+        RegisteredFrame(frame_id, key_of[(exposure_pk, detector)]) for exposure_pk, detector, frame_id, _path in rows
+    ]
     return registered, {frame_id: path for _exposure_pk, _detector, frame_id, path in rows}
 
 
@@ -240,16 +239,24 @@ def _repoint_moved_frames(
 ) -> None:
     """Point frames whose registered file is gone at the file they were just read from."""
     moved = [
-        {"moved_id": frame.frame_id, "new_path": frame.header.path, "new_hdu": frame.header.hdu_index,
-         "new_dq_hdu": frame.header.dq_hdu_index}
+        {
+            "moved_id": frame.frame_id,
+            "new_path": frame.header.path,
+            "new_hdu": frame.header.hdu_index,
+            "new_dq_hdu": frame.header.dq_hdu_index,
+        }
         for frame in sorted(registered, key=lambda frame: frame.frame_id)  # id order: no deadlock between runs
         if stored_paths[frame.frame_id] != frame.header.path and not Path(stored_paths[frame.frame_id]).exists()
     ]
     if moved:
         connection.execute(
-            sa.update(Frame).where(Frame.id == sa.bindparam("moved_id")).values(
-                path=sa.bindparam("new_path"), hdu_index=sa.bindparam("new_hdu"),
-                dq_hdu_index=sa.bindparam("new_dq_hdu")),
+            sa.update(Frame)
+            .where(Frame.id == sa.bindparam("moved_id"))
+            .values(
+                path=sa.bindparam("new_path"),
+                hdu_index=sa.bindparam("new_hdu"),
+                dq_hdu_index=sa.bindparam("new_dq_hdu"),
+            ),
             moved,
         )
         logger.info("%d frames were registered at paths that are gone; they now point at the files read", len(moved))
@@ -292,8 +299,17 @@ def _forget_resolved_failures(connection: sa.Connection, frames: list[FrameHeade
 
 
 def _record_failures(connection: sa.Connection, failures: list[InputFailure], run_id: int | None) -> None:
-    record_failures(connection, [
-        {"path": f.path, "hdu_index": f.hdu_index, "stage": REGISTER_STAGE, "error_kind": f.error_kind,
-         "message": f.message, "run_id": run_id}
-        for f in failures
-    ])
+    record_failures(
+        connection,
+        [
+            {
+                "path": f.path,
+                "hdu_index": f.hdu_index,
+                "stage": REGISTER_STAGE,
+                "error_kind": f.error_kind,
+                "message": f.message,
+                "run_id": run_id,
+            }
+            for f in failures
+        ],
+    )

@@ -94,9 +94,14 @@ def write_results(
                 written = _insert_results(connection, results, classifier_id, regressor_id, run_id, replace)
                 _record_valid_fractions(connection, results)
                 if results:
-                    update_flags(connection, flag_thresholds, run_id=run_id,
-                                 frame_ids=[row.frame_id for row in results],
-                                 classifier_id=classifier_id, regressor_id=regressor_id)
+                    update_flags(
+                        connection,
+                        flag_thresholds,
+                        run_id=run_id,
+                        frame_ids=[row.frame_id for row in results],
+                        classifier_id=classifier_id,
+                        regressor_id=regressor_id,
+                    )
                 _forget_resolved_failures(connection, results)
                 _record_failures(connection, failures, run_id)
             return written
@@ -108,16 +113,23 @@ def write_results(
                         f"{str(error.orig).strip().splitlines()[0] if error.orig else error}"
                     ) from error
                 raise
-            logger.warning("writing %d results failed (%s); retry %d in %.1f s",
-                           len(results), type(error.orig).__name__, attempt, delay)
+            logger.warning(
+                "writing %d results failed (%s); retry %d in %.1f s",
+                len(results),
+                type(error.orig).__name__,
+                attempt,
+                delay,
+            )
             time.sleep(delay)
     raise AssertionError("unreachable")
 
 
 def _worth_retrying(error: sa.exc.DBAPIError) -> bool:
     """Lock conflicts with concurrent writers, and connections the server dropped."""
-    return isinstance(error.orig, _LOCK_CONFLICTS) or error.connection_invalidated or isinstance(
-        error, sa.exc.OperationalError
+    return (
+        isinstance(error.orig, _LOCK_CONFLICTS)
+        or error.connection_invalidated
+        or isinstance(error, sa.exc.OperationalError)
     )
 
 
@@ -138,10 +150,19 @@ def _insert_results(
             set_={
                 column: statement.excluded[column]
                 for column in (
-                    "run_id", "density_class", "probabilities", "class_confidence", "log_bright", "bright_count",
-                    "regression_status", "read_seconds", "preprocess_seconds", "infer_seconds",
+                    "run_id",
+                    "density_class",
+                    "probabilities",
+                    "class_confidence",
+                    "log_bright",
+                    "bright_count",
+                    "regression_status",
+                    "read_seconds",
+                    "preprocess_seconds",
+                    "infer_seconds",
                 )
-            } | {"created_at": sa.func.now()},
+            }
+            | {"created_at": sa.func.now()},
         )
     else:
         statement = statement.on_conflict_do_nothing(index_elements=["frame_id", "classifier_id", "regressor_id"])
@@ -170,9 +191,7 @@ def _record_valid_fractions(connection: sa.Connection, results: Sequence[ResultR
     """Registration reads headers only; the pixels tell the valid-pixel fraction."""
     if results:
         connection.execute(
-            sa.update(Frame)
-            .where(Frame.id == sa.bindparam("frame"))
-            .values(valid_fraction=sa.bindparam("fraction")),
+            sa.update(Frame).where(Frame.id == sa.bindparam("frame")).values(valid_fraction=sa.bindparam("fraction")),
             [{"frame": row.frame_id, "fraction": row.valid_fraction} for row in results],
         )
 
@@ -188,8 +207,18 @@ def _forget_resolved_failures(connection: sa.Connection, results: Sequence[Resul
 
 
 def _record_failures(connection: sa.Connection, failures: Sequence[InferenceFailure], run_id: int) -> None:
-    record_failures(connection, [
-        {"path": f.path, "hdu_index": f.hdu_index, "stage": INFERENCE_STAGE, "error_kind": f.error_kind,
-         "message": f.message, "frame_id": f.frame_id, "run_id": run_id}
-        for f in failures
-    ])
+    record_failures(
+        connection,
+        [
+            {
+                "path": f.path,
+                "hdu_index": f.hdu_index,
+                "stage": INFERENCE_STAGE,
+                "error_kind": f.error_kind,
+                "message": f.message,
+                "frame_id": f.frame_id,
+                "run_id": run_id,
+            }
+            for f in failures
+        ],
+    )

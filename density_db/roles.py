@@ -99,10 +99,11 @@ def grant_read_only(database: Database, role: str, *, password: str | None = Non
         raw = connection.connection.driver_connection
         name = sql.Identifier(role)
         secret = (
-            sql.SQL(" PASSWORD {}").format(sql.Literal(
-                raw.pgconn.encrypt_password(password.encode(), role.encode(), None).decode()
-            ))
-            if password is not None else sql.SQL("")
+            sql.SQL(" PASSWORD {}").format(
+                sql.Literal(raw.pgconn.encrypt_password(password.encode(), role.encode(), None).decode())
+            )
+            if password is not None
+            else sql.SQL("")
         )
         statements = []
         if existing is None:
@@ -133,8 +134,11 @@ def grant_read_only(database: Database, role: str, *, password: str | None = Non
         logger.warning("role %s can create objects in schema %s through PUBLIC", role, schema)
     url = database.url.set(drivername="postgresql", username=role, password=None)
     return ReadOnlyRole(
-        role=role, created=existing is None, url=url.render_as_string(hide_password=False),
-        schema=schema, can_create=bool(can_create),
+        role=role,
+        created=existing is None,
+        url=url.render_as_string(hide_password=False),
+        schema=schema,
+        can_create=bool(can_create),
     )
 
 

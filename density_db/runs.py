@@ -133,7 +133,8 @@ def close_abandoned_runs(database: Database) -> list[int]:
     with database.engine.begin() as connection:
         candidates = connection.execute(sa.select(Run.id).where(Run.status == "running")).scalars().all()
         abandoned = [
-            run_id for run_id in candidates
+            run_id
+            for run_id in candidates
             if connection.execute(
                 sa.text("SELECT pg_try_advisory_xact_lock(:cls, :run)"), {"cls": RUN_LOCK_CLASS, "run": run_id}
             ).scalar_one()

@@ -58,9 +58,7 @@ def hpx29(ra_deg: float | np.ndarray, dec_deg: float | np.ndarray) -> int | np.n
     return int(pixels) if np.ndim(pixels) == 0 else np.asarray(pixels, dtype=np.int64)
 
 
-def footprint_ranges(
-    corner_ra: np.ndarray, corner_dec: np.ndarray, *, depth: int = FOOTPRINT_DEPTH
-) -> np.ndarray:
+def footprint_ranges(corner_ra: np.ndarray, corner_dec: np.ndarray, *, depth: int = FOOTPRINT_DEPTH) -> np.ndarray:
     """Depth-29 ranges of the MOC of a sky polygon at an explicit depth.
 
     Parameters

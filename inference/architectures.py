@@ -309,8 +309,12 @@ def _input_conv(rgb_conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
 def _regression_head(in_features: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for width in REGRESSION_HEAD_WIDTHS:
-        layers += [nn.Linear(in_features, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
-                   nn.Dropout(REGRESSION_DROPOUT)]
+        layers += [
+            nn.Linear(in_features, width),
+            nn.BatchNorm1d(width),
+            nn.ReLU(inplace=True),
+            nn.Dropout(REGRESSION_DROPOUT),
+        ]
         in_features = width
     # Flatten(0) turns the (batch, 1) output into (batch,).
     return nn.Sequential(*layers, nn.Linear(in_features, 1), nn.Flatten(0))
@@ -339,11 +343,18 @@ def _baseline_cnn(outputs: int, in_channels: int, *, counted: bool) -> nn.Sequen
     """
     layers: list[nn.Module] = [SignedLog()]
     for index, width in enumerate(_BASELINE_WIDTHS):
-        layers += [nn.Conv2d(in_channels, width, kernel_size=3, stride=2 if index == 0 else 1, padding=1, bias=False),
-                   nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        layers += [
+            nn.Conv2d(in_channels, width, kernel_size=3, stride=2 if index == 0 else 1, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        ]
         in_channels = width
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-               nn.Linear(in_channels + (len(COUNT_CHANNELS) if counted else 0), outputs)]
+    layers += [
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(in_channels + (len(COUNT_CHANNELS) if counted else 0), outputs),
+    ]
     if outputs == 1:
         layers.append(nn.Flatten(0))
     return _CountingSequential(*layers, residual=outputs == 1) if counted else nn.Sequential(*layers)

@@ -50,8 +50,11 @@ class FrameCalibration:
         if fwhm is None:
             fwhm = measure_fwhm(image, quality, moffat_beta=self.moffat_beta)
             if fwhm is None:
-                raise InputError("no_calibration", f"{self.where}: no PSF FWHM in the header or the profile, and "
-                                                   "too few bright isolated point sources to measure one")
+                raise InputError(
+                    "no_calibration",
+                    f"{self.where}: no PSF FWHM in the header or the profile, and "
+                    "too few bright isolated point sources to measure one",
+                )
         try:
             return Calibration(self.zero_point, self.exposure_seconds, fwhm, self.moffat_beta)
         except ValueError as error:
@@ -71,13 +74,18 @@ def frame_calibration(header: FrameHeader, settings: CalibrationSettings) -> Fra
     fwhm = header.psf_fwhm_px if header.psf_fwhm_px is not None else getattr(band_values, "psf_fwhm_px", None)
     where = f"{header.path} HDU {header.hdu_index}"
     missing = [
-        what for what, value in (
-            (f"a zero point ({settings.zero_point_keyword or 'no keyword'} or [calibration.bands] {header.band})",
-             zero_point),
+        what
+        for what, value in (
+            (
+                f"a zero point ({settings.zero_point_keyword or 'no keyword'} or [calibration.bands] {header.band})",
+                zero_point,
+            ),
             ("an exposure time (the profile's exposure_time keyword)", header.exposure_time),
-        ) if value is None
+        )
+        if value is None
     ]
     if missing:
-        raise InputError("no_calibration", f"{where}: the point-source input (preprocessing version 2) needs "
-                                           f"{' and '.join(missing)}")
+        raise InputError(
+            "no_calibration", f"{where}: the point-source input (preprocessing version 2) needs {' and '.join(missing)}"
+        )
     return FrameCalibration(zero_point, header.exposure_time, fwhm, settings.moffat_beta, where)

@@ -243,8 +243,7 @@ def load_checkpoint(
     elif is_state_dict(content):
         if stage is None or architecture is None:
             raise ConfigurationError(
-                f"{path} is a plain state dict without density-db metadata: "
-                "pass its architecture (--arch) and stage"
+                f"{path} is a plain state dict without density-db metadata: pass its architecture (--arch) and stage"
             )
         state_dict, metadata = content, {**label_metadata(), "checkpoint_format": "plain state dict"}
     else:
@@ -256,8 +255,12 @@ def load_checkpoint(
         raise ConfigurationError(f"{path} does not fit a {stage} {architecture}: {problems}")
     model.load_state_dict(state_dict)
     return LoadedModel(
-        model=model.eval(), stage=stage, architecture=architecture, metadata=metadata,
-        sha256=file_sha256(path), path=path,
+        model=model.eval(),
+        stage=stage,
+        architecture=architecture,
+        metadata=metadata,
+        sha256=file_sha256(path),
+        path=path,
     )
 
 

@@ -97,12 +97,20 @@ class Cluster:
             from distributed import Client, LocalCluster
 
             self._environment = dict(os.environ)
-            with dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": value
-                                  for name, value in WORKER_MALLOC_ENVIRONMENT.items()}):
+            with dask.config.set(
+                {
+                    f"distributed.nanny.pre-spawn-environ.{name}": value
+                    for name, value in WORKER_MALLOC_ENVIRONMENT.items()
+                }
+            ):
                 self._local_cluster = LocalCluster(
-                    n_workers=self.workers, threads_per_worker=1, processes=True, silence_logs=logging.ERROR,
+                    n_workers=self.workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    silence_logs=logging.ERROR,
                     # No dashboard; the scheduler's small HTTP server takes any free port, not 8787.
-                    dashboard_address=None, scheduler_kwargs={"dashboard_address": ":0"},
+                    dashboard_address=None,
+                    scheduler_kwargs={"dashboard_address": ":0"},
                 )
             self._client = Client(self._local_cluster)
         return self._client

@@ -27,8 +27,14 @@ from density_db.labels import recorded_label_rule
 from density_db.simulate.dataset import DESCRIPTION_NAME, SAMPLES_NAME
 
 # What a model learns from: datasets that differ in any of these cannot be read as one.
-INPUT_KEYS = ("input_size", "preprocessing_version", "class_lower_edges", "bright_magnitude_limit", "image_shape",
-              "pixel_scale_arcsec")
+INPUT_KEYS = (
+    "input_size",
+    "preprocessing_version",
+    "class_lower_edges",
+    "bright_magnitude_limit",
+    "image_shape",
+    "pixel_scale_arcsec",
+)
 
 
 class SimulatedDataset(Dataset):
@@ -58,8 +64,14 @@ class SimulatedDataset(Dataset):
         ``preprocessing_version``'s channels.
     """
 
-    def __init__(self, directories: Path | Sequence[Path], *, target: str | None = None,
-                 indices: np.ndarray | None = None, preprocessing_version: int | None = None) -> None:
+    def __init__(
+        self,
+        directories: Path | Sequence[Path],
+        *,
+        target: str | None = None,
+        indices: np.ndarray | None = None,
+        preprocessing_version: int | None = None,
+    ) -> None:
         paths = [directories] if isinstance(directories, (str, Path)) else list(directories)
         if not paths:
             raise ConfigurationError("no dataset directory given")
@@ -81,7 +93,7 @@ class SimulatedDataset(Dataset):
         stored = int(self.descriptions[0].get("preprocessing_version", PAPER_PREPROCESSING_VERSION))
         self.preprocessing_version = stored if preprocessing_version is None else preprocessing_version
         wanted, held = CHANNELS.get(self.preprocessing_version), CHANNELS[stored]
-        if wanted is None or held[:len(wanted)] != wanted:
+        if wanted is None or held[: len(wanted)] != wanted:
             raise ConfigurationError(
                 f"{self.directories[0]} holds preprocessing version {stored} samples ({', '.join(held)}), which do "
                 f"not contain version {self.preprocessing_version}'s channels: make a dataset with "
@@ -138,7 +150,7 @@ class SimulatedDataset(Dataset):
     def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = self.samples[int(self.indices[item])]
         shard = self._shard(int(row["dataset"]), int(row["shard"]))
-        tensor = torch.from_numpy(np.asarray(shard[int(row["offset"]), :self._channels], dtype=np.float32))
+        tensor = torch.from_numpy(np.asarray(shard[int(row["offset"]), : self._channels], dtype=np.float32))
         if self.target == "density_class":
             return tensor, torch.tensor(int(row["density_class"]), dtype=torch.int64)
         return tensor, torch.tensor(float(row["log_bright"]), dtype=torch.float32)

@@ -61,9 +61,7 @@ RELATIVE_TOLERANCE = 0.2
 SPLITS = ("test", "all")
 
 
-def classification_report(
-    true_class: np.ndarray, probabilities: np.ndarray, star_count: np.ndarray
-) -> dict[str, Any]:
+def classification_report(true_class: np.ndarray, probabilities: np.ndarray, star_count: np.ndarray) -> dict[str, Any]:
     """Classification metrics of softmax outputs against the true classes.
 
     Parameters
@@ -114,9 +112,7 @@ def classification_report(
     }
 
 
-def regression_report(
-    true_log: np.ndarray, predicted_log: np.ndarray, true_class: np.ndarray
-) -> dict[str, Any]:
+def regression_report(true_log: np.ndarray, predicted_log: np.ndarray, true_class: np.ndarray) -> dict[str, Any]:
     """Regression metrics in dex on ``log10(1 + N_bright)``, overall and by true density class.
 
     Parameters
@@ -143,8 +139,10 @@ def regression_report(
     predicted_log = np.asarray(predicted_log, dtype=np.float64).reshape(-1)
     true_class = np.asarray(true_class).reshape(-1)
     if not len(true_log) == len(predicted_log) == len(true_class):
-        raise ValueError(f"true_log, predicted_log and true_class differ in length: "
-                         f"{len(true_log)}, {len(predicted_log)}, {len(true_class)}")
+        raise ValueError(
+            f"true_log, predicted_log and true_class differ in length: "
+            f"{len(true_log)}, {len(predicted_log)}, {len(true_class)}"
+        )
     if not (np.all(np.isfinite(true_log)) and np.all(np.isfinite(predicted_log))):
         raise ValueError("true_log and predicted_log must be finite")
     _check_classes(true_class, "true_class")
@@ -269,8 +267,9 @@ def predict_samples(
             f"the classifier takes preprocessing version {classifier.preprocessing_version} inputs and the "
             f"regressor version {regressor.preprocessing_version}: the two stages must read the same input"
         )
-    everything = SimulatedDataset(data_dirs, target="density_class",
-                                  preprocessing_version=classifier.preprocessing_version)
+    everything = SimulatedDataset(
+        data_dirs, target="density_class", preprocessing_version=classifier.preprocessing_version
+    )
     _check_label_rule(classifier, everything)
     samples = everything.samples
     directories = tuple(str(directory) for directory in everything.directories)
@@ -281,9 +280,12 @@ def predict_samples(
         indices = split_indices(len(samples), split_seed)[2]
         trained_on = classifier.metadata.get("data_manifest_sha256")
         if trained_on is not None and trained_on != manifest_sha256:
-            logger.warning("the classifier was trained on other data than %s (another manifest): the test split "
-                           "of these samples is held out only if it never saw them; --split all evaluates a "
-                           "dataset kept apart for testing", named)
+            logger.warning(
+                "the classifier was trained on other data than %s (another manifest): the test split "
+                "of these samples is held out only if it never saw them; --split all evaluates a "
+                "dataset kept apart for testing",
+                named,
+            )
     else:
         split_seed, indices = None, np.arange(len(samples))
     if len(indices) == 0:
@@ -328,9 +330,7 @@ def _check_label_rule(classifier: LoadedModel, dataset) -> None:
         )
 
 
-def summarise(
-    samples: EvaluationSamples, classifier: LoadedModel, regressor: LoadedModel | None
-) -> dict[str, Any]:
+def summarise(samples: EvaluationSamples, classifier: LoadedModel, regressor: LoadedModel | None) -> dict[str, Any]:
     """The JSON-compatible report of evaluated samples.
 
     Returns
@@ -350,7 +350,8 @@ def summarise(
     mask = samples.regression_mask
     regression = (
         regression_report(samples.true_log[mask], samples.predicted_log[mask], samples.true_class[mask])
-        if samples.regressed else None
+        if samples.regressed
+        else None
     )
     return {
         "data": {"directories": list(samples.data_dirs), "manifest_sha256": samples.data_manifest_sha256},
@@ -361,8 +362,10 @@ def summarise(
         "regression": regression,
         "gating": {status: int(np.sum(samples.status == status)) for status in ("empty", "bypassed", "predicted")},
         "by_band": scores_by_band(samples),
-        "models": {"classifier": _model_summary(classifier),
-                   "regressor": _model_summary(regressor) if regressor is not None else None},
+        "models": {
+            "classifier": _model_summary(classifier),
+            "regressor": _model_summary(regressor) if regressor is not None else None,
+        },
         "labels": {**label_metadata(classifier.preprocessing_version), "label_rule": samples.label_rule},
     }
 
@@ -390,13 +393,18 @@ def scores_by_band(samples: EvaluationSamples) -> list[dict[str, Any]]:
             samples.true_class[chosen], samples.probabilities[chosen], samples.star_count[chosen]
         )
         regressed = chosen & samples.regression_mask
-        rows.append({
-            "band": band,
-            "samples": int(np.count_nonzero(chosen)),
-            **{key: classification[key] for key in ("accuracy", "accuracy_within_one_class", "macro_f1")},
-            "regression": (_regression_scores(samples.true_log[regressed], samples.predicted_log[regressed])
-                           if samples.regressed else None),
-        })
+        rows.append(
+            {
+                "band": band,
+                "samples": int(np.count_nonzero(chosen)),
+                **{key: classification[key] for key in ("accuracy", "accuracy_within_one_class", "macro_f1")},
+                "regression": (
+                    _regression_scores(samples.true_log[regressed], samples.predicted_log[regressed])
+                    if samples.regressed
+                    else None
+                ),
+            }
+        )
     return rows
 
 
@@ -442,8 +450,7 @@ def _checked_classification(
     if len(true_class) == 0:
         raise ValueError("no samples to evaluate")
     if probabilities.shape != (len(true_class), N_CLASSES):
-        raise ValueError(f"probabilities must have shape ({len(true_class)}, {N_CLASSES}), "
-                         f"got {probabilities.shape}")
+        raise ValueError(f"probabilities must have shape ({len(true_class)}, {N_CLASSES}), got {probabilities.shape}")
     if len(star_count) != len(true_class):
         raise ValueError(f"star_count has {len(star_count)} values for {len(true_class)} samples")
     if not np.all(np.isfinite(probabilities)) or np.any(probabilities < 0):
@@ -455,8 +462,9 @@ def _checked_classification(
 
 
 def _check_classes(classes: np.ndarray, name: str) -> None:
-    if len(classes) and (not np.issubdtype(classes.dtype, np.integer) or classes.min() < 0
-                         or classes.max() >= N_CLASSES):
+    if len(classes) and (
+        not np.issubdtype(classes.dtype, np.integer) or classes.min() < 0 or classes.max() >= N_CLASSES
+    ):
         raise ValueError(f"{name} must hold integer classes 0-{N_CLASSES - 1}, got {np.unique(classes)}")
 
 
@@ -472,8 +480,15 @@ def _class_range(index: int) -> str:
 def _class_scores(confusion: np.ndarray, index: int) -> dict[str, Any]:
     true_positive = int(confusion[index, index])
     support, predicted = int(confusion[index].sum()), int(confusion[:, index].sum())
-    row = {"class": index, "range": _class_range(index), "support": support, "predicted": predicted,
-           "precision": None, "recall": None, "f1": None}
+    row = {
+        "class": index,
+        "range": _class_range(index),
+        "support": support,
+        "predicted": predicted,
+        "precision": None,
+        "recall": None,
+        "f1": None,
+    }
     if support == 0:
         return row
     precision = true_positive / predicted if predicted else 0.0
@@ -494,8 +509,15 @@ def _calibration(confidence: np.ndarray, correct: np.ndarray) -> tuple[float, li
         accuracy = float(correct[members].mean()) if count else None
         if count:
             expected_error += count / len(confidence) * abs(accuracy - mean_confidence)
-        bins.append({"lower": float(edges[index]), "upper": float(edges[index + 1]), "count": count,
-                     "mean_confidence": mean_confidence, "accuracy": accuracy})
+        bins.append(
+            {
+                "lower": float(edges[index]),
+                "upper": float(edges[index + 1]),
+                "count": count,
+                "mean_confidence": mean_confidence,
+                "accuracy": accuracy,
+            }
+        )
     return float(expected_error), bins
 
 
@@ -506,13 +528,22 @@ def _error_rate_by_edge_distance(star_count: np.ndarray, correct: np.ndarray) ->
     groups = [("N = 0", None, None, empty)]
     for lower, upper in zip(EDGE_DISTANCE_BINS[:-1], EDGE_DISTANCE_BINS[1:]):
         label = f">{lower:g} dex" if np.isinf(upper) else f"{lower:g}-{upper:g} dex"
-        groups.append((label, lower, None if np.isinf(upper) else upper,
-                       ~empty & (distance >= lower) & (distance < upper)))
+        groups.append(
+            (label, lower, None if np.isinf(upper) else upper, ~empty & (distance >= lower) & (distance < upper))
+        )
     rows = []
     for label, lower, upper, members in groups:
         count, errors = int(members.sum()), int((~correct[members]).sum())
-        rows.append({"label": label, "lower_dex": lower, "upper_dex": upper, "count": count, "errors": errors,
-                     "error_rate": errors / count if count else None})
+        rows.append(
+            {
+                "label": label,
+                "lower_dex": lower,
+                "upper_dex": upper,
+                "count": count,
+                "errors": errors,
+                "error_rate": errors / count if count else None,
+            }
+        )
     return rows
 
 
@@ -536,9 +567,15 @@ def _regression_scores(true_log: np.ndarray, predicted_log: np.ndarray) -> dict[
 
 
 def _model_summary(model: LoadedModel) -> dict[str, Any]:
-    return {"name": Path(model.path).name, "path": str(model.path), "stage": model.stage,
-            "architecture": model.architecture, "sha256": model.sha256,
-            "split_seed": model.metadata.get("split_seed"), "label_rule": recorded_label_rule(model.metadata)}
+    return {
+        "name": Path(model.path).name,
+        "path": str(model.path),
+        "stage": model.stage,
+        "architecture": model.architecture,
+        "sha256": model.sha256,
+        "split_seed": model.metadata.get("split_seed"),
+        "label_rule": recorded_label_rule(model.metadata),
+    }
 
 
 def _device(name: str):

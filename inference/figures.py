@@ -46,8 +46,15 @@ def plot_confusion_matrix(confusion: Sequence[Sequence[int]], class_ranges: Sequ
     image = axes.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
     figure.colorbar(image, ax=axes, label="fraction of the true class")
     for (row, column), count in np.ndenumerate(counts):
-        axes.text(column, row, str(count), ha="center", va="center",
-                  color="white" if fractions[row, column] > 0.5 else "black", fontsize=9)
+        axes.text(
+            column,
+            row,
+            str(count),
+            ha="center",
+            va="center",
+            color="white" if fractions[row, column] > 0.5 else "black",
+            fontsize=9,
+        )
     labels = [f"{index}: {text}" for index, text in enumerate(class_ranges)]
     axes.set_xticks(range(len(labels)), labels, fontsize=8, rotation=30, ha="right")
     axes.set_yticks(range(len(labels)), labels, fontsize=8)
@@ -75,8 +82,15 @@ def plot_reliability(bins: Sequence[dict[str, Any]], expected_calibration_error:
     accuracy = np.array([np.nan if row["accuracy"] is None else row["accuracy"] for row in bins])
     figure = _figure((6.0, 6.4))
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
-    top.bar(lower, np.nan_to_num(accuracy), width=upper - lower, align="edge", edgecolor="navy",
-            color="cornflowerblue", label="accuracy in bin")
+    top.bar(
+        lower,
+        np.nan_to_num(accuracy),
+        width=upper - lower,
+        align="edge",
+        edgecolor="navy",
+        color="cornflowerblue",
+        label="accuracy in bin",
+    )
     top.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
@@ -119,9 +133,7 @@ def plot_error_rate_by_edge_distance(rows: Sequence[dict[str, Any]], path: str |
     return _save(figure, path)
 
 
-def plot_regression(
-    true_log: np.ndarray, predicted_log: np.ndarray, true_class: np.ndarray, path: str | Path
-) -> Path:
+def plot_regression(true_log: np.ndarray, predicted_log: np.ndarray, true_class: np.ndarray, path: str | Path) -> Path:
     """Predicted against true ``log10(1 + N_bright)``, coloured by true class, with the 1:1 and +-20 % lines.
 
     Parameters
@@ -150,8 +162,14 @@ def plot_regression(
     for index in range(N_CLASSES):
         members = true_class == index
         if members.any():
-            axes.scatter(true_log[members], predicted_log[members], s=12, alpha=0.7, color=colours[index],
-                         label=f"true class {index}")
+            axes.scatter(
+                true_log[members],
+                predicted_log[members],
+                s=12,
+                alpha=0.7,
+                color=colours[index],
+                label=f"true class {index}",
+            )
     axes.set_xlim(lower, upper)
     axes.set_ylim(lower, upper)
     axes.set_aspect("equal")
@@ -172,18 +190,22 @@ def write_figures(samples: EvaluationSamples, report: dict[str, Any], out_dir: s
     classification = report["classification"]
     written = {
         "confusion_matrix": plot_confusion_matrix(
-            classification["confusion_matrix"], [row["range"] for row in classification["per_class"]],
-            out_dir / "confusion_matrix.png"),
+            classification["confusion_matrix"],
+            [row["range"] for row in classification["per_class"]],
+            out_dir / "confusion_matrix.png",
+        ),
         "reliability": plot_reliability(
-            classification["reliability"], classification["expected_calibration_error"],
-            out_dir / "reliability.png"),
+            classification["reliability"], classification["expected_calibration_error"], out_dir / "reliability.png"
+        ),
         "error_rate_by_edge_distance": plot_error_rate_by_edge_distance(
-            classification["error_rate_by_edge_distance"], out_dir / "error_rate_by_edge_distance.png"),
+            classification["error_rate_by_edge_distance"], out_dir / "error_rate_by_edge_distance.png"
+        ),
     }
     if report.get("regression") is not None:
         mask = samples.regression_mask
         written["regression"] = plot_regression(
-            samples.true_log[mask], samples.predicted_log[mask], samples.true_class[mask], out_dir / "regression.png")
+            samples.true_log[mask], samples.predicted_log[mask], samples.true_class[mask], out_dir / "regression.png"
+        )
     return written
 
 

@@ -32,14 +32,14 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from density_db.database import Database
-from density_db.instrument import InstrumentProfile
-from density_db.registration import RegisteredFrame, RegistrationCounts, register_batches
-from density_db.planning.flag_runs import FlagRules, flag_rules_in_force
-from density_db.planning.flags import FlagThresholds
-from density_db.results import InferenceFailure, ResultRow, write_results
-from density_db.runs import ActiveRun
 from density_db.inference.cluster import Cluster
 from density_db.inference.runner import FrameTask, ModelSpec, ShardOutcome, process_shard
+from density_db.instrument import InstrumentProfile
+from density_db.planning.flag_runs import FlagRules, flag_rules_in_force
+from density_db.planning.flags import FlagThresholds
+from density_db.registration import RegisteredFrame, RegistrationCounts, register_batches
+from density_db.results import InferenceFailure, ResultRow, write_results
+from density_db.runs import ActiveRun
 
 logger = logging.getLogger(__name__)
 
@@ -163,13 +163,29 @@ def run_ingest(
     """
     counts = counts if counts is not None else IngestCounts()
     flag_rules = options.flag_rules or flag_rules_in_force(database)
-    writer = _ResultWriter(database, counts, classifier_id=classifier_id, regressor_id=regressor_id,
-                           run=run, options=options, flag_thresholds=flag_rules.thresholds)
+    writer = _ResultWriter(
+        database,
+        counts,
+        classifier_id=classifier_id,
+        regressor_id=regressor_id,
+        run=run,
+        options=options,
+        flag_thresholds=flag_rules.thresholds,
+    )
     report = progress or (lambda _counts: None)
-    discovery = _Discovery(lambda: _pending_shards(
-        database, paths, profile, counts, spec_ids=(classifier_id, regressor_id), run=run, options=options,
-        report=report,
-    ), capacity=options.max_in_flight)
+    discovery = _Discovery(
+        lambda: _pending_shards(
+            database,
+            paths,
+            profile,
+            counts,
+            spec_ids=(classifier_id, regressor_id),
+            run=run,
+            options=options,
+            report=report,
+        ),
+        capacity=options.max_in_flight,
+    )
     dispatcher = _Dispatcher(cluster, spec, run_id=run.id)
     try:
         while True:
@@ -200,8 +216,11 @@ def _store_what_was_computed(writer: _ResultWriter) -> None:
     try:
         writer.flush()
     except Exception as error:  # noqa: BLE001 - the original error is the one to report
-        logger.warning("could not store the last %d answers (%s); the next run recomputes them",
-                       len(writer.results) + len(writer.failures), error)
+        logger.warning(
+            "could not store the last %d answers (%s); the next run recomputes them",
+            len(writer.results) + len(writer.failures),
+            error,
+        )
 
 
 def _pending_shards(
@@ -217,8 +236,15 @@ def _pending_shards(
 ) -> Iterator[list[FrameTask]]:
     """Register the inputs batch by batch and yield shards of the frames that still need a result."""
     shard: list[FrameTask] = []
-    batches = register_batches(database, paths, profile, counts.registration, run_id=run.id,
-                               batch_size=options.register_batch, progress=lambda _r: report(counts))
+    batches = register_batches(
+        database,
+        paths,
+        profile,
+        counts.registration,
+        run_id=run.id,
+        batch_size=options.register_batch,
+        progress=lambda _r: report(counts),
+    )
     for batch in batches:
         todo = {f.frame_id for f in batch} if options.rerun else _without_result(database, batch, *spec_ids)
         counts.already_done += len(batch) - len(todo)
@@ -237,14 +263,16 @@ def _without_result(
 ) -> set[int]:
     """The frames of ``batch`` that have no result for this model pair."""
     with database.engine.connect() as connection:
-        return set(connection.execute(
-            sa.text(
-                "SELECT f.id FROM unnest(CAST(:ids AS bigint[])) AS f(id) WHERE NOT EXISTS ("
-                " SELECT 1 FROM density_result r WHERE r.frame_id = f.id"
-                " AND r.classifier_id = :classifier AND r.regressor_id = :regressor)"
-            ),
-            {"ids": [f.frame_id for f in batch], "classifier": classifier_id, "regressor": regressor_id},
-        ).scalars())
+        return set(
+            connection.execute(
+                sa.text(
+                    "SELECT f.id FROM unnest(CAST(:ids AS bigint[])) AS f(id) WHERE NOT EXISTS ("
+                    " SELECT 1 FROM density_result r WHERE r.frame_id = f.id"
+                    " AND r.classifier_id = :classifier AND r.regressor_id = :regressor)"
+                ),
+                {"ids": [f.frame_id for f in batch], "classifier": classifier_id, "regressor": regressor_id},
+            ).scalars()
+        )
 
 
 class _Discovery:
@@ -330,8 +358,12 @@ class _Dispatcher:
 
     def submit(self, shard: list[FrameTask]) -> None:
         future = self.cluster.client.submit(
-            process_shard, shard, self.spec, key=f"density-db-run{self.run_id}-shard{next(self._serial)}",
-            retries=_TASK_RETRIES, pure=False,
+            process_shard,
+            shard,
+            self.spec,
+            key=f"density-db-run{self.run_id}-shard{next(self._serial)}",
+            retries=_TASK_RETRIES,
+            pure=False,
         )
         self.in_flight[future] = shard
 
@@ -356,8 +388,9 @@ class _Dispatcher:
                 outcomes.append(future.result())
             except KilledWorker:
                 if len(shard) > 1:
-                    logger.warning("a shard of %d frames killed its workers; retrying its frames one by one",
-                                   len(shard))
+                    logger.warning(
+                        "a shard of %d frames killed its workers; retrying its frames one by one", len(shard)
+                    )
                     for task in shard:
                         self.submit([task])
                 else:
@@ -374,7 +407,10 @@ class _Dispatcher:
 
 def _worker_died(task: FrameTask) -> InferenceFailure:
     return InferenceFailure(
-        task.frame_id, task.path, task.hdu_index, "worker_died",
+        task.frame_id,
+        task.path,
+        task.hdu_index,
+        "worker_died",
         "every worker that processed this image died (killed, out of memory, or crashed in a library)",
     )
 
@@ -382,8 +418,17 @@ def _worker_died(task: FrameTask) -> InferenceFailure:
 class _ResultWriter:
     """Buffers outcomes and writes them in batches, by size and at least every few seconds."""
 
-    def __init__(self, database: Database, counts: IngestCounts, *, classifier_id: int, regressor_id: int,
-                 run: ActiveRun, options: IngestOptions, flag_thresholds: FlagThresholds) -> None:
+    def __init__(
+        self,
+        database: Database,
+        counts: IngestCounts,
+        *,
+        classifier_id: int,
+        regressor_id: int,
+        run: ActiveRun,
+        options: IngestOptions,
+        flag_thresholds: FlagThresholds,
+    ) -> None:
         self.database = database
         self.flag_thresholds = flag_thresholds
         self.counts = counts
@@ -411,8 +456,15 @@ class _ResultWriter:
     def flush(self) -> None:
         if self.results or self.failures:
             self.run.keep_alive()
-            write_results(self.database, self.results, self.failures, classifier_id=self.classifier_id,
-                          regressor_id=self.regressor_id, run_id=self.run.id,
-                          flag_thresholds=self.flag_thresholds, replace=self.options.rerun)
+            write_results(
+                self.database,
+                self.results,
+                self.failures,
+                classifier_id=self.classifier_id,
+                regressor_id=self.regressor_id,
+                run_id=self.run.id,
+                flag_thresholds=self.flag_thresholds,
+                replace=self.options.rerun,
+            )
             self.results, self.failures = [], []
         self.last_flush = time.monotonic()

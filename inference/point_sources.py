@@ -95,8 +95,9 @@ class Calibration:
 
     def __post_init__(self) -> None:
         if not (self.exposure_seconds > 0 and 0.5 <= self.fwhm_px <= 30 and math.isfinite(self.zero_point)):
-            raise ValueError(f"a calibration needs a positive exposure time, a FWHM of 0.5-30 px and a finite "
-                             f"zero point, got {self}")
+            raise ValueError(
+                f"a calibration needs a positive exposure time, a FWHM of 0.5-30 px and a finite zero point, got {self}"
+            )
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,11 @@ class _Filters:
         kappa = _filtered_centre(star, narrow)
         bright_flux = calibration.exposure_seconds * 10 ** (-0.4 * (BRIGHT_MAGNITUDE_LIMIT - calibration.zero_point))
         return cls(
-            narrow=narrow, wide=wide, threshold=DETECTION_SNR * float(np.sum(narrow**2)),
-            star_ratio=kappa / _filtered_centre(star, wide), bright_flux_factor=kappa * bright_flux,
+            narrow=narrow,
+            wide=wide,
+            threshold=DETECTION_SNR * float(np.sum(narrow**2)),
+            star_ratio=kappa / _filtered_centre(star, wide),
+            bright_flux_factor=kappa * bright_flux,
         )
 
 
@@ -150,7 +154,7 @@ def _gaussian(sigma: float, radius: int) -> np.ndarray:
 def _filtered_centre(stamp: np.ndarray, kernel: np.ndarray) -> float:
     """The separable filter's response at the centre of an odd square stamp."""
     centre, reach = stamp.shape[0] // 2, kernel.size // 2
-    window = stamp[centre - reach:centre + reach + 1, centre - reach:centre + reach + 1]
+    window = stamp[centre - reach : centre + reach + 1, centre - reach : centre + reach + 1]
     return float(kernel @ window @ kernel)
 
 
@@ -193,8 +197,13 @@ class PointSourceCounts:
 
 
 def count_point_sources(
-    image: np.ndarray, quality: np.ndarray | None, grid: CellGrid, calibration: Calibration, *,
-    saturated_bits: int = 0, background: Background | None = None,
+    image: np.ndarray,
+    quality: np.ndarray | None,
+    grid: CellGrid,
+    calibration: Calibration,
+    *,
+    saturated_bits: int = 0,
+    background: Background | None = None,
     on_block: Callable[[slice, slice, np.ndarray, np.ndarray], None] | None = None,
 ) -> PointSourceCounts:
     """Count point-like and bright sources per pooling cell, streaming row blocks on the CPU.
@@ -232,36 +241,55 @@ def count_point_sources(
         block = np.asarray(image[start:stop], dtype=np.float32)
         block_quality = None if quality is None else _native(np.asarray(quality[start:stop]))
         values, valid = _background_subtracted(
-            block, block_quality if block_quality is not None else _NO_QUALITY, block_quality is not None,
+            block,
+            block_quality if block_quality is not None else _NO_QUALITY,
+            block_quality is not None,
             background.level,
         )
         if on_block is not None:
             own = slice(rows.start - start, rows.stop - start)
             on_block(rows, cells, block[own], ~valid[own])
         _count_block(
-            values, valid, rows.start - start, rows.stop - start, start, ny, filters.narrow, filters.wide,
-            filters.threshold * background.noise, SHARPNESS_RANGE[0] * filters.star_ratio,
-            SHARPNESS_RANGE[1] * filters.star_ratio, filters.bright_flux_factor, row_cell, column_cell,
-            point_like, bright,
+            values,
+            valid,
+            rows.start - start,
+            rows.stop - start,
+            start,
+            ny,
+            filters.narrow,
+            filters.wide,
+            filters.threshold * background.noise,
+            SHARPNESS_RANGE[0] * filters.star_ratio,
+            SHARPNESS_RANGE[1] * filters.star_ratio,
+            filters.bright_flux_factor,
+            row_cell,
+            column_cell,
+            point_like,
+            bright,
         )
         if saturated_bits and block_quality is not None and block_quality.any():
             # the 2 x 2 windows whose top-left pixel lies in this block's rows (the first block's also from the
             # row above the image): the rows, the next one, and a row of zeros above the image
             window_stop = min(rows.stop + 1, ny) - start
-            saturated = (block_quality[rows.start - start:window_stop] & saturated_bits) != 0
+            saturated = (block_quality[rows.start - start : window_stop] & saturated_bits) != 0
             if not saturated.any():  # masked for other reasons only (bad columns, patches): no blob here
                 continue
             window_rows = rows.stop - rows.start
             if rows.start == 0:
                 saturated = np.concatenate([np.zeros((1, nx), dtype=bool), saturated])
                 window_rows += 1
-            _add_euler(saturated, window_rows, rows.start - (rows.start == 0), row_cell, column_cell, point_like,
-                       bright)
+            _add_euler(
+                saturated, window_rows, rows.start - (rows.start == 0), row_cell, column_cell, point_like, bright
+            )
     return PointSourceCounts(point_like, bright)
 
 
 def count_point_sources_tensor(
-    image: torch.Tensor, quality: torch.Tensor | None, grid: CellGrid, calibration: Calibration, *,
+    image: torch.Tensor,
+    quality: torch.Tensor | None,
+    grid: CellGrid,
+    calibration: Calibration,
+    *,
     saturated_bits: int = 0,
 ) -> PointSourceCounts:
     """:func:`count_point_sources` on a torch device (e.g. CUDA): ``conv2d`` and ``max_pool2d``, float64.
@@ -278,8 +306,9 @@ def count_point_sources_tensor(
     valid = torch.isfinite(image)
     if quality is not None:
         valid &= quality == 0
-    values = torch.where(valid, image.to(torch.float64) - background.level, torch.zeros((), dtype=torch.float64,
-                                                                                         device=device))
+    values = torch.where(
+        valid, image.to(torch.float64) - background.level, torch.zeros((), dtype=torch.float64, device=device)
+    )
 
     def separable(kernel: np.ndarray):
         weights = torch.from_numpy(kernel).to(device)
@@ -293,7 +322,7 @@ def count_point_sources_tensor(
     invalid = pad((~valid).to(torch.float32)[None, None], (reach,) * 4, value=1.0)
     touched = max_pool2d(invalid, 2 * reach + 1, stride=1)[0, 0] > 0
     interior = torch.zeros((ny, nx), dtype=torch.bool, device=device)
-    interior[reach:ny - reach, reach:nx - reach] = True
+    interior[reach : ny - reach, reach : nx - reach] = True
     peaks = (filtered >= filters.threshold * background.noise) & (filtered >= neighbours) & ~touched & interior
     rows, columns = torch.nonzero(peaks, as_tuple=True)
     value = filtered[rows, columns]
@@ -305,8 +334,12 @@ def count_point_sources_tensor(
     column_cell = torch.from_numpy(grid.columns.segment_of_pixel(nx)).to(device)[columns]
     flat = row_cell * grid.cell_shape[1] + column_cell
     cells = grid.cell_shape[0] * grid.cell_shape[1]
-    counts = [torch.zeros(cells, dtype=torch.float64, device=device).index_add_(0, flat[mask], torch.ones_like(
-        flat[mask], dtype=torch.float64)) for mask in (point_like, brighter)]
+    counts = [
+        torch.zeros(cells, dtype=torch.float64, device=device).index_add_(
+            0, flat[mask], torch.ones_like(flat[mask], dtype=torch.float64)
+        )
+        for mask in (point_like, brighter)
+    ]
     if saturated_bits and quality is not None:
         euler = _euler_windows((quality & saturated_bits) != 0)
         euler_rows = torch.from_numpy(grid.rows.segment_of_pixel(ny)[np.r_[0, 0:ny]]).to(device)
@@ -356,8 +389,22 @@ def _background_subtracted(block, quality, has_quality, level):
 
 @numba.njit(cache=True, nogil=True)
 def _count_block(
-    values, valid, first, stop, offset, height, narrow, wide, threshold, sharp_low, sharp_high, bright_flux,
-    row_cell, column_cell, point_like, bright,
+    values,
+    valid,
+    first,
+    stop,
+    offset,
+    height,
+    narrow,
+    wide,
+    threshold,
+    sharp_low,
+    sharp_high,
+    bright_flux,
+    row_cell,
+    column_cell,
+    point_like,
+    bright,
 ):
     """Peaks in rows ``first`` to ``stop`` of a block (with its halo) added to the cell counts.
 
@@ -373,7 +420,7 @@ def _count_block(
     padded = np.zeros(width + 2 * reach)
     along = np.zeros((bottom - top, width))
     for row in range(top, bottom):
-        padded[reach:reach + width] = values[row]
+        padded[reach : reach + width] = values[row]
         out = along[row - top]
         for tap in range(narrow.size):
             weight = narrow[tap]

@@ -90,8 +90,10 @@ class TwoStagePredictor:
         memory_format = torch.channels_last if self._on_cuda else torch.contiguous_format
         self.channels = input_channels(classifier)
         if input_channels(regressor) not in (None, self.channels):
-            raise ValueError(f"the classifier takes {self.channels} input channels and the regressor "
-                             f"{input_channels(regressor)}: the two stages must share one preprocessing version")
+            raise ValueError(
+                f"the classifier takes {self.channels} input channels and the regressor "
+                f"{input_channels(regressor)}: the two stages must share one preprocessing version"
+            )
         self.classifier = classifier.to(self.device, memory_format=memory_format).eval()
         self.regressor = regressor.to(self.device, memory_format=memory_format).eval()
         if self._mixed_precision:
@@ -131,8 +133,9 @@ class TwoStagePredictor:
         inputs = torch.as_tensor(batch)
         expected = (self.channels, INPUT_SIZE, INPUT_SIZE)
         if inputs.ndim != 4 or (self.channels is not None and tuple(inputs.shape[1:]) != expected):
-            raise ValueError(f"expected a batch of shape (n, {', '.join(map(str, expected))}), "
-                             f"got {tuple(inputs.shape)}")
+            raise ValueError(
+                f"expected a batch of shape (n, {', '.join(map(str, expected))}), got {tuple(inputs.shape)}"
+            )
         return inputs.to(self.device, dtype=torch.float32, non_blocking=True)
 
     def _layout(self, inputs: torch.Tensor) -> torch.Tensor:

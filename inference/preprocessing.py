@@ -63,9 +63,15 @@ CHANNELS = {
 paper's; version 2 adds, per pooling bin, the point-like sources and those brighter than the regression's
 limit (:mod:`density_db.inference.point_sources`).  A change to the tensor an image gives is a new version."""
 
+
 def preprocess(
-    image: np.ndarray, quality: np.ndarray | None = None, *, size: int = INPUT_SIZE, version: int = 1,
-    calibration: Calibration | None = None, saturated_bits: int = 0,
+    image: np.ndarray,
+    quality: np.ndarray | None = None,
+    *,
+    size: int = INPUT_SIZE,
+    version: int = 1,
+    calibration: Calibration | None = None,
+    saturated_bits: int = 0,
 ) -> tuple[np.ndarray, PixelStatistics]:
     """The model input for one detector image, on the CPU.
 
@@ -105,8 +111,9 @@ def preprocess(
     sums = _CentredCellSums(grid, background.level)
     counts = None
     if version == 2:  # one streaming pass makes both: the point sources and the paper's sums
-        counts = count_point_sources(image, quality, grid, calibration, saturated_bits=saturated_bits,
-                                     background=background, on_block=sums.add)
+        counts = count_point_sources(
+            image, quality, grid, calibration, saturated_bits=saturated_bits, background=background, on_block=sums.add
+        )
     else:
         for rows, cells in grid.row_blocks():
             block = image[rows]
@@ -147,8 +154,9 @@ class _CentredCellSums:
         columns = np.flatnonzero(invalid.any(axis=0))
         if columns.size:
             np.copyto(centred, np.float32(0), where=invalid)
-            self.invalid_counts[cells] += self.grid.cell_sums_of_columns(invalid[:, columns].view(np.uint8), rows,
-                                                                         columns)
+            self.invalid_counts[cells] += self.grid.cell_sums_of_columns(
+                invalid[:, columns].view(np.uint8), rows, columns
+            )
         self.squares += float(np.square(centred).sum(dtype=np.float64))
         self.centred[cells] = self.grid.cell_sums(centred, rows, row_dtype=np.float32)
 
@@ -180,8 +188,13 @@ def model_input(
 
 
 def preprocess_tensor(
-    image: torch.Tensor, quality: torch.Tensor | None = None, *, size: int = INPUT_SIZE, version: int = 1,
-    calibration: Calibration | None = None, saturated_bits: int = 0,
+    image: torch.Tensor,
+    quality: torch.Tensor | None = None,
+    *,
+    size: int = INPUT_SIZE,
+    version: int = 1,
+    calibration: Calibration | None = None,
+    saturated_bits: int = 0,
 ) -> tuple[torch.Tensor, PixelStatistics]:
     """The model input for one detector image already on a torch device (e.g. CUDA).
 

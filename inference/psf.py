@@ -52,8 +52,9 @@ _PHASES = (np.arange(5) - 2) / 5.0  # where in its pixel a star falls, in fifths
 _LOCUS = math.log(1.05)
 
 
-def measure_fwhm(image, quality=None, *, moffat_beta: float | None = None,
-                 background: Background | None = None) -> float | None:
+def measure_fwhm(
+    image, quality=None, *, moffat_beta: float | None = None, background: Background | None = None
+) -> float | None:
     """The PSF FWHM of ``image`` in pixels, or ``None`` when it has too few bright isolated point sources.
 
     Parameters
@@ -68,10 +69,10 @@ def measure_fwhm(image, quality=None, *, moffat_beta: float | None = None,
     background = background or Background.of_image(image, quality)
     ny, nx = image.shape
     top, left = max(0, (ny - WINDOW) // 2), max(0, (nx - WINDOW) // 2)
-    window = np.asarray(image[top:top + WINDOW, left:left + WINDOW], dtype=np.float64) - background.level
+    window = np.asarray(image[top : top + WINDOW, left : left + WINDOW], dtype=np.float64) - background.level
     valid = np.isfinite(window)
     if quality is not None:
-        valid &= np.asarray(quality[top:top + WINDOW, left:left + WINDOW]) == 0
+        valid &= np.asarray(quality[top : top + WINDOW, left : left + WINDOW]) == 0
     window[~valid] = 0.0
     fwhm = _locus(window, valid, 3, MIN_SNR * background.noise, moffat_beta)
     if fwhm is not None and fwhm > 4.0:  # the 7-pixel box cuts the wings: measure again in a wider one
@@ -88,7 +89,7 @@ def _locus(window: np.ndarray, valid: np.ndarray, half: int, threshold: float, b
     # the densest +-5 % window is the stellar locus; its centre's +-10 % give the answer
     in_window = np.searchsorted(log_widths, log_widths + 2 * _LOCUS, side="right") - np.arange(log_widths.size)
     start = int(np.argmax(in_window))
-    centre = float(np.median(log_widths[start:start + in_window[start]]))
+    centre = float(np.median(log_widths[start : start + in_window[start]]))
     return float(np.exp(np.median(log_widths[np.abs(log_widths - centre) <= 2 * _LOCUS])))
 
 

@@ -58,8 +58,15 @@ class FrameTask:
             calibration, error = frame_calibration(header, profile.calibration), None
         except InputError as problem:
             calibration, error = None, str(problem)
-        return cls(frame_id, header.path, header.hdu_index, header.dq_hdu_index, calibration, error,
-                   profile.calibration.saturated_bits)
+        return cls(
+            frame_id,
+            header.path,
+            header.hdu_index,
+            header.dq_hdu_index,
+            calibration,
+            error,
+            profile.calibration.saturated_bits,
+        )
 
 
 @dataclass(frozen=True)
@@ -138,19 +145,21 @@ def process_shard(tasks: list[FrameTask], spec: ModelSpec) -> ShardOutcome:
     predictions = predictor.predict(torch.stack(inputs))
     infer_seconds = (time.perf_counter() - started) / len(inputs)
     for (task, valid_fraction, read_seconds, preprocess_seconds), prediction in zip(prepared, predictions):
-        outcome.results.append(ResultRow(
-            frame_id=task.frame_id,
-            probabilities=prediction.probabilities,
-            density_class=prediction.density_class,
-            class_confidence=prediction.confidence,
-            log_bright=prediction.log_bright,
-            bright_count=prediction.bright_count,
-            regression_status=prediction.regression_status,
-            valid_fraction=valid_fraction,
-            read_seconds=read_seconds,
-            preprocess_seconds=preprocess_seconds,
-            infer_seconds=infer_seconds,
-        ))
+        outcome.results.append(
+            ResultRow(
+                frame_id=task.frame_id,
+                probabilities=prediction.probabilities,
+                density_class=prediction.density_class,
+                class_confidence=prediction.confidence,
+                log_bright=prediction.log_bright,
+                bright_count=prediction.bright_count,
+                regression_status=prediction.regression_status,
+                valid_fraction=valid_fraction,
+                read_seconds=read_seconds,
+                preprocess_seconds=preprocess_seconds,
+                infer_seconds=infer_seconds,
+            )
+        )
     return outcome
 
 
@@ -228,8 +237,9 @@ def _reduce(task: FrameTask, device, version: int):
     read_seconds = time.perf_counter() - started
     started = time.perf_counter()
     calibration = task.calibration.for_pixels(image, quality) if version == 2 else None
-    tensor, statistics = reduce_pixels(image, quality, device, version=version, calibration=calibration,
-                                       saturated_bits=task.saturated_bits)
+    tensor, statistics = reduce_pixels(
+        image, quality, device, version=version, calibration=calibration, saturated_bits=task.saturated_bits
+    )
     return tensor, statistics.valid_fraction, read_seconds, time.perf_counter() - started
 
 
@@ -254,8 +264,13 @@ def read_pixels(task: FrameTask) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def reduce_pixels(
-    image: np.ndarray, quality: np.ndarray | None, device, *, version: int = 1,
-    calibration=None, saturated_bits: int = 0,
+    image: np.ndarray,
+    quality: np.ndarray | None,
+    device,
+    *,
+    version: int = 1,
+    calibration=None,
+    saturated_bits: int = 0,
 ):
     """The model input of ``version`` (a torch tensor on ``device``) and pixel statistics of one image.
 
@@ -268,8 +283,11 @@ def reduce_pixels(
     options = {"version": version, "calibration": calibration, "saturated_bits": saturated_bits}
     if device.type == "cuda":
         image_on_device = torch.from_numpy(np.asarray(image, dtype=np.float32)).to(device, non_blocking=True)
-        quality_on_device = (torch.from_numpy(np.asarray(quality, dtype=np.int32)).to(device, non_blocking=True)
-                             if quality is not None else None)
+        quality_on_device = (
+            torch.from_numpy(np.asarray(quality, dtype=np.int32)).to(device, non_blocking=True)
+            if quality is not None
+            else None
+        )
         return preprocess_tensor(image_on_device, quality_on_device, **options)
     array, statistics = preprocess(image, quality, **options)
     return torch.from_numpy(array), statistics

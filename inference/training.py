@@ -43,7 +43,11 @@ from torch.utils.data import DataLoader
 
 from density_db.errors import ConfigurationError, TrainingDivergedError
 from density_db.inference.architectures import (
-    build_model, check_architecture, input_channels, load_imagenet_weights, state_dict_mismatches,
+    build_model,
+    check_architecture,
+    input_channels,
+    load_imagenet_weights,
+    state_dict_mismatches,
 )
 from density_db.inference.augmentation import COPIES, Augmented
 from density_db.inference.checkpoints import load_checkpoint, save_checkpoint
@@ -160,9 +164,13 @@ class TrainingConfig:
         check_architecture(self.stage, self.architecture)
         if self.pretrained_weights and self.backbone_checkpoint:
             raise ConfigurationError("give ImageNet weights or a backbone checkpoint to start from, not both")
-        positive = {"batch_size": self.batch_size, "learning_rate": self.learning_rate,
-                    "augment_copies": self.augment_copies, "patience": self.patience,
-                    "gradient_clip_norm": self.gradient_clip_norm}
+        positive = {
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "augment_copies": self.augment_copies,
+            "patience": self.patience,
+            "gradient_clip_norm": self.gradient_clip_norm,
+        }
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigurationError(f"{name} must be positive, got {value!r}")
@@ -173,7 +181,8 @@ class TrainingConfig:
             )
         if self.epochs is not None and self.epochs < (3 if self.stage == "regressor" else 1):
             raise ConfigurationError(
-                f"epochs must be at least {3 if self.stage == 'regressor' else 1} for the {self.stage}, got {self.epochs}"
+                f"epochs must be at least {3 if self.stage == 'regressor' else 1} for the {self.stage}, "
+                f"got {self.epochs}"
             )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigurationError(f"device must be auto, cpu or cuda, got {self.device!r}")
@@ -211,8 +220,9 @@ class TrainingResult:
 class RegressionLoss(nn.Module):
     """``a*MSE + b*MAE + c*mean(clamp(((pred - y) / (y + eps))**2, max=clamp))`` (paper Sec. 3.2.2)."""
 
-    def __init__(self, weights: tuple[float, float, float] = (1.0, 1.0, 0.1), *, clamp: float = 10.0,
-                 eps: float = 1e-3) -> None:
+    def __init__(
+        self, weights: tuple[float, float, float] = (1.0, 1.0, 0.1), *, clamp: float = 10.0, eps: float = 1e-3
+    ) -> None:
         super().__init__()
         self.weights, self.clamp, self.eps = tuple(weights), clamp, eps
 
@@ -237,7 +247,7 @@ def split_indices(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
         raise ConfigurationError(f"a dataset needs at least 3 samples to split 8:1:1, this one has {n}")
     order = np.random.default_rng(seed).permutation(n)
     held_out = max(1, round(n / 10))
-    return np.sort(order[2 * held_out:]), np.sort(order[:held_out]), np.sort(order[held_out:2 * held_out])
+    return np.sort(order[2 * held_out :]), np.sort(order[:held_out]), np.sort(order[held_out : 2 * held_out])
 
 
 def regressor_stage_epochs(config: TrainingConfig) -> tuple[int, int, int]:
@@ -268,6 +278,7 @@ def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter
     """
     names = [name for name, _ in model.named_parameters()]
     if hasattr(model, "fc") and hasattr(model, "layer4"):
+
         def group(name: str) -> str:
             return "head" if name.startswith("fc.") else "layer4" if name.startswith("layer4.") else "backbone"
     elif isinstance(model, nn.Sequential):
@@ -365,8 +376,9 @@ def train_one_epoch(
     return total / max(count, 1)
 
 
-def evaluate_loss(model: nn.Module, criterion: nn.Module, loader: Iterable, device: torch.device, *,
-                  amp: bool = False) -> float:
+def evaluate_loss(
+    model: nn.Module, criterion: nn.Module, loader: Iterable, device: torch.device, *, amp: bool = False
+) -> float:
     """Mean loss per sample of ``model`` (in eval mode, no gradients) over ``loader``."""
     model.eval()
     total, count = 0.0, 0
@@ -431,8 +443,11 @@ def train(
     if config.backbone_checkpoint:
         load_backbone(model, config.backbone_checkpoint, architecture=config.architecture)
     model.to(device)
-    criterion = (nn.CrossEntropyLoss() if config.stage == "classifier"
-                 else RegressionLoss(config.loss_weights, clamp=config.relative_clamp))
+    criterion = (
+        nn.CrossEntropyLoss()
+        if config.stage == "classifier"
+        else RegressionLoss(config.loss_weights, clamp=config.relative_clamp)
+    )
     validation_loader = DataLoader(validation_set, batch_size=config.batch_size, num_workers=config.workers)
     state_file = state_file_of(out_path)
     run = _RunState()
@@ -443,11 +458,19 @@ def train(
         run = _RunState(**saved["run"])
 
     def metadata() -> dict[str, Any]:
-        return {"trained_on": TRAINED_ON, "data_manifest_sha256": manifest_sha256, "label_rule": test_set.label_rule,
-                "preprocessing_version": version, "training_domain": test_set.training_domain.as_metadata(),
-                "split_seed": config.split_seed,
-                "split_sizes": split_sizes, "epochs_run": len(run.train_losses), "best_epoch": run.best_epoch,
-                "best_validation_loss": run.best_validation_loss, "config": config.as_dict()}
+        return {
+            "trained_on": TRAINED_ON,
+            "data_manifest_sha256": manifest_sha256,
+            "label_rule": test_set.label_rule,
+            "preprocessing_version": version,
+            "training_domain": test_set.training_domain.as_metadata(),
+            "split_seed": config.split_seed,
+            "split_sizes": split_sizes,
+            "epochs_run": len(run.train_losses),
+            "best_epoch": run.best_epoch,
+            "best_validation_loss": run.best_validation_loss,
+            "config": config.as_dict(),
+        }
 
     optimizer = scheduler = None
     phase = None
@@ -467,13 +490,25 @@ def train(
         torch.manual_seed(config.seed * 100_003 + epoch)  # dropout draws: a resumed run repeats them
         train_set.set_epoch(epoch)
         loader = DataLoader(
-            train_set, batch_size=config.batch_size, shuffle=True, num_workers=config.workers,
+            train_set,
+            batch_size=config.batch_size,
+            shuffle=True,
+            num_workers=config.workers,
             generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch),
             drop_last=len(train_set) > config.batch_size,  # BatchNorm cannot train on a last batch of one
             pin_memory=device.type == "cuda",
         )
-        train_loss = train_one_epoch(model, criterion, optimizer, loader, device, epoch=epoch,
-                                     gradient_clip_norm=config.gradient_clip_norm, amp=amp, progress=progress)
+        train_loss = train_one_epoch(
+            model,
+            criterion,
+            optimizer,
+            loader,
+            device,
+            epoch=epoch,
+            gradient_clip_norm=config.gradient_clip_norm,
+            amp=amp,
+            progress=progress,
+        )
         validation_loss = evaluate_loss(model, criterion, validation_loader, device, amp=amp)
         logger.info("epoch %d: training loss %.4g, validation loss %.4g", epoch, train_loss, validation_loss)
         scheduler.step(validation_loss)
@@ -482,12 +517,19 @@ def train(
         run.validation_losses.append(validation_loss)
         if validation_loss < run.best_validation_loss:
             run.best_validation_loss, run.best_epoch, run.stale_epochs = validation_loss, epoch, 0
-            save_checkpoint(out_path, model, stage=config.stage, architecture=config.architecture,
-                            metadata=metadata())
+            save_checkpoint(out_path, model, stage=config.stage, architecture=config.architecture, metadata=metadata())
         else:
             run.stale_epochs += 1
-        _write_state(state_file, model=model, optimizer=optimizer, scheduler=scheduler, phase=phase,
-                     run=run, config=config, manifest_sha256=manifest_sha256)
+        _write_state(
+            state_file,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            phase=phase,
+            run=run,
+            config=config,
+            manifest_sha256=manifest_sha256,
+        )
     else:
         run.stopped_early = config.stage == "classifier" and run.stale_epochs >= config.patience
     if run.best_epoch < 0:
@@ -496,21 +538,35 @@ def train(
         )
     # The best weights, with the summary of the whole run and their figures on the test split.
     best = load_checkpoint(out_path, stage=config.stage, architecture=config.architecture).model
-    evaluation = summarise_test_split(best.to(device), config.stage, test_set, device=device,
-                                      batch_size=config.batch_size)
-    sha256 = save_checkpoint(out_path, best, stage=config.stage, architecture=config.architecture,
-                             metadata={**metadata(), "evaluation": evaluation})
+    evaluation = summarise_test_split(
+        best.to(device), config.stage, test_set, device=device, batch_size=config.batch_size
+    )
+    sha256 = save_checkpoint(
+        out_path,
+        best,
+        stage=config.stage,
+        architecture=config.architecture,
+        metadata={**metadata(), "evaluation": evaluation},
+    )
     return TrainingResult(
-        checkpoint=out_path, sha256=sha256, state_file=state_file, device=str(device),
-        epochs_run=len(run.train_losses), best_epoch=run.best_epoch,
-        best_validation_loss=run.best_validation_loss, train_losses=tuple(run.train_losses),
-        validation_losses=tuple(run.validation_losses), stopped_early=run.stopped_early, split_sizes=split_sizes,
+        checkpoint=out_path,
+        sha256=sha256,
+        state_file=state_file,
+        device=str(device),
+        epochs_run=len(run.train_losses),
+        best_epoch=run.best_epoch,
+        best_validation_loss=run.best_validation_loss,
+        train_losses=tuple(run.train_losses),
+        validation_losses=tuple(run.validation_losses),
+        stopped_early=run.stopped_early,
+        split_sizes=split_sizes,
         evaluation=evaluation,
     )
 
 
-def summarise_test_split(model: nn.Module, stage: str, test_set: SimulatedDataset, *, device: torch.device,
-                         batch_size: int = 64) -> dict[str, Any]:
+def summarise_test_split(
+    model: nn.Module, stage: str, test_set: SimulatedDataset, *, device: torch.device, batch_size: int = 64
+) -> dict[str, Any]:
     """The headline figures of a trained stage on the test split, for its checkpoint's metadata.
 
     The classifier's are those of :func:`~density_db.inference.evaluation.classification_report`;
@@ -531,12 +587,14 @@ def summarise_test_split(model: nn.Module, stage: str, test_set: SimulatedDatase
     truth = test_set.samples[test_set.indices]
     true_class = np.asarray(truth["density_class"], dtype=np.int64)
     if stage == "classifier":
-        report = classification_report(true_class, torch.softmax(output, dim=1).numpy(),
-                                       test_set.class_counts[test_set.indices])
+        report = classification_report(
+            true_class, torch.softmax(output, dim=1).numpy(), test_set.class_counts[test_set.indices]
+        )
         keys = ("accuracy", "accuracy_within_one_class", "macro_f1", "brier_score", "expected_calibration_error")
     else:
-        report = regression_report(np.asarray(truth["log_bright"], dtype=np.float64),
-                                   output.reshape(-1).numpy(), true_class)["overall"]
+        report = regression_report(
+            np.asarray(truth["log_bright"], dtype=np.float64), output.reshape(-1).numpy(), true_class
+        )["overall"]
         keys = ("mae", "rmse", "r2", "within_20_percent")
     return {"split": "test", "samples": len(test_set), **{key: report[key] for key in keys}}
 
@@ -574,8 +632,9 @@ def _datasets(config: TrainingConfig, data_dirs) -> tuple[Augmented, SimulatedDa
                 "(density-db simulate dataset --task regress)"
             )
         if config.stage == "classifier" and task != "classify":
-            logger.warning("training the classifier on %s, a %s dataset: its density_class column is used",
-                           directory, task)
+            logger.warning(
+                "training the classifier on %s, a %s dataset: its density_class column is used", directory, task
+            )
     train_indices, validation_indices, test_indices = split_indices(len(everything), config.split_seed)
     train_set = Augmented(everything.subset(train_indices), copies=config.augment_copies, seed=config.seed)
     return train_set, everything.subset(validation_indices), everything.subset(test_indices)
@@ -592,19 +651,24 @@ def _optimizer(model: nn.Module, config: TrainingConfig, phase: int):
     else:
         multipliers = dict(zip(PARAMETER_GROUPS, config.lr_multipliers))
         groups = [
-            {"params": [parameter for _, parameter in members], "lr": config.learning_rate * multipliers[group],
-             "name": group}
+            {
+                "params": [parameter for _, parameter in members],
+                "lr": config.learning_rate * multipliers[group],
+                "name": group,
+            }
             for group, members in parameter_groups(model).items()
             if group in TRAINABLE_GROUPS[phase] and members
         ]
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=config.scheduler_factor, patience=config.scheduler_patience)
+        optimizer, mode="min", factor=config.scheduler_factor, patience=config.scheduler_patience
+    )
     return optimizer, scheduler
 
 
-def _write_state(path: Path, *, model, optimizer, scheduler, phase, run: _RunState, config: TrainingConfig,
-                 manifest_sha256: str) -> None:
+def _write_state(
+    path: Path, *, model, optimizer, scheduler, phase, run: _RunState, config: TrainingConfig, manifest_sha256: str
+) -> None:
     state = {
         "model": {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),

@@ -144,8 +144,12 @@ def tune(
             params = suggest_params(trial, config)
             checkpoint = work / f"trial-{trial.number}.pt"
             try:
-                result = train(dataclasses.replace(config, **params), data_dirs, checkpoint,
-                               progress=_offset(progress, index * config.total_epochs))
+                result = train(
+                    dataclasses.replace(config, **params),
+                    data_dirs,
+                    checkpoint,
+                    progress=_offset(progress, index * config.total_epochs),
+                )
             except TrainingDivergedError:
                 logger.warning("tuning trial %d diverged with %s", trial.number, params)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -176,23 +180,46 @@ def tune(
         number, params, loss, checkpoint = best
         loaded = load_checkpoint(checkpoint, stage=config.stage, architecture=config.architecture)
         tuning = {
-            "sampler": "optuna TPESampler", "sampler_seed": seed, "trials": trials, "completed_trials": len(completed),
-            "failed_trials": failed, "best_trial": number, "best_params": _plain(params),
+            "sampler": "optuna TPESampler",
+            "sampler_seed": seed,
+            "trials": trials,
+            "completed_trials": len(completed),
+            "failed_trials": failed,
+            "best_trial": number,
+            "best_params": _plain(params),
             "best_validation_loss": loss,
-            "search_space": {"learning_rate": list(LEARNING_RATE_RANGE),
-                             **({"layer4_multiplier": list(LAYER4_MULTIPLIER_RANGE),
-                                 "backbone_fraction_of_layer4": list(BACKBONE_FRACTION_RANGE)}
-                                if config.stage == "regressor" else {})},
+            "search_space": {
+                "learning_rate": list(LEARNING_RATE_RANGE),
+                **(
+                    {
+                        "layer4_multiplier": list(LAYER4_MULTIPLIER_RANGE),
+                        "backbone_fraction_of_layer4": list(BACKBONE_FRACTION_RANGE),
+                    }
+                    if config.stage == "regressor"
+                    else {}
+                ),
+            },
             "history": [{"params": _plain(p), "best_validation_loss": value} for p, value in completed],
         }
         final = work / "best.pt"
-        sha256 = save_checkpoint(final, loaded.model, stage=config.stage, architecture=config.architecture,
-                                 metadata={**loaded.metadata, "tuning": tuning})
+        sha256 = save_checkpoint(
+            final,
+            loaded.model,
+            stage=config.stage,
+            architecture=config.architecture,
+            metadata={**loaded.metadata, "tuning": tuning},
+        )
         os.replace(final, out_path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return TuningResult(best_params=params, best_validation_loss=loss, trials=tuple(completed),
-                        failed_trials=failed, checkpoint=out_path, sha256=sha256)
+    return TuningResult(
+        best_params=params,
+        best_validation_loss=loss,
+        trials=tuple(completed),
+        failed_trials=failed,
+        checkpoint=out_path,
+        sha256=sha256,
+    )
 
 
 def _plain(params: dict[str, Any]) -> dict[str, Any]:
@@ -207,5 +234,3 @@ def _offset(progress: Progress | None, epochs: int) -> Progress | None:
         progress(epoch + epochs, step, steps, loss, images_per_s)
 
     return shifted
-
-

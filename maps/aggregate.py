@@ -62,22 +62,31 @@ class Statistic:
 STATISTICS = (
     Statistic("class_max", "", "highest density class of the frames covering the pixel", "class"),
     Statistic(
-        "class_mode", "",
-        "density class with the largest summed covered fraction in the pixel (ties: the higher class)", "class",
+        "class_mode",
+        "",
+        "density class with the largest summed covered fraction in the pixel (ties: the higher class)",
+        "class",
     ),
     Statistic(
-        "class_histogram", "frames", "frames of each density class covering the pixel (fields class_0 ... class_5)",
-        "count", tuple(f"class_{index}" for index in range(DENSITY_CLASSES)),
+        "class_histogram",
+        "frames",
+        "frames of each density class covering the pixel (fields class_0 ... class_5)",
+        "count",
+        tuple(f"class_{index}" for index in range(DENSITY_CLASSES)),
     ),
     Statistic(
-        "bright_density_mean", "stars/deg2",
-        "bright stars per square degree (bright_count / valid area), mean weighted by covered fraction", "density",
+        "bright_density_mean",
+        "stars/deg2",
+        "bright stars per square degree (bright_count / valid area), mean weighted by covered fraction",
+        "density",
     ),
     Statistic("bright_density_min", "stars/deg2", "lowest bright-star density of the covering frames", "density"),
     Statistic("bright_density_max", "stars/deg2", "highest bright-star density of the covering frames", "density"),
     Statistic("bypassed_frames", "frames", "class-5 frames (no bright-star count) covering the pixel", "count"),
     Statistic(
-        "bypassed_fraction", "", "share of the pixel's summed covered fraction that comes from class-5 frames",
+        "bypassed_fraction",
+        "",
+        "share of the pixel's summed covered fraction that comes from class-5 frames",
         "fraction",
     ),
     Statistic(
@@ -85,14 +94,17 @@ STATISTICS = (
     ),
     Statistic("covered_fraction", "", "fraction of the pixel inside at least one frame", "fraction"),
     Statistic(
-        "flagged_fraction", "",
+        "flagged_fraction",
+        "",
         "share of the pixel's summed covered fraction that comes from flagged frames (flags != 0)",
         "fraction",
     ),
     Statistic(
-        "flag_fractions", "",
+        "flag_fractions",
+        "",
         "share of the pixel's summed covered fraction that comes from frames with each flag (a field per flag)",
-        "fraction", tuple(flag.name for flag in FLAGS),
+        "fraction",
+        tuple(flag.name for flag in FLAGS),
     ),
 )
 """Every statistic, in the order they are written."""
@@ -114,6 +126,7 @@ _COLUMNS = _FLAG_WEIGHT + len(FLAGS)
 
 _PREALLOCATE_BYTES = 2 << 30
 """Accumulators whose whole sky fits in this (up to nside 1024) reserve it at once instead of growing."""
+
 
 @dataclass(frozen=True)
 class FrameValues:
@@ -234,9 +247,14 @@ class MapAccumulator:
         if np.any(coverage.unmasked_fraction):
             self._keep_unmasked()
         cells = (
-            coverage.frame_index, coverage.pixel, coverage.fraction.astype(np.float32),
-            coverage.unmasked_fraction.astype(np.float32), coverage.subpixels, values.density_class.astype(np.int64),
-            values.bright_density.astype(np.float32), values.flags.astype(np.int64),
+            coverage.frame_index,
+            coverage.pixel,
+            coverage.fraction.astype(np.float32),
+            coverage.unmasked_fraction.astype(np.float32),
+            coverage.subpixels,
+            values.density_class.astype(np.int64),
+            values.bright_density.astype(np.float32),
+            values.flags.astype(np.int64),
         )
         start = 0
         while (start := _add_cells(*cells, start, self._unmasked, *self._layout())) < coverage.pixel.size:
@@ -254,8 +272,17 @@ class MapAccumulator:
         if other._keeps_unmasked:
             self._keep_unmasked()
         start = 0
-        while (start := _merge_slots(other._block_of_slot[: other._used[0]], other._sums, other._covered,
-                                     other._unmasked, self._unmasked, start, *self._layout())) < other._used[0]:
+        while (
+            start := _merge_slots(
+                other._block_of_slot[: other._used[0]],
+                other._sums,
+                other._covered,
+                other._unmasked,
+                self._unmasked,
+                start,
+                *self._layout(),
+            )
+        ) < other._used[0]:
             self._grow(self._used[0] + 1)
 
     def statistics(self) -> PixelStatistics:
@@ -280,9 +307,15 @@ class MapAccumulator:
         """A statistic not in :data:`_CELL_STATISTICS` on the accumulator ``rows`` (slot * block size + pixel)."""
         statistic = STATISTICS[STATISTIC_NAMES.index(name)]
         values = np.empty((rows.size, len(statistic.fields) or 1), dtype=statistic.dtype)
-        _statistic_values(STATISTIC_NAMES.index(name), self._sums.reshape(-1, _COLUMNS),
-                          self._covered.reshape(-1, self.sampling.words), self._unmasked.reshape(-1), rows,
-                          self._subpixels, values)
+        _statistic_values(
+            STATISTIC_NAMES.index(name),
+            self._sums.reshape(-1, _COLUMNS),
+            self._covered.reshape(-1, self.sampling.words),
+            self._unmasked.reshape(-1),
+            rows,
+            self._subpixels,
+            values,
+        )
         return values if statistic.fields else values[:, 0]
 
     def _grow(self, needed: int) -> None:
@@ -336,8 +369,22 @@ def _slot(block, slot_of_block, block_of_slot, used, sums) -> int:
 
 @numba.njit(cache=True, nogil=True)
 def _add_cells(
-    frame, pixel, fraction, unmasked_fraction, subpixels, density_class, bright_density, flags, start, unmasked,
-    shift, slot_of_block, block_of_slot, used, sums, covered,
+    frame,
+    pixel,
+    fraction,
+    unmasked_fraction,
+    subpixels,
+    density_class,
+    bright_density,
+    flags,
+    start,
+    unmasked,
+    shift,
+    slot_of_block,
+    block_of_slot,
+    used,
+    sums,
+    covered,
 ) -> int:
     """Add cells from ``start`` on; returns the cell it stopped at (all cells, or one needing a new slot).
 
@@ -372,7 +419,16 @@ def _add_cells(
 
 @numba.njit(cache=True, nogil=True)
 def _add_union(
-    union_pixel, union_bits, word_shift, start, shift, slot_of_block, block_of_slot, used, sums, covered,
+    union_pixel,
+    union_bits,
+    word_shift,
+    start,
+    shift,
+    slot_of_block,
+    block_of_slot,
+    used,
+    sums,
+    covered,
 ) -> int:
     """OR the union rows from ``start`` on into the pixels' mask words; returns the row it stopped at.
 
@@ -391,8 +447,18 @@ def _add_union(
 
 @numba.njit(cache=True, nogil=True)
 def _merge_slots(
-    their_blocks, their_sums, their_covered, their_unmasked, unmasked, start,
-    shift, slot_of_block, block_of_slot, used, sums, covered,
+    their_blocks,
+    their_sums,
+    their_covered,
+    their_unmasked,
+    unmasked,
+    start,
+    shift,
+    slot_of_block,
+    block_of_slot,
+    used,
+    sums,
+    covered,
 ) -> int:
     """Add another accumulator's slots from ``start`` on; returns the slot it stopped at (as :func:`_add_cells`)."""
     for theirs in range(start, their_blocks.size):
@@ -433,9 +499,20 @@ def _covered_rows(slots, sums):
 
 
 _CELL_STATISTICS = tuple(
-    statistic for statistic in STATISTICS
-    if statistic.name in ("class_max", "class_mode", "bright_density_mean", "bright_density_min",
-                          "bright_density_max", "bypassed_frames", "bypassed_fraction", "frames", "flagged_fraction")
+    statistic
+    for statistic in STATISTICS
+    if statistic.name
+    in (
+        "class_max",
+        "class_mode",
+        "bright_density_mean",
+        "bright_density_min",
+        "bright_density_max",
+        "bypassed_frames",
+        "bypassed_fraction",
+        "frames",
+        "flagged_fraction",
+    )
 )
 """One-value statistics made from the sums, in the order :func:`_cell_statistic_values` fills them."""
 _CELL_STATISTIC_NAMES = frozenset(statistic.name for statistic in _CELL_STATISTICS)
@@ -447,8 +524,17 @@ _CLASS_HISTOGRAM, _COVERED_FRACTION, _FLAG_FRACTIONS = (
 
 @numba.njit(cache=True, nogil=True)
 def _cell_statistic_values(
-    sums, rows, class_max, class_mode, density_mean, density_min, density_max, bypassed_frames, bypassed_fraction,
-    frames, flagged_fraction,
+    sums,
+    rows,
+    class_max,
+    class_mode,
+    density_mean,
+    density_min,
+    density_max,
+    bypassed_frames,
+    bypassed_fraction,
+    frames,
+    flagged_fraction,
 ):
     """Every statistic of :data:`_CELL_STATISTICS` of the pixels at ``rows`` of the sums (``(pixels, _COLUMNS)``).
 

@@ -281,8 +281,12 @@ def build_maps(
     selection = source.resolve_region(database, settings.selection)
     census = source.census(database, selection)
     sampling = plan_sampling(settings.order, settings.oversampling_levels, census)
-    logger.info("footprints sampled from order %d down, %d sub-pixels a frame; their union kept at order %d",
-                settings.order + settings.oversampling_levels, sampling.min_centres, sampling.mask_order)
+    logger.info(
+        "footprints sampled from order %d down, %d sub-pixels a frame; their union kept at order %d",
+        settings.order + settings.oversampling_levels,
+        sampling.min_centres,
+        sampling.mask_order,
+    )
     run = "latest" if selection.run_id is None else str(selection.run_id)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     writer = _Writer(settings, run)
@@ -381,9 +385,7 @@ class _Placement:
             self.sampling_orders[order] = self.sampling_orders.get(order, 0) + count
 
 
-def _accumulate(
-    stream: source.FrameStream, accumulator: MapAccumulator, advance: Callable[[int], None]
-) -> _Placement:
+def _accumulate(stream: source.FrameStream, accumulator: MapAccumulator, advance: Callable[[int], None]) -> _Placement:
     """Add one band's stream to its accumulator; return where its frames went and the model pairs seen.
 
     A two-stage pipeline: a thread rasterises the next chunk while this one's
@@ -421,9 +423,13 @@ def _report_unplaced(database: Database, band: str, frame_ids: list[int]) -> tup
     names = tuple(source.frame_names(database, frame_ids))
     shown = "; ".join(str(name) for name in names[:NAMED_FRAMES])
     more = f"; and {len(names) - NAMED_FRAMES} more (the manifest names them all)" if len(names) > NAMED_FRAMES else ""
-    logger.warning("band %s: %d frames without four usable WCS corners cannot be placed and are left out "
-                   "of the maps: %s%s",
-                   band, len(frame_ids), shown, more)
+    logger.warning(
+        "band %s: %d frames without four usable WCS corners cannot be placed and are left out of the maps: %s%s",
+        band,
+        len(frame_ids),
+        shown,
+        more,
+    )
     return names
 
 
@@ -440,8 +446,12 @@ def frame_values(chunk: FrameChunk) -> FrameValues:
 
 
 def _summary(
-    band: str, placement: _Placement, without_result: int, unplaced: tuple[FrameName, ...],
-    statistics: PixelStatistics, settings: MapSettings,
+    band: str,
+    placement: _Placement,
+    without_result: int,
+    unplaced: tuple[FrameName, ...],
+    statistics: PixelStatistics,
+    settings: MapSettings,
 ) -> BandSummary:
     return BandSummary(
         band=band,
@@ -456,9 +466,7 @@ def _summary(
     )
 
 
-def _all_bands_summary(
-    bands: list[BandSummary], statistics: PixelStatistics, settings: MapSettings
-) -> BandSummary:
+def _all_bands_summary(bands: list[BandSummary], statistics: PixelStatistics, settings: MapSettings) -> BandSummary:
     orders: dict[int, int] = {}
     for band in bands:
         for order, frames in band.sampling_orders.items():
@@ -477,8 +485,9 @@ def _all_bands_summary(
 
 
 def _covered_area_deg2(statistics: PixelStatistics, settings: MapSettings) -> float:
-    return float(statistics["covered_fraction"].sum(dtype=np.float64) * healpy.nside2pixarea(settings.nside,
-                                                                                              degrees=True))
+    return float(
+        statistics["covered_fraction"].sum(dtype=np.float64) * healpy.nside2pixarea(settings.nside, degrees=True)
+    )
 
 
 def _manifest(summary: BuildSummary, settings: MapSettings) -> dict:
@@ -496,8 +505,9 @@ def _manifest(summary: BuildSummary, settings: MapSettings) -> dict:
         "run": summary.run,
         "models": list(summary.models),
         "region": None if selection.region is None else selection.region.spec,
-        "statistics": {statistic.name: {"unit": statistic.unit, "description": statistic.description}
-                       for statistic in STATISTICS},
+        "statistics": {
+            statistic.name: {"unit": statistic.unit, "description": statistic.description} for statistic in STATISTICS
+        },
         "bands": [asdict(band) for band in summary.bands],
         "files": [path.name for path in summary.files],
     }
@@ -553,8 +563,11 @@ class _Writer:
         stem = settings.out_dir / map_stem(provenance.band, statistic.name, settings.nside)
         files = []
         if "hsp" in settings.formats:
-            files.append(write_healsparse(stem.with_suffix(".hsp"), statistic, pixels, values, provenance,
-                                          compress=settings.compress))
+            files.append(
+                write_healsparse(
+                    stem.with_suffix(".hsp"), statistic, pixels, values, provenance, compress=settings.compress
+                )
+            )
         if "fits" in settings.formats:
             files.append(write_healpix_fits(stem.with_suffix(".fits"), statistic, pixels, values, provenance))
         if settings.png:

@@ -48,7 +48,8 @@ def plot_map(
     nside = provenance.nside
     panels = (
         [(name, values[:, index]) for index, name in enumerate(statistic.fields)]
-        if statistic.fields else [("", values)]
+        if statistic.fields
+        else [("", values)]
     )
     zoom = _zoom_window(nside, pixels)
     columns = 2 if zoom is not None else 1
@@ -66,12 +67,15 @@ def plot_map(
         if zoom is not None:
             centre_ra, centre_dec, radius = zoom
             projector = healpy.projector.GnomonicProj(
-                rot=(centre_ra, centre_dec, 0.0), xsize=ZOOM_WIDTH, reso=2.2 * radius * 60.0 / ZOOM_WIDTH,
+                rot=(centre_ra, centre_dec, 0.0),
+                xsize=ZOOM_WIDTH,
+                reso=2.2 * radius * 60.0 / ZOOM_WIDTH,
             )
             zoomed = figure.add_subplot(len(panels), columns, row * columns + 2)
             image = _draw(zoomed, projector, sky, nside, statistic, norm_range)
-            zoomed.set_title(f"{label} zoom on RA {centre_ra:.2f}, Dec {centre_dec:+.2f} deg (gnomonic)".lstrip(" "),
-                             fontsize=9)
+            zoomed.set_title(
+                f"{label} zoom on RA {centre_ra:.2f}, Dec {centre_dec:+.2f} deg (gnomonic)".lstrip(" "), fontsize=9
+            )
             _colour_bar(figure, zoomed, image, statistic)
     figure.savefig(path, dpi=DPI)
     return path
@@ -83,10 +87,24 @@ def _draw(axes, projector, sky: np.ndarray, nside: int, statistic: Statistic, no
     unseen = healpy.mask_bad(image) & ~outside
     extent = projector.get_extent()
     # Pixels no frame covers in light grey, the outside of the outline left blank.
-    axes.imshow(np.where(unseen, 0.85, np.nan), cmap="gray", vmin=0.0, vmax=1.0, extent=extent, origin="lower",
-                interpolation="nearest")
-    shown = axes.imshow(np.ma.masked_where(unseen | outside, image), cmap=_colour_map(statistic),
-                        vmin=norm_range[0], vmax=norm_range[1], extent=extent, origin="lower", interpolation="nearest")
+    axes.imshow(
+        np.where(unseen, 0.85, np.nan),
+        cmap="gray",
+        vmin=0.0,
+        vmax=1.0,
+        extent=extent,
+        origin="lower",
+        interpolation="nearest",
+    )
+    shown = axes.imshow(
+        np.ma.masked_where(unseen | outside, image),
+        cmap=_colour_map(statistic),
+        vmin=norm_range[0],
+        vmax=norm_range[1],
+        extent=extent,
+        origin="lower",
+        interpolation="nearest",
+    )
     axes.set_axis_off()
     return shown
 

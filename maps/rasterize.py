@@ -123,11 +123,13 @@ class Sampling:
         if not 0 <= self.order <= MAX_ORDER:
             raise ValueError(f"order must be between 0 and {MAX_ORDER}, got {self.order}")
         if self.min_levels < 0 or self.order + self.min_levels > MAX_ORDER:
-            raise ValueError(f"order + min_levels must be between {self.order} and {MAX_ORDER}, "
-                             f"got {self.order + self.min_levels}")
+            raise ValueError(
+                f"order + min_levels must be between {self.order} and {MAX_ORDER}, got {self.order + self.min_levels}"
+            )
         if not self.order + self.min_levels <= self.mask_order <= MAX_ORDER:
-            raise ValueError(f"mask_order must be between {self.order + self.min_levels} and {MAX_ORDER}, "
-                             f"got {self.mask_order}")
+            raise ValueError(
+                f"mask_order must be between {self.order + self.min_levels} and {MAX_ORDER}, got {self.mask_order}"
+            )
         if self.min_centres < 1:
             raise ValueError(f"min_centres must be positive, got {self.min_centres}")
 
@@ -311,8 +313,9 @@ def footprint_coverage(corner_ra: np.ndarray, corner_dec: np.ndarray, sampling: 
     groups = []
     for order in np.unique(orders[drawable]).tolist():
         members = np.flatnonzero(drawable & (orders == order))
-        frame, row_pixel, bits, fraction = _rasterised(polygons.take(members), order, row_order, mask_order,
-                                                        sampling.order)
+        frame, row_pixel, bits, fraction = _rasterised(
+            polygons.take(members), order, row_order, mask_order, sampling.order
+        )
         groups.append((members[frame], row_pixel, bits, fraction))
     frame, row_pixel, bits, fraction = (
         np.concatenate(columns) if groups else np.zeros(0, dtype=dtype)
@@ -329,11 +332,19 @@ def footprint_coverage(corner_ra: np.ndarray, corner_dec: np.ndarray, sampling: 
         union_pixel, union_bits = row_pixel[kept], bits[kept].astype(mask_dtype)
     unmasked = np.where(orders[cell_frame] > mask_order, cell_fraction, 0.0)
     cell_frame, cell_pixel, cell_fraction, unmasked, subpixels, placed_by_area = _with_centres(
-        polygons, area, sampling.order, cell_frame, cell_pixel, cell_fraction, unmasked, subpixels)
+        polygons, area, sampling.order, cell_frame, cell_pixel, cell_fraction, unmasked, subpixels
+    )
     return Coverage(
-        frame_index=cell_frame, pixel=cell_pixel, fraction=cell_fraction, unmasked_fraction=unmasked,
-        subpixels=subpixels, union_pixel=union_pixel, union_bits=union_bits,
-        sampling_order=orders, placed_by_area=placed_by_area, sampling=sampling,
+        frame_index=cell_frame,
+        pixel=cell_pixel,
+        fraction=cell_fraction,
+        unmasked_fraction=unmasked,
+        subpixels=subpixels,
+        union_pixel=union_pixel,
+        union_bits=union_bits,
+        sampling_order=orders,
+        placed_by_area=placed_by_area,
+        sampling=sampling,
     )
 
 
@@ -342,17 +353,35 @@ def _rasterised(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Rows of :func:`_rasterise`: frame, pixel of ``row_order``, bits at ``mask_order``, fraction of a pixel."""
     if polygons.normals.shape[0] == 0:
-        return (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64),
-                np.zeros(0, dtype=np.float64))
-    arguments = (order, row_order, mask_order, output_order, polygons.normals, polygons.centre_z,
-                 polygons.centre_sin_theta, polygons.centre_phi, polygons.cos_radius, polygons.edges)
+        return (
+            np.zeros(0, dtype=np.int64),
+            np.zeros(0, dtype=np.int64),
+            np.zeros(0, dtype=np.uint64),
+            np.zeros(0, dtype=np.float64),
+        )
+    arguments = (
+        order,
+        row_order,
+        mask_order,
+        output_order,
+        polygons.normals,
+        polygons.centre_z,
+        polygons.centre_sin_theta,
+        polygons.centre_phi,
+        polygons.cos_radius,
+        polygons.edges,
+    )
     # Room for the rows the frames' areas promise, with a margin; a second pass if that was short.
     rows_each = polygons.area_deg2 / pixel_area_deg2(max(order, row_order)) * 4.0 ** max(row_order - order, 0)
     rows_each /= 4.0 ** max(order - row_order, 0)
     capacity = int(np.sum(1.1 * rows_each + 8 * np.sqrt(rows_each) + 16))
     while True:
-        rows = (np.empty(capacity, dtype=np.int64), np.empty(capacity, dtype=np.int64),
-                np.empty(capacity, dtype=np.uint64), np.empty(capacity, dtype=np.float64))
+        rows = (
+            np.empty(capacity, dtype=np.int64),
+            np.empty(capacity, dtype=np.int64),
+            np.empty(capacity, dtype=np.uint64),
+            np.empty(capacity, dtype=np.float64),
+        )
         count = _rasterise(*arguments, *rows)
         if count <= capacity:
             return tuple(column[:count] for column in rows)
@@ -371,8 +400,14 @@ def _cells(
 
 
 def _with_centres(
-    polygons: _Polygons, area: np.ndarray, order: int, frame: np.ndarray, pixel: np.ndarray,
-    fraction: np.ndarray, unmasked: np.ndarray, subpixels: np.ndarray,
+    polygons: _Polygons,
+    area: np.ndarray,
+    order: int,
+    frame: np.ndarray,
+    pixel: np.ndarray,
+    fraction: np.ndarray,
+    unmasked: np.ndarray,
+    subpixels: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The cells, with a cell added where a frame has none in the output pixel holding its centre.
 
@@ -389,9 +424,14 @@ def _with_centres(
     if missing.size == 0:
         return frame, pixel, fraction, unmasked, subpixels, placed_by_area
     added = np.where(placed_by_area[missing], np.minimum(area[missing] / pixel_area_deg2(order), 1.0), 0.0)
-    return (np.concatenate([frame, missing]), np.concatenate([pixel, centre_pixel[missing]]),
-            np.concatenate([fraction, added]), np.concatenate([unmasked, added]),
-            np.concatenate([subpixels, np.zeros(missing.size, dtype=subpixels.dtype)]), placed_by_area)
+    return (
+        np.concatenate([frame, missing]),
+        np.concatenate([pixel, centre_pixel[missing]]),
+        np.concatenate([fraction, added]),
+        np.concatenate([unmasked, added]),
+        np.concatenate([subpixels, np.zeros(missing.size, dtype=subpixels.dtype)]),
+        placed_by_area,
+    )
 
 
 def _checked_corners(corner_ra: np.ndarray, corner_dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -552,8 +592,20 @@ def _ring_coordinate(z: float, nside: int) -> float:
 
 @numba.njit(cache=True, nogil=True)
 def _rasterise(
-    order, row_order, mask_order, output_order, normals, centre_z, centre_sin_theta, centre_phi, cos_radius, edges,
-    frame_out, pixel_out, mask_out, fraction_out,
+    order,
+    row_order,
+    mask_order,
+    output_order,
+    normals,
+    centre_z,
+    centre_sin_theta,
+    centre_phi,
+    cos_radius,
+    edges,
+    frame_out,
+    pixel_out,
+    mask_out,
+    fraction_out,
 ):
     """Pixel centres of ``order`` inside each frame, ring by ring, as rows of pixels of ``row_order``.
 
@@ -680,8 +732,11 @@ def _rasterise(
                         point_x, point_y = sin_theta * np.cos(phi), sin_theta * np.sin(phi)
                         inside = True
                         for k in range(4):
-                            if (normals[frame, k, 0] * point_x + normals[frame, k, 1] * point_y
-                                    + normals[frame, k, 2] * z) < 0.0:
+                            if (
+                                normals[frame, k, 0] * point_x
+                                + normals[frame, k, 1] * point_y
+                                + normals[frame, k, 2] * z
+                            ) < 0.0:
                                 inside = False
                         if not inside:
                             continue

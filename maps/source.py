@@ -48,12 +48,18 @@ _ROW_DTYPE = np.dtype(
     [("field_count", ">i2"), ("frame_id_size", ">i4"), ("frame_id", ">i8")]
     + [item for index in range(8) for item in ((f"corner_{index}_size", ">i4"), (f"corner_{index}", ">f8"))]
     + [
-        ("density_class_size", ">i4"), ("density_class", ">i2"),
-        ("bright_count_size", ">i4"), ("bright_count", ">f8"),
-        ("valid_fraction_size", ">i4"), ("valid_fraction", ">f8"),
-        ("flags_size", ">i4"), ("flags", ">i8"),
-        ("classifier_id_size", ">i4"), ("classifier_id", ">i8"),
-        ("regressor_id_size", ">i4"), ("regressor_id", ">i8"),
+        ("density_class_size", ">i4"),
+        ("density_class", ">i2"),
+        ("bright_count_size", ">i4"),
+        ("bright_count", ">f8"),
+        ("valid_fraction_size", ">i4"),
+        ("valid_fraction", ">f8"),
+        ("flags_size", ">i4"),
+        ("flags", ">i8"),
+        ("classifier_id_size", ">i4"),
+        ("classifier_id", ">i8"),
+        ("regressor_id_size", ">i4"),
+        ("regressor_id", ">i8"),
     ]
 )
 """One row of the binary COPY of _COLUMNS_SQL: a field count, then (length, value) per column, big-endian."""
@@ -149,7 +155,7 @@ def check_run(database: Database, run_id: int) -> None:
     """Raise :class:`DensityDBError` if run ``run_id`` does not exist."""
     with _cursor(database) as cursor:
         if cursor.execute("SELECT 1 FROM run WHERE id = %(run_id)s", {"run_id": run_id}).fetchone() is None:
-            raise DensityDBError(f"run {run_id} does not exist (density-db query sql \"SELECT * FROM run\" lists runs)")
+            raise DensityDBError(f'run {run_id} does not exist (density-db query sql "SELECT * FROM run" lists runs)')
 
 
 @dataclass(frozen=True)
@@ -182,8 +188,9 @@ class FrameName:
     path: str
 
     def __str__(self) -> str:
-        return (f"frame {self.frame_id} (exposure {self.exposure_id}, detector {self.detector}, "
-                f"{self.band}: {self.path})")
+        return (
+            f"frame {self.frame_id} (exposure {self.exposure_id}, detector {self.detector}, {self.band}: {self.path})"
+        )
 
 
 def census(database: Database, selection: Selection) -> Census:
@@ -218,8 +225,12 @@ def model_pair_names(database: Database, pairs: set[tuple[int, int]]) -> list[st
     if not pairs:
         return []
     with _cursor(database) as cursor:
-        names = dict(cursor.execute("SELECT id, name FROM model WHERE id = ANY(%(ids)s)",
-                                    {"ids": sorted({model for pair in pairs for model in pair})}))
+        names = dict(
+            cursor.execute(
+                "SELECT id, name FROM model WHERE id = ANY(%(ids)s)",
+                {"ids": sorted({model for pair in pairs for model in pair})},
+            )
+        )
     return sorted(f"{names[classifier]}+{names[regressor]}" for classifier, regressor in pairs)
 
 
@@ -258,8 +269,10 @@ class FrameStream:
         self._chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=_CHUNKS_AHEAD)
         self._stop = threading.Event()
         self._reader = threading.Thread(
-            target=_read_copy, args=(database, statement, parameters, chunk_size, self._chunks, self._stop),
-            daemon=True, name="density-db-maps-copy",
+            target=_read_copy,
+            args=(database, statement, parameters, chunk_size, self._chunks, self._stop),
+            daemon=True,
+            name="density-db-maps-copy",
         )
         self._reader.start()
 
@@ -282,8 +295,12 @@ class FrameStream:
 
 
 def _read_copy(
-    database: Database, statement: str, parameters: dict[str, Any], chunk_size: int,
-    chunks: queue.Queue, stop: threading.Event,
+    database: Database,
+    statement: str,
+    parameters: dict[str, Any],
+    chunk_size: int,
+    chunks: queue.Queue,
+    stop: threading.Event,
 ) -> None:
     """Put the COPY rows on ``chunks`` as buffers of whole rows, then ``None`` (or the error)."""
 

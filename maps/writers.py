@@ -51,14 +51,17 @@ class MapProvenance:
 
     def header(self, statistic: Statistic) -> list[tuple[str, str | int, str]]:
         """FITS header cards (key, value, comment) for one statistic."""
-        return [_fitting_comment(*card) for card in (
-            ("STATNAME", statistic.name, "density-db map statistic"),
-            ("BAND", self.band, "band of the frames ('all': every band)"),
-            ("NSIDE", self.nside, "HEALPix nside"),
-            ("RUN", self.run, "results: 'latest' per frame, or this run id"),
-            ("MODELS", ", ".join(self.models), "classifier+regressor of the results"),
-            ("BUNIT", statistic.unit, "unit of the values"),
-        )]
+        return [
+            _fitting_comment(*card)
+            for card in (
+                ("STATNAME", statistic.name, "density-db map statistic"),
+                ("BAND", self.band, "band of the frames ('all': every band)"),
+                ("NSIDE", self.nside, "HEALPix nside"),
+                ("RUN", self.run, "results: 'latest' per frame, or this run id"),
+                ("MODELS", ", ".join(self.models), "classifier+regressor of the results"),
+                ("BUNIT", statistic.unit, "unit of the values"),
+            )
+        ]
 
 
 def _fitting_comment(key: str, value: str | int, comment: str) -> tuple[str, str | int, str]:
@@ -102,15 +105,27 @@ def write_healpix_fits(
         columns = [full_sky(nside, pixels, values)]
         names = [statistic.name.upper()]
     healpy.write_map(
-        str(path), columns, nest=True, coord="C", dtype=[np.float32] * len(columns), column_names=names,
-        column_units=[statistic.unit] * len(columns), extra_header=provenance.header(statistic), overwrite=True,
+        str(path),
+        columns,
+        nest=True,
+        coord="C",
+        dtype=[np.float32] * len(columns),
+        column_names=names,
+        column_units=[statistic.unit] * len(columns),
+        extra_header=provenance.header(statistic),
+        overwrite=True,
     )
     return path
 
 
 def write_healsparse(
-    path: Path, statistic: Statistic, pixels: np.ndarray, values: np.ndarray, provenance: MapProvenance,
-    *, compress: bool = False,
+    path: Path,
+    statistic: Statistic,
+    pixels: np.ndarray,
+    values: np.ndarray,
+    provenance: MapProvenance,
+    *,
+    compress: bool = False,
 ) -> Path:
     """Write a healsparse map (``healsparse.HealSparseMap.read(path)``).
 
@@ -140,8 +155,9 @@ def write_healsparse(
         return path
     defined = ~np.isnan(values) if values.dtype.kind == "f" else slice(None)
     coverage, blocks = _sparse_layout(pixels[defined], [values[defined]], dtype, provenance.nside, sentinel)
-    sparse = HealSparseMap(cov_map=coverage, sparse_map=blocks, nside_sparse=provenance.nside, sentinel=sentinel,
-                           metadata=metadata)
+    sparse = HealSparseMap(
+        cov_map=coverage, sparse_map=blocks, nside_sparse=provenance.nside, sentinel=sentinel, metadata=metadata
+    )
     sparse.write(str(path), clobber=True, nocompress=not compress)
     return path
 
@@ -194,10 +210,16 @@ def _write_record_map(path: Path, coverage, blocks: np.ndarray, nside: int, sent
             header[f"HIERARCH {key}" if len(key) > 8 else key] = value
     coverage_header.update({"PIXTYPE": "HEALSPARSE", "NSIDE": coverage.nside_coverage, "EXTNAME": "COV"})
     table = fits.BinTableHDU(data=np.zeros(0, dtype=blocks.dtype), header=table_header)
-    table.header.update({
-        "NAXIS2": blocks.size, "PIXTYPE": "HEALSPARSE", "NSIDE": nside, "SENTINEL": sentinel,
-        "PRIMARY": blocks.dtype.names[0], "EXTNAME": "SPARSE",
-    })
+    table.header.update(
+        {
+            "NAXIS2": blocks.size,
+            "PIXTYPE": "HEALSPARSE",
+            "NSIDE": nside,
+            "SENTINEL": sentinel,
+            "PRIMARY": blocks.dtype.names[0],
+            "EXTNAME": "SPARSE",
+        }
+    )
     with open(path, "wb") as output:
         fits.PrimaryHDU(data=coverage[:], header=coverage_header).writeto(output)
         output.write(table.header.tostring().encode("ascii"))

@@ -74,4 +74,3 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     yield home
     if (home / "pgdata").exists():
         EmbeddedServer(home).stop()
-

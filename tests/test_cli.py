@@ -15,14 +15,22 @@ def test_help_imports_no_heavy_module() -> None:
     probe = (
         "import sys; from click.testing import CliRunner; from density_db.cli import main; "
         "result = CliRunner().invoke(main, ['ingest', '--help']); assert result.exit_code == 0; "
-        "print(sorted(m for m in ('torch', 'dask', 'distributed', 'sqlalchemy', 'astropy', 'healpy') if m in sys.modules))"
+        "heavy = ('torch', 'dask', 'distributed', 'sqlalchemy', 'astropy', 'healpy'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"
 
 
 def test_every_command_has_help() -> None:
-    for command in (["db", "start"], ["db", "upgrade"], ["ingest"], ["query", "sql"], ["query", "cone"], ["query", "frames"]):
+    for command in (
+        ["db", "start"],
+        ["db", "upgrade"],
+        ["ingest"],
+        ["query", "sql"],
+        ["query", "cone"],
+        ["query", "frames"],
+    ):
         result = CliRunner().invoke(main, [*command, "--help"])
         assert result.exit_code == 0, command
         assert "Usage: " in result.output

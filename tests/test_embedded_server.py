@@ -55,8 +55,10 @@ def test_two_processes_at_once_share_one_server(isolated_home: Path) -> None:
     environment = {key: value for key, value in os.environ.items() if key != "DENSITY_DB_URL"}
     environment["DENSITY_DB_HOME"] = str(isolated_home)
     command = [*DENSITY_DB, "query", "sql", "SELECT 1 AS one"]
-    processes = [subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for _ in range(3)]
+    processes = [
+        subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     outputs = [process.communicate(timeout=120) for process in processes]
     assert [process.returncode for process in processes] == [0, 0, 0], outputs
     assert all(stdout.splitlines() == ["one", "1"] for stdout, _ in outputs)
@@ -67,8 +69,9 @@ def test_client_killed_during_first_start_leaves_nothing_stale(isolated_home: Pa
     environment = {key: value for key, value in os.environ.items() if key != "DENSITY_DB_URL"}
     environment["DENSITY_DB_HOME"] = str(isolated_home)
     for delay in (0.2, 0.6, 1.2):  # during import, initdb, start
-        process = subprocess.Popen([*DENSITY_DB, "db", "start"], env=environment,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [*DENSITY_DB, "db", "start"], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -128,7 +131,13 @@ def test_db_commands_refuse_to_manage_a_configured_url(isolated_home: Path) -> N
 def test_db_shell_opens_psql_on_the_catalog(isolated_home: Path) -> None:
     environment = {key: value for key, value in os.environ.items() if key != "DENSITY_DB_URL"}
     environment["DENSITY_DB_HOME"] = str(isolated_home)
-    result = subprocess.run([*DENSITY_DB, "db", "shell"], env=environment, input="SELECT 40 + 2 AS answer;\n",
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*DENSITY_DB, "db", "shell"],
+        env=environment,
+        input="SELECT 40 + 2 AS answer;\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "42" in result.stdout

@@ -34,11 +34,13 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # predicted 1 with 0.65 (one class off).  C: class 3 (5000 stars) predicted 5 with 0.9.
 TRUE_CLASS = np.array([1, 2, 3])
 STAR_COUNT = np.array([50, 120, 5000])
-PROBABILITIES = np.array([
-    [0.10, 0.70, 0.20, 0.0, 0.0, 0.0],
-    [0.00, 0.65, 0.35, 0.0, 0.0, 0.0],
-    [0.00, 0.00, 0.00, 0.1, 0.0, 0.9],
-])
+PROBABILITIES = np.array(
+    [
+        [0.10, 0.70, 0.20, 0.0, 0.0, 0.0],
+        [0.00, 0.65, 0.35, 0.0, 0.0, 0.0],
+        [0.00, 0.00, 0.00, 0.1, 0.0, 0.9],
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +126,15 @@ def test_regression_report_in_dex_overall_and_by_class():
     assert by_class[2]["mse"] == pytest.approx(0.02)
     assert by_class[2]["r2"] == pytest.approx(1 - 0.04 / 0.5)
     assert by_class[0]["mae"] == pytest.approx(0.1) and by_class[0]["r2"] is None  # one value: no variance
-    assert by_class[3] == {"class": 3, "samples": 0, "mae": None, "mse": None, "rmse": None, "r2": None,
-                           "within_20_percent": None}
+    assert by_class[3] == {
+        "class": 3,
+        "samples": 0,
+        "mae": None,
+        "mse": None,
+        "rmse": None,
+        "r2": None,
+        "within_20_percent": None,
+    }
 
 
 def test_regression_report_of_no_samples_is_all_none():
@@ -143,10 +152,20 @@ def test_scores_by_band_split_the_images_by_the_band_they_were_taken_in():
     # Images A and C in r, B in g (the three images above); A and B regressed (true 1.0 and 2.0,
     # predicted 1.1 and 1.6), C bypassed.
     samples = EvaluationSamples(
-        indices=np.arange(3), true_class=TRUE_CLASS, star_count=STAR_COUNT, true_log=np.array([1.0, 2.0, 3.0]),
-        band=np.array(["r", "g", "r"]), probabilities=PROBABILITIES, predicted_class=np.array([1, 1, 5]),
-        predicted_log=np.array([1.1, 1.6, np.nan]), status=np.array(["predicted", "predicted", "bypassed"]),
-        regressed=True, split="all", split_seed=None, data_dirs=("set",), data_manifest_sha256="0" * 64,
+        indices=np.arange(3),
+        true_class=TRUE_CLASS,
+        star_count=STAR_COUNT,
+        true_log=np.array([1.0, 2.0, 3.0]),
+        band=np.array(["r", "g", "r"]),
+        probabilities=PROBABILITIES,
+        predicted_class=np.array([1, 1, 5]),
+        predicted_log=np.array([1.1, 1.6, np.nan]),
+        status=np.array(["predicted", "predicted", "bypassed"]),
+        regressed=True,
+        split="all",
+        split_seed=None,
+        data_dirs=("set",),
+        data_manifest_sha256="0" * 64,
         label_rule="detectable-stars",
     )
     g, r = scores_by_band(samples)
@@ -166,12 +185,14 @@ def test_figures_are_written_as_png(tmp_path, three_image_report):
     true_log = rng.uniform(0, 3, 40)
     report = three_image_report
     paths = [
-        plot_confusion_matrix(report["confusion_matrix"], [row["range"] for row in report["per_class"]],
-                              tmp_path / "confusion.png"),
+        plot_confusion_matrix(
+            report["confusion_matrix"], [row["range"] for row in report["per_class"]], tmp_path / "confusion.png"
+        ),
         plot_reliability(report["reliability"], report["expected_calibration_error"], tmp_path / "reliability.png"),
         plot_error_rate_by_edge_distance(report["error_rate_by_edge_distance"], tmp_path / "edges.png"),
-        plot_regression(true_log, true_log + rng.normal(0, 0.1, 40), rng.integers(1, 5, 40),
-                        tmp_path / "nested" / "regression.png"),
+        plot_regression(
+            true_log, true_log + rng.normal(0, 0.1, 40), rng.integers(1, 5, 40), tmp_path / "nested" / "regression.png"
+        ),
     ]
     for path in paths:
         _assert_png(path)
@@ -186,13 +207,17 @@ def evaluation_inputs(tmp_path_factory) -> tuple[Path, Path, Path]:
 
     root = tmp_path_factory.mktemp("evaluation")
     data_dir = root / "set"
-    write_dataset(data_dir, plan_samples(16, task="regress", seed=1), task="regress", balance="paper",
-                  shape=(240, 250))
+    write_dataset(data_dir, plan_samples(16, task="regress", seed=1), task="regress", balance="paper", shape=(240, 250))
     checkpoints = []
     for stage in ("classifier", "regressor"):
         path = root / f"{stage}.pt"
-        save_checkpoint(path, build_model(stage, "baseline_cnn", in_channels=4), stage=stage,
-                        architecture="baseline_cnn", metadata={"preprocessing_version": 2})
+        save_checkpoint(
+            path,
+            build_model(stage, "baseline_cnn", in_channels=4),
+            stage=stage,
+            architecture="baseline_cnn",
+            metadata={"preprocessing_version": 2},
+        )
         checkpoints.append(path)
     return data_dir, checkpoints[0], checkpoints[1]
 
@@ -207,29 +232,57 @@ def test_a_paper_input_model_reads_version_2_samples_and_the_reverse_is_refused(
 
     data_dir, classifier, regressor = evaluation_inputs
     for stage in ("classifier", "regressor"):
-        save_checkpoint(tmp_path / f"{stage}_v1.pt", build_model(stage, "baseline_cnn"), stage=stage,
-                        architecture="baseline_cnn")
+        save_checkpoint(
+            tmp_path / f"{stage}_v1.pt", build_model(stage, "baseline_cnn"), stage=stage, architecture="baseline_cnn"
+        )
     paper = [load_checkpoint(tmp_path / f"{stage}_v1.pt") for stage in ("classifier", "regressor")]
     assert len(predict_samples(data_dir, *paper, split="all", device="cpu").indices) == 16
-    with pytest.raises(ConfigurationError, match="the classifier takes preprocessing version 2 inputs and the "
-                                                 "regressor version 1"):
+    with pytest.raises(
+        ConfigurationError, match="the classifier takes preprocessing version 2 inputs and the regressor version 1"
+    ):
         predict_samples(data_dir, load_checkpoint(classifier), paper[1], split="all", device="cpu")
-    write_dataset(tmp_path / "v1", plan_samples(2, task="regress", seed=3), task="regress", balance="paper",
-                  shape=(240, 250), version=1)
-    with pytest.raises(ConfigurationError, match="holds preprocessing version 1 samples .image, valid_fraction., "
-                                                 "which do not contain version 2's channels: make a dataset with "
-                                                 ".*--preprocessing-version 2"):
-        predict_samples(tmp_path / "v1", load_checkpoint(classifier), load_checkpoint(regressor), split="all",
-                        device="cpu")
+    write_dataset(
+        tmp_path / "v1",
+        plan_samples(2, task="regress", seed=3),
+        task="regress",
+        balance="paper",
+        shape=(240, 250),
+        version=1,
+    )
+    with pytest.raises(
+        ConfigurationError,
+        match="holds preprocessing version 1 samples .image, valid_fraction., "
+        "which do not contain version 2's channels: make a dataset with "
+        ".*--preprocessing-version 2",
+    ):
+        predict_samples(
+            tmp_path / "v1", load_checkpoint(classifier), load_checkpoint(regressor), split="all", device="cpu"
+        )
 
 
 def test_evaluate_command_writes_report_and_figures(tmp_path, evaluation_inputs):
     data_dir, classifier, regressor = evaluation_inputs
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, [
-        "evaluate", "--data", str(data_dir), "--classifier", str(classifier), "--regressor", str(regressor),
-        "--out", str(out), "--split", "all", "--batch-size", "8", "--device", "cpu",
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--data",
+            str(data_dir),
+            "--classifier",
+            str(classifier),
+            "--regressor",
+            str(regressor),
+            "--out",
+            str(out),
+            "--split",
+            "all",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "accuracy" in result.output and "macro-F1" in result.output
     report = json.loads((out / "report.json").read_text())
@@ -257,10 +310,29 @@ def test_evaluate_refuses_a_classifier_of_another_label_rule_and_reports_the_rul
     assert report["labels"]["label_rule"] == "detectable-stars"
     assert report["models"]["classifier"]["label_rule"] == "detectable-stars"
     paper = tmp_path / "paper.pt"
-    save_checkpoint(paper, build_model("classifier", "baseline_cnn"), stage="classifier",
-                    architecture="baseline_cnn", metadata={"label_rule": "catalog-stars"})
-    result = CliRunner().invoke(main, ["evaluate", "--data", str(data_dir), "--classifier", str(paper),
-                                       "--regressor", "none", "--out", str(tmp_path / "out"), "--split", "all"])
+    save_checkpoint(
+        paper,
+        build_model("classifier", "baseline_cnn"),
+        stage="classifier",
+        architecture="baseline_cnn",
+        metadata={"label_rule": "catalog-stars"},
+    )
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--data",
+            str(data_dir),
+            "--classifier",
+            str(paper),
+            "--regressor",
+            "none",
+            "--out",
+            str(tmp_path / "out"),
+            "--split",
+            "all",
+        ],
+    )
     assert result.exit_code == 1
     assert "trained on classes counting 'catalog-stars'" in result.output
     assert "--label-rule catalog-stars" in result.output
@@ -279,32 +351,55 @@ def test_evaluate_test_split_uses_the_held_out_tenth(evaluation_inputs):
 
 def test_evaluate_command_refuses_a_missing_dataset(tmp_path, evaluation_inputs):
     _, classifier, _ = evaluation_inputs
-    result = CliRunner().invoke(main, ["evaluate", "--data", str(tmp_path / "none"), "--classifier",
-                                       str(classifier), "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        main,
+        ["evaluate", "--data", str(tmp_path / "none"), "--classifier", str(classifier), "--out", str(tmp_path / "out")],
+    )
     assert result.exit_code == 2
     assert "does not exist" in result.output
 
 
 def test_evaluate_reads_several_datasets_and_warns_when_their_test_split_was_not_held_out(
-        tmp_path, evaluation_inputs, caplog):
+    tmp_path, evaluation_inputs, caplog
+):
     from density_db.inference.architectures import build_model
     from density_db.inference.checkpoints import load_checkpoint, save_checkpoint
     from density_db.inference.datasets import SimulatedDataset
 
     data_dir, classifier, _ = evaluation_inputs
-    result = CliRunner().invoke(main, [
-        "evaluate", "--data", str(data_dir), "--data", str(data_dir), "--classifier", str(classifier),
-        "--regressor", "none", "--out", str(tmp_path / "out"), "--split", "all", "--device", "cpu",
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--data",
+            str(data_dir),
+            "--data",
+            str(data_dir),
+            "--classifier",
+            str(classifier),
+            "--regressor",
+            "none",
+            "--out",
+            str(tmp_path / "out"),
+            "--split",
+            "all",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["samples"] == 32 and report["data"]["directories"] == [str(data_dir)] * 2
 
     def trained_on(manifest: str) -> Path:
         path = tmp_path / f"{manifest[:8]}.pt"
-        save_checkpoint(path, build_model("classifier", "baseline_cnn", in_channels=4), stage="classifier",
-                        architecture="baseline_cnn", metadata={"data_manifest_sha256": manifest, "split_seed": 0,
-                                                               "preprocessing_version": 2})
+        save_checkpoint(
+            path,
+            build_model("classifier", "baseline_cnn", in_channels=4),
+            stage="classifier",
+            architecture="baseline_cnn",
+            metadata={"data_manifest_sha256": manifest, "split_seed": 0, "preprocessing_version": 2},
+        )
         return path
 
     own = trained_on(SimulatedDataset(data_dir).manifest_sha256())

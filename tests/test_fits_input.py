@@ -11,13 +11,13 @@ import pytest
 from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
-from fits_factory import FrameSpec, csst_keywords, image_hdu, truncate, wcs_header, write_mef, write_single
 
 from density_db import sky
 from density_db.errors import ConfigurationError, InputError
 from density_db.fits_input import FrameHeader, InputFailure, discover_inputs, read_frame_headers
 from density_db.inference.point_sources import Calibration
 from density_db.instrument import BandCalibration, load_profile
+from fits_factory import FrameSpec, csst_keywords, image_hdu, truncate, wcs_header, write_mef, write_single
 
 CSST = load_profile("csst")
 
@@ -420,14 +420,19 @@ def test_a_frames_calibration_comes_from_its_header_else_its_bands_profile_value
     assert (header.zero_point, header.psf_fwhm_px) == (25.5, 2.6)
     pixels = np.zeros((64, 64), np.float32)
     assert frame_calibration(header, CSST.calibration).for_pixels(pixels, None) == Calibration(25.5, 150.0, 2.6, 3.0)
-    [plain] = read_frame_headers(write_single(tmp_path / "plain.fits", FrameSpec(keywords=csst_keywords(band="i"))),
-                                 CSST)
+    [plain] = read_frame_headers(
+        write_single(tmp_path / "plain.fits", FrameSpec(keywords=csst_keywords(band="i"))), CSST
+    )
     assert frame_calibration(plain, CSST.calibration).for_pixels(pixels, None) == Calibration(25.574, 150.0, 1.9, 3.0)
     bare = replace(CSST.calibration, band_values={})
-    [untimed] = read_frame_headers(write_single(tmp_path / "untimed.fits", FrameSpec(
-        keywords=csst_keywords(exptime=None))), CSST)
-    with pytest.raises(InputError, match=r"needs a zero point \(MAGZERO or \[calibration.bands\] g\) and an "
-                                      r"exposure time") as error:
+    [untimed] = read_frame_headers(
+        write_single(tmp_path / "untimed.fits", FrameSpec(keywords=csst_keywords(exptime=None))), CSST
+    )
+    with pytest.raises(
+        InputError,
+        match=r"needs a zero point \(MAGZERO or \[calibration.bands\] g\) and an "
+        r"exposure time",
+    ) as error:
         frame_calibration(untimed, bare)
     assert error.value.kind == "no_calibration"
     # no FWHM anywhere: measured on the pixels, and blank pixels have no star to measure it on

@@ -38,14 +38,25 @@ def write_survey(directory: Path, count: int, *, first_exposure: int = 0) -> lis
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(first_exposure, first_exposure + count):
-        spec = FrameSpec(ra=150.0 + 0.3 * index, dec=2.0, shape=IMAGE_SHAPE,
-                         keywords=csst_keywords(obsid=f"101{index:08d}", chipid=8, band="g"))
+        spec = FrameSpec(
+            ra=150.0 + 0.3 * index,
+            dec=2.0,
+            shape=IMAGE_SHAPE,
+            keywords=csst_keywords(obsid=f"101{index:08d}", chipid=8, band="g"),
+        )
         paths.append(write_single(directory / f"frame_{index:04d}.fits", spec, seed=index))
     return paths
 
 
-def save_model(path: Path, stage: str, *, always_class: int | None = None, version: int = 1,
-               domain: tuple[int, int] | None = None, pixel_scale_arcsec: float = 0.074) -> Path:
+def save_model(
+    path: Path,
+    stage: str,
+    *,
+    always_class: int | None = None,
+    version: int = 1,
+    domain: tuple[int, int] | None = None,
+    pixel_scale_arcsec: float = 0.074,
+) -> Path:
     """An untrained baseline CNN checkpoint of preprocessing ``version``; with ``always_class``, a classifier
     that always answers that class; with ``domain``, trained (it says) on images of that shape and scale."""
     from density_db.inference.architectures import build_model
@@ -103,14 +114,19 @@ def test_every_frame_gets_one_result_and_a_second_run_adds_nothing(
     assert "12 frames classified" in first.output
     assert rows(database, "SELECT count(*), count(DISTINCT frame_id) FROM density_result") == [(12, 12)]
     # Provenance: the run names its models; results carry timings and the frames their valid fraction.
-    assert rows(database, """
+    assert rows(
+        database,
+        """
         SELECT r.kind, r.status, c.stage, g.stage, (r.counts->>'results')::int
-        FROM run r JOIN model c ON c.id = r.classifier_id JOIN model g ON g.id = r.regressor_id""") == [
-        ("ingest", "completed", "classifier", "regressor", 12)]
-    assert rows(database, """
+        FROM run r JOIN model c ON c.id = r.classifier_id JOIN model g ON g.id = r.regressor_id""",
+    ) == [("ingest", "completed", "classifier", "regressor", 12)]
+    assert rows(
+        database,
+        """
         SELECT count(*) FROM density_result d JOIN frame f ON f.id = d.frame_id
         WHERE d.read_seconds > 0 AND d.preprocess_seconds > 0 AND d.infer_seconds > 0
-          AND f.valid_fraction = 1 AND cardinality(d.probabilities) = 6""") == [(12,)]
+          AND f.valid_fraction = 1 AND cardinality(d.probabilities) = 6""",
+    ) == [(12,)]
     second = run_cli("-q", "ingest", str(tmp_path / "survey"), *model_options(models), "--scheduler", scheduler)
     assert second.exit_code == 0, second.output
     assert "0 frames classified" in second.output and "12 had results already" in second.output
@@ -126,8 +142,9 @@ def test_without_model_options_the_shipped_demo_models_are_used(
     assert "with demo-classifier + demo-regressor" in result.output
     # trained on full-size detectors: these 256 x 256 frames are outside what they know, and the user is told
     assert "2 frames differ in shape or pixel scale from the models' training images" in result.output
-    assert rows(database, "SELECT count(*) FROM density_result WHERE 'outside_training_domain' = ANY("
-                          "flag_names(flags))") == [(2,)]
+    assert rows(
+        database, "SELECT count(*) FROM density_result WHERE 'outside_training_domain' = ANY(flag_names(flags))"
+    ) == [(2,)]
     models = rows(database, "SELECT name, architecture, metadata->>'trained_on' FROM model ORDER BY name")
     assert [name for name, _architecture, _trained_on in models] == ["demo-classifier", "demo-regressor"]
     assert all("simulat" in trained_on for _name, _architecture, trained_on in models)
@@ -138,16 +155,36 @@ def test_a_version_2_pair_reads_each_frames_calibration_and_flags_frames_unlike_
 ) -> None:
     """Zero point and FWHM from the header or the profile's band values; no exposure time is a failure row."""
     write_survey(tmp_path / "survey", 2)  # g, no calibration keywords: the profile's g values
-    keyed = FrameSpec(ra=152.0, dec=2.0, shape=IMAGE_SHAPE,
-                      keywords=csst_keywords(obsid="10300000001", band="r", MAGZERO=25.9, PSF_FWHM=2.1))
+    keyed = FrameSpec(
+        ra=152.0,
+        dec=2.0,
+        shape=IMAGE_SHAPE,
+        keywords=csst_keywords(obsid="10300000001", band="r", MAGZERO=25.9, PSF_FWHM=2.1),
+    )
     write_single(tmp_path / "survey" / "keyed.fits", keyed)
-    untimed = FrameSpec(ra=153.0, dec=2.0, shape=IMAGE_SHAPE, keywords=csst_keywords(obsid="10300000002",
-                                                                                       exptime=None))
+    untimed = FrameSpec(ra=153.0, dec=2.0, shape=IMAGE_SHAPE, keywords=csst_keywords(obsid="10300000002", exptime=None))
     write_single(tmp_path / "survey" / "untimed.fits", untimed)
-    here = [save_model(tmp_path / f"{stage}_here.pt", stage, version=2, domain=IMAGE_SHAPE,
-                       pixel_scale_arcsec=PIXEL_SCALE_DEG * 3600) for stage in ("classifier", "regressor")]
-    result = run_cli("-q", "ingest", str(tmp_path / "survey"), "--classifier", str(here[0]), "--regressor",
-                     str(here[1]), "--scheduler", scheduler)
+    here = [
+        save_model(
+            tmp_path / f"{stage}_here.pt",
+            stage,
+            version=2,
+            domain=IMAGE_SHAPE,
+            pixel_scale_arcsec=PIXEL_SCALE_DEG * 3600,
+        )
+        for stage in ("classifier", "regressor")
+    ]
+    result = run_cli(
+        "-q",
+        "ingest",
+        str(tmp_path / "survey"),
+        "--classifier",
+        str(here[0]),
+        "--regressor",
+        str(here[1]),
+        "--scheduler",
+        scheduler,
+    )
     assert result.exit_code == 3, result.output
     assert "3 frames classified" in result.output and "differ in shape" not in result.output
     [(kind, message)] = rows(database, "SELECT error_kind, message FROM failure")
@@ -155,14 +192,25 @@ def test_a_version_2_pair_reads_each_frames_calibration_and_flags_frames_unlike_
     assert rows(database, "SELECT DISTINCT CAST(config->>'preprocessing_version' AS int) FROM run") == [(2,)]
     assert rows(database, "SELECT count(*) FROM density_result WHERE flags & 256 = 0") == [(3,)]
 
-    elsewhere = [save_model(tmp_path / f"{stage}_{scale}.pt", stage, version=2, domain=shape,
-                            pixel_scale_arcsec=scale)
-                 for stage, shape, scale in (("classifier", IMAGE_SHAPE, 0.074), ("regressor", IMAGE_SHAPE, 10.0))]
-    result = run_cli("-q", "ingest", str(tmp_path / "survey"), "--classifier", str(elsewhere[0]), "--regressor",
-                     str(elsewhere[1]), "--scheduler", scheduler)
+    elsewhere = [
+        save_model(tmp_path / f"{stage}_{scale}.pt", stage, version=2, domain=shape, pixel_scale_arcsec=scale)
+        for stage, shape, scale in (("classifier", IMAGE_SHAPE, 0.074), ("regressor", IMAGE_SHAPE, 10.0))
+    ]
+    result = run_cli(
+        "-q",
+        "ingest",
+        str(tmp_path / "survey"),
+        "--classifier",
+        str(elsewhere[0]),
+        "--regressor",
+        str(elsewhere[1]),
+        "--scheduler",
+        scheduler,
+    )
     assert "3 frames differ in shape or pixel scale from the models' training images" in result.output
-    assert rows(database, "SELECT count(*) FROM density_result WHERE 'outside_training_domain' = ANY("
-                          "flag_names(flags))") == [(3,)]
+    assert rows(
+        database, "SELECT count(*) FROM density_result WHERE 'outside_training_domain' = ANY(flag_names(flags))"
+    ) == [(3,)]
 
 
 def test_stages_of_different_preprocessing_versions_are_refused(run_cli, tmp_path: Path, models) -> None:
@@ -192,11 +240,15 @@ def test_gating_and_flags_are_stored_per_frame(
     run_cli, database: Database, tmp_path: Path, models, scheduler, classifier, expected
 ) -> None:
     write_survey(tmp_path / "survey", 3)
-    result = run_cli("-q", "ingest", str(tmp_path / "survey"), *model_options(models, classifier),
-                     "--scheduler", scheduler)
+    result = run_cli(
+        "-q", "ingest", str(tmp_path / "survey"), *model_options(models, classifier), "--scheduler", scheduler
+    )
     assert result.exit_code == 0, result.output
-    stored = rows(database, "SELECT density_class, regression_status, log_bright, bright_count, flag_names(flags), "
-                            "flags_run_id = run_id FROM density_result")
+    stored = rows(
+        database,
+        "SELECT density_class, regression_status, log_bright, bright_count, flag_names(flags), "
+        "flags_run_id = run_id FROM density_result",
+    )
     assert len(stored) == 3
     for density_class, status, log_bright, bright_count, flags, flagged_by_the_ingest in stored:
         assert (density_class, status) == expected[:2]
@@ -215,13 +267,16 @@ def test_bad_inputs_end_as_failure_rows_while_good_ones_are_stored(
     paths = write_survey(tmp_path / "survey", 6)
     (tmp_path / "survey" / "corrupt.fits").write_bytes(b"SIMPLE  =                    T" + b"\0" * 100)
     blank = FrameSpec(shape=IMAGE_SHAPE, keywords=csst_keywords(obsid="10200000001"))
-    image_hdu(blank, np.random.default_rng(0), primary=True,
-              data=np.full(IMAGE_SHAPE, np.nan, np.float32)).writeto(tmp_path / "survey" / "all_nan.fits")
+    image_hdu(blank, np.random.default_rng(0), primary=True, data=np.full(IMAGE_SHAPE, np.nan, np.float32)).writeto(
+        tmp_path / "survey" / "all_nan.fits"
+    )
     result = run_cli("-q", "ingest", str(tmp_path / "survey"), *model_options(models), "--scheduler", scheduler)
     assert result.exit_code == 3, result.output
     assert "2 failures" in result.output
     assert rows(database, "SELECT stage, error_kind FROM failure ORDER BY stage") == [
-        ("inference", "all_invalid"), ("register", "truncated")]
+        ("inference", "all_invalid"),
+        ("register", "truncated"),
+    ]
     assert rows(database, "SELECT count(*) FROM density_result") == [(len(paths),)]
 
 
@@ -230,16 +285,26 @@ def model_spec(models: dict[str, Path], device: str = "cpu"):
     from density_db.inference.checkpoints import file_sha256
     from density_db.inference.runner import ModelSpec
 
-    return ModelSpec(str(models["classifier"]), file_sha256(models["classifier"]), "baseline_cnn",
-                     str(models["regressor"]), file_sha256(models["regressor"]), "baseline_cnn", device=device)
+    return ModelSpec(
+        str(models["classifier"]),
+        file_sha256(models["classifier"]),
+        "baseline_cnn",
+        str(models["regressor"]),
+        file_sha256(models["regressor"]),
+        "baseline_cnn",
+        device=device,
+    )
 
 
 @pytest.mark.filterwarnings("ignore:File may have been truncated")  # astropy's, before it raises
-@pytest.mark.parametrize(("change", "kind", "message"), [
-    ("deleted", "not_found", "no longer exists"),
-    # The pixels are memory-mapped: a file now shorter than its headers say must fail cleanly, not SIGBUS.
-    ("cut short", "unreadable", "cannot read the pixels of HDU 0"),
-])
+@pytest.mark.parametrize(
+    ("change", "kind", "message"),
+    [
+        ("deleted", "not_found", "no longer exists"),
+        # The pixels are memory-mapped: a file now shorter than its headers say must fail cleanly, not SIGBUS.
+        ("cut short", "unreadable", "cannot read the pixels of HDU 0"),
+    ],
+)
 def test_a_file_changed_since_registration_is_a_failure_not_a_crash(
     tmp_path: Path, models, change: str, kind: str, message: str
 ) -> None:
@@ -250,8 +315,7 @@ def test_a_file_changed_since_registration_is_a_failure_not_a_crash(
         changed.unlink()
     else:
         truncate(changed, changed.stat().st_size // 2)
-    outcome = process_shard([FrameTask(1, str(good), 0, None), FrameTask(2, str(changed), 0, None)],
-                            model_spec(models))
+    outcome = process_shard([FrameTask(1, str(good), 0, None), FrameTask(2, str(changed), 0, None)], model_spec(models))
     assert [row.frame_id for row in outcome.results] == [1]
     assert [(f.frame_id, f.error_kind) for f in outcome.failures] == [(2, kind)]
     assert message in outcome.failures[0].message
@@ -259,12 +323,19 @@ def test_a_file_changed_since_registration_is_a_failure_not_a_crash(
 
 def test_a_missing_model_is_a_clear_error(run_cli, tmp_path: Path, models) -> None:
     write_survey(tmp_path / "survey", 1)
-    result = run_cli("ingest", str(tmp_path / "survey"), "--classifier", "no-such-model",
-                     "--regressor", str(models["regressor"]))
+    result = run_cli(
+        "ingest", str(tmp_path / "survey"), "--classifier", "no-such-model", "--regressor", str(models["regressor"])
+    )
     assert result.exit_code == 1
     assert "no registered model is named 'no-such-model'" in result.output
-    swapped = run_cli("ingest", str(tmp_path / "survey"), "--classifier", str(models["regressor"]),
-                      "--regressor", str(models["regressor"]))
+    swapped = run_cli(
+        "ingest",
+        str(tmp_path / "survey"),
+        "--classifier",
+        str(models["regressor"]),
+        "--regressor",
+        str(models["regressor"]),
+    )
     assert swapped.exit_code == 1
     assert "classifier" in swapped.output
 
@@ -282,13 +353,31 @@ def _run_in_process(database: Database, paths: list[Path], models, cluster, *, p
 
     classifier = resolve_model(database, str(models["classifier"]), stage="classifier")
     regressor = resolve_model(database, str(models["regressor"]), stage="regressor")
-    spec = ModelSpec(classifier.path, classifier.sha256, classifier.architecture,
-                     regressor.path, regressor.sha256, regressor.architecture, device="cpu", torch_threads=1)
-    with begin_run(database, kind="ingest", name=None, config={}, classifier_id=classifier.id,
-                   regressor_id=regressor.id) as run:
-        counts = run_ingest(database, paths, load_profile("csst"), cluster=cluster, spec=spec,
-                            classifier_id=classifier.id, regressor_id=regressor.id, run=run,
-                            options=IngestOptions(**options), progress=progress)
+    spec = ModelSpec(
+        classifier.path,
+        classifier.sha256,
+        classifier.architecture,
+        regressor.path,
+        regressor.sha256,
+        regressor.architecture,
+        device="cpu",
+        torch_threads=1,
+    )
+    with begin_run(
+        database, kind="ingest", name=None, config={}, classifier_id=classifier.id, regressor_id=regressor.id
+    ) as run:
+        counts = run_ingest(
+            database,
+            paths,
+            load_profile("csst"),
+            cluster=cluster,
+            spec=spec,
+            classifier_id=classifier.id,
+            regressor_id=regressor.id,
+            run=run,
+            options=IngestOptions(**options),
+            progress=progress,
+        )
         run.finish(status="completed", counts=counts.as_dict())
     return counts
 
@@ -299,6 +388,7 @@ def test_a_worker_killed_mid_run_loses_nothing(database: Database, tmp_path: Pat
     paths = write_survey(tmp_path / "survey", 24)
     killed = []
     with Cluster(scheduler=None, workers=2, device="cpu") as cluster:
+
         def kill_a_worker_once(counts) -> None:
             if counts.processed >= 2 and not killed:
                 pids = cluster.client.run(os.getpid)
@@ -306,8 +396,9 @@ def test_a_worker_killed_mid_run_loses_nothing(database: Database, tmp_path: Pat
                 os.kill(victim, signal.SIGKILL)
                 killed.append(victim)
 
-        counts = _run_in_process(database, paths, models, cluster, progress=kill_a_worker_once,
-                                 shard_size=1, max_in_flight=4, write_batch=1)
+        counts = _run_in_process(
+            database, paths, models, cluster, progress=kill_a_worker_once, shard_size=1, max_in_flight=4, write_batch=1
+        )
     assert killed, "the run ended before a worker could be killed"
     assert counts.failures == 0
     assert rows(database, "SELECT count(*), count(DISTINCT frame_id) FROM density_result") == [(24, 24)]
@@ -346,11 +437,18 @@ def test_a_frame_that_kills_every_worker_reading_it_is_a_failure_and_its_shard_m
     with dask.config.set({"distributed.scheduler.allowed-failures": 0, "distributed.scheduler.worker-saturation": 1.0}):
         with Cluster(scheduler=None, workers=2, device="cpu") as cluster:
             cluster.client.register_plugin(DieReadingPoisonedFiles())
-            counts = _run_in_process(database, [*paths[:2], poisoned, *paths[3:]], models, cluster,
-                                     progress=lambda counts: None, shard_size=5)
+            counts = _run_in_process(
+                database,
+                [*paths[:2], poisoned, *paths[3:]],
+                models,
+                cluster,
+                progress=lambda counts: None,
+                shard_size=5,
+            )
     assert counts.failures == 1
     assert rows(database, "SELECT path, stage, error_kind FROM failure") == [
-        (str(poisoned.absolute()), "inference", "worker_died")]
+        (str(poisoned.absolute()), "inference", "worker_died")
+    ]
     assert rows(database, "SELECT count(*), count(DISTINCT frame_id) FROM density_result") == [(4, 4)]
 
 
@@ -366,21 +464,45 @@ def test_a_dropped_database_connection_is_survived(database: Database, tmp_path:
         if counts.processed >= 4 and not dropped:
             # Every other session on this database is killed, as a server restart would.
             with sa.create_engine(database.url, poolclass=sa.pool.NullPool).connect() as connection:
-                dropped.extend(connection.execute(sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalars())
+                dropped.extend(
+                    connection.execute(
+                        sa.text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        )
+                    ).scalars()
+                )
 
     with Cluster(scheduler=None, workers=1, device="cpu") as cluster:
-        _run_in_process(database, paths, models, cluster, progress=drop_connections_once,
-                        shard_size=1, max_in_flight=2, write_batch=1)
+        _run_in_process(
+            database,
+            paths,
+            models,
+            cluster,
+            progress=drop_connections_once,
+            shard_size=1,
+            max_in_flight=2,
+            write_batch=1,
+        )
     assert dropped, "no connection was dropped"
     assert rows(database, "SELECT count(*), count(DISTINCT frame_id) FROM density_result") == [(16, 16)]
     assert rows(database, "SELECT status FROM run") == [("completed",)]
 
 
 def _ingest_command(database_url: str, models, *extra: str) -> list[str]:
-    return [str(Path(sys.executable).with_name("density-db")), "--db", database_url, "-q", "ingest",
-            *model_options(models), "--workers", "1", "--shard-size", "1", *extra]
+    return [
+        str(Path(sys.executable).with_name("density-db")),
+        "--db",
+        database_url,
+        "-q",
+        "ingest",
+        *model_options(models),
+        "--workers",
+        "1",
+        "--shard-size",
+        "1",
+        *extra,
+    ]
 
 
 def test_a_killed_ingest_is_marked_interrupted_and_a_rerun_finishes(
@@ -389,8 +511,13 @@ def test_a_killed_ingest_is_marked_interrupted_and_a_rerun_finishes(
     paths = write_survey(tmp_path / "survey", 10)
     environment = {**os.environ, "DENSITY_DB_HOME": str(embedded_home)}
     # The input list stays open after six paths: ingest finishes those and waits for more.
-    process = subprocess.Popen(_ingest_command(database_url, models, "--from-file", "-", "--batch-size", "1"),
-                               env=environment, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        _ingest_command(database_url, models, "--from-file", "-", "--batch-size", "1"),
+        env=environment,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     process.stdin.write("".join(f"{path}\n" for path in paths[:6]))
     process.stdin.flush()
     deadline = time.monotonic() + 120
@@ -400,8 +527,13 @@ def test_a_killed_ingest_is_marked_interrupted_and_a_rerun_finishes(
     process.kill()
     process.wait(timeout=30)
     assert rows(database, "SELECT status FROM run") == [("running",)]  # nobody could close it
-    rerun = subprocess.run(_ingest_command(database_url, models, str(tmp_path / "survey")),
-                           env=environment, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        _ingest_command(database_url, models, str(tmp_path / "survey")),
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert "4 frames classified" in rerun.stdout and "6 had results already" in rerun.stdout
     assert rows(database, "SELECT count(*), count(DISTINCT frame_id) FROM density_result") == [(10, 10)]
@@ -420,8 +552,15 @@ def test_concurrent_ingests_of_overlapping_inputs_store_each_result_once(
     for index, part in enumerate(halves):
         listing = tmp_path / f"list{index}.txt"
         listing.write_text("".join(f"{path}\n" for path in part))
-        processes.append(subprocess.Popen(_ingest_command(database_url, models, "--from-file", str(listing)),
-                                          env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        processes.append(
+            subprocess.Popen(
+                _ingest_command(database_url, models, "--from-file", str(listing)),
+                env=environment,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = [process.communicate(timeout=300) for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs
     assert not any("rror" in stderr for _stdout, stderr in outputs), outputs

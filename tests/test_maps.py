@@ -119,8 +119,11 @@ def test_footprint_pixels_equal_healpy_query_polygon_across_ra_zero_and_the_pole
         assert np.all(np.diff(found.frame_index) >= 0)
         for index in range(corner_ra.shape[0]):
             mine = np.sort(found.pixel[found.frame_index == index])
-            assert_array_equal(mine, healpy_fine_pixels(corner_ra[index], corner_dec[index], 2**order),
-                               err_msg=f"frame {index} at order {order}")
+            assert_array_equal(
+                mine,
+                healpy_fine_pixels(corner_ra[index], corner_dec[index], 2**order),
+                err_msg=f"frame {index} at order {order}",
+            )
 
 
 @pytest.mark.parametrize(("order", "union_order"), [(6, 8), (6, 9), (6, 11), (3, 10)])
@@ -144,10 +147,14 @@ def test_covered_fractions_and_sub_pixels_are_healpy_counts_at_each_frames_sampl
         else:
             unmasked += sum(cells.values())
     levels = sampling.mask_levels
-    rows = (zip(coverage.pixel, coverage.subpixels) if sampling.row_order == order
-            else zip(coverage.union_pixel, coverage.union_bits))
-    found = {(int(pixel) << 2 * levels) + bit
-             for pixel, bits in rows for bit in range(4**levels) if int(bits) >> bit & 1}
+    rows = (
+        zip(coverage.pixel, coverage.subpixels)
+        if sampling.row_order == order
+        else zip(coverage.union_pixel, coverage.union_bits)
+    )
+    found = {
+        (int(pixel) << 2 * levels) + bit for pixel, bits in rows for bit in range(4**levels) if int(bits) >> bit & 1
+    }
     assert found == union
     assert coverage.unmasked_fraction.sum() == pytest.approx(unmasked)
     assert not coverage.placed_by_area.any()
@@ -159,8 +166,11 @@ def test_footprint_area_is_the_spherical_excess() -> None:
     assert_allclose(octant, 4 * np.pi * (180 / np.pi) ** 2 / 8)
     corner_ra, corner_dec = square_corners(30.0, 10.0, 0.5)
     fine = healpy_fine_pixels(corner_ra, corner_dec, 2**13)
-    assert_allclose(footprint_area_deg2(corner_ra[None], corner_dec[None]),
-                    fine.size * healpy.nside2pixarea(2**13, degrees=True), rtol=2e-3)
+    assert_allclose(
+        footprint_area_deg2(corner_ra[None], corner_dec[None]),
+        fine.size * healpy.nside2pixarea(2**13, degrees=True),
+        rtol=2e-3,
+    )
 
 
 # -- every frame counts, at every nside ---------------------------------------------------------
@@ -194,10 +204,15 @@ def census_of(corner_ra: np.ndarray, corner_dec: np.ndarray) -> Census:
     """What the catalog's census would say of these frames (from their circumradii)."""
     centre = healpy.ang2vec(corner_ra.ravel(), corner_dec.ravel(), lonlat=True).reshape(-1, 4, 3).sum(axis=1)
     centre_ra, centre_dec = healpy.vec2ang(centre, lonlat=True)
-    radius = np.array([sky.circumradius_deg(ra, dec, ras, decs)
-                       for ra, dec, ras, decs in zip(centre_ra, centre_dec, corner_ra, corner_dec)])
-    return Census(frames={"g": radius.size}, smallest_area_deg2=2 * radius.min() ** 2,
-                  largest_area_deg2=2 * radius.max() ** 2)
+    radius = np.array(
+        [
+            sky.circumradius_deg(ra, dec, ras, decs)
+            for ra, dec, ras, decs in zip(centre_ra, centre_dec, corner_ra, corner_dec)
+        ]
+    )
+    return Census(
+        frames={"g": radius.size}, smallest_area_deg2=2 * radius.min() ** 2, largest_area_deg2=2 * radius.max() ** 2
+    )
 
 
 def accumulated(corner_ra: np.ndarray, corner_dec: np.ndarray, classes: np.ndarray, nside: int):
@@ -205,8 +220,14 @@ def accumulated(corner_ra: np.ndarray, corner_dec: np.ndarray, classes: np.ndarr
     sampling = plan_sampling(nside.bit_length() - 1, 2, census_of(corner_ra, corner_dec))
     coverage = footprint_coverage(corner_ra, corner_dec, sampling)
     accumulator = MapAccumulator(sampling=sampling)
-    accumulator.add(coverage, FrameValues(density_class=classes, bright_density=np.full(classes.size, 100.0),
-                                          flags=np.zeros(classes.size, dtype=np.int64)))
+    accumulator.add(
+        coverage,
+        FrameValues(
+            density_class=classes,
+            bright_density=np.full(classes.size, 100.0),
+            flags=np.zeros(classes.size, dtype=np.int64),
+        ),
+    )
     return accumulator.statistics(), coverage
 
 
@@ -231,10 +252,15 @@ def test_every_frame_counts_in_frames_and_class_max_at_the_pixel_of_its_centre(n
 
 def test_a_frame_too_small_for_the_deepest_order_adds_its_area_at_its_centre() -> None:
     tiny = 0.02 / 3600  # a 0.04 arcsec square: no order-20 pixel centre (0.2 arcsec apart) falls inside
-    corner_ra, corner_dec = (np.stack(side) for side in zip(
-        square_corners(10.0, 20.0, tiny), square_corners(359.99999, 0.0, tiny), square_corners(0.0, 89.99999, tiny),
-        square_corners(200.0, -30.0, CSST_HALF_DEG),
-    ))
+    corner_ra, corner_dec = (
+        np.stack(side)
+        for side in zip(
+            square_corners(10.0, 20.0, tiny),
+            square_corners(359.99999, 0.0, tiny),
+            square_corners(0.0, 89.99999, tiny),
+            square_corners(200.0, -30.0, CSST_HALF_DEG),
+        )
+    )
     classes = np.array([3, 4, 5, 1])
     statistics, coverage = accumulated(corner_ra, corner_dec, classes, 256)
     assert coverage.placed_by_area.tolist() == [True, True, True, False]
@@ -250,9 +276,12 @@ def test_a_frame_too_small_for_the_deepest_order_adds_its_area_at_its_centre() -
     merged = MapAccumulator(sampling=coverage.sampling)
     for members in ([0, 3], [1, 2]):
         band = MapAccumulator(sampling=coverage.sampling)
-        band.add(footprint_coverage(corner_ra[members], corner_dec[members], coverage.sampling),
-                 FrameValues(density_class=classes[members], bright_density=np.full(2, 100.0),
-                             flags=np.zeros(2, dtype=np.int64)))
+        band.add(
+            footprint_coverage(corner_ra[members], corner_dec[members], coverage.sampling),
+            FrameValues(
+                density_class=classes[members], bright_density=np.full(2, 100.0), flags=np.zeros(2, dtype=np.int64)
+            ),
+        )
         merged.merge(band)
     merged_statistics = merged.statistics()
     assert_array_equal(merged_statistics.pixels, statistics.pixels)
@@ -294,50 +323,110 @@ def insert_catalog(database: Database, frames: list[dict]) -> list[int]:
         model_ids = {}
         stages = (("clf-a", "classifier"), ("reg-a", "regressor"), ("clf-b", "classifier"), ("reg-b", "regressor"))
         for name, stage in stages:
-            model_ids[name] = connection.execute(sa.insert(Model).values(
-                name=name, stage=stage, architecture="resnet", sha256=name * 16,
-            ).returning(Model.id)).scalar_one()
-        run_ids = [connection.execute(sa.insert(Run).values(
-            kind="ingest", code_version="test", host="test", pid=1, status="completed",
-        ).returning(Run.id)).scalar_one() for _ in range(2)]
-        exposure_pk = connection.execute(sa.insert(Exposure).values(
-            instrument="csst", exposure_id="1", mjd=61000.0,
-            obs_time=datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC),
-        ).returning(Exposure.id)).scalar_one()
+            model_ids[name] = connection.execute(
+                sa.insert(Model)
+                .values(
+                    name=name,
+                    stage=stage,
+                    architecture="resnet",
+                    sha256=name * 16,
+                )
+                .returning(Model.id)
+            ).scalar_one()
+        run_ids = [
+            connection.execute(
+                sa.insert(Run)
+                .values(
+                    kind="ingest",
+                    code_version="test",
+                    host="test",
+                    pid=1,
+                    status="completed",
+                )
+                .returning(Run.id)
+            ).scalar_one()
+            for _ in range(2)
+        ]
+        exposure_pk = connection.execute(
+            sa.insert(Exposure)
+            .values(
+                instrument="csst",
+                exposure_id="1",
+                mjd=61000.0,
+                obs_time=datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC),
+            )
+            .returning(Exposure.id)
+        ).scalar_one()
         ids = []
         for detector, frame in enumerate(frames, start=1):
             corner_ra, corner_dec = frame["corner_ra"], frame["corner_dec"]
-            frame_id = connection.execute(sa.insert(Frame).values(
-                exposure_pk=exposure_pk, detector=detector, band=frame["band"], path=f"/archive/{detector}.fits",
-                hdu_index=1, naxis1=9232, naxis2=9216, valid_fraction=frame.get("valid_fraction"),
-                ra=frame["ra"], dec=frame["dec"], corner_ra=list(corner_ra), corner_dec=list(corner_dec),
-                radius_deg=sky.circumradius_deg(frame["ra"], frame["dec"], corner_ra, corner_dec),
-                hpx=int(sky.hpx29(frame["ra"], frame["dec"])),
-                footprint=[sa.dialects.postgresql.Range(int(lo), int(hi), bounds="[)")
-                           for lo, hi in sky.footprint_ranges(corner_ra, corner_dec)],
-                footprint_depth=sky.FOOTPRINT_DEPTH,
-            ).returning(Frame.id)).scalar_one()
+            frame_id = connection.execute(
+                sa.insert(Frame)
+                .values(
+                    exposure_pk=exposure_pk,
+                    detector=detector,
+                    band=frame["band"],
+                    path=f"/archive/{detector}.fits",
+                    hdu_index=1,
+                    naxis1=9232,
+                    naxis2=9216,
+                    valid_fraction=frame.get("valid_fraction"),
+                    ra=frame["ra"],
+                    dec=frame["dec"],
+                    corner_ra=list(corner_ra),
+                    corner_dec=list(corner_dec),
+                    radius_deg=sky.circumradius_deg(frame["ra"], frame["dec"], corner_ra, corner_dec),
+                    hpx=int(sky.hpx29(frame["ra"], frame["dec"])),
+                    footprint=[
+                        sa.dialects.postgresql.Range(int(lo), int(hi), bounds="[)")
+                        for lo, hi in sky.footprint_ranges(corner_ra, corner_dec)
+                    ],
+                    footprint_depth=sky.FOOTPRINT_DEPTH,
+                )
+                .returning(Frame.id)
+            ).scalar_one()
             ids.append(frame_id)
             for run, density_class, bright_count, flags in frame.get("results", []):
                 suffix = "a" if run == 1 else "b"
                 probabilities = [0.0] * 6
                 probabilities[density_class] = 1.0
-                connection.execute(sa.insert(DensityResult).values(
-                    frame_id=frame_id, classifier_id=model_ids[f"clf-{suffix}"],
-                    regressor_id=model_ids[f"reg-{suffix}"],
-                    run_id=run_ids[run - 1], density_class=density_class, probabilities=probabilities,
-                    class_confidence=1.0, bright_count=bright_count,
-                    log_bright=None if bright_count is None else float(np.log10(1 + bright_count)),
-                    regression_status="bypassed" if density_class == 5 else "predicted", flags=flags,
-                ))
+                connection.execute(
+                    sa.insert(DensityResult).values(
+                        frame_id=frame_id,
+                        classifier_id=model_ids[f"clf-{suffix}"],
+                        regressor_id=model_ids[f"reg-{suffix}"],
+                        run_id=run_ids[run - 1],
+                        density_class=density_class,
+                        probabilities=probabilities,
+                        class_confidence=1.0,
+                        bright_count=bright_count,
+                        log_bright=None if bright_count is None else float(np.log10(1 + bright_count)),
+                        regression_status="bypassed" if density_class == 5 else "predicted",
+                        flags=flags,
+                    )
+                )
     return ids
 
 
-def make_frame(ra: float, dec: float, half_deg: float, band: str, results: list, angle_deg: float = 0.0,
-               valid_fraction: float | None = None) -> dict:
+def make_frame(
+    ra: float,
+    dec: float,
+    half_deg: float,
+    band: str,
+    results: list,
+    angle_deg: float = 0.0,
+    valid_fraction: float | None = None,
+) -> dict:
     corner_ra, corner_dec = square_corners(ra, dec, half_deg, angle_deg)
-    return {"ra": ra % 360, "dec": dec, "corner_ra": corner_ra, "corner_dec": corner_dec, "band": band,
-            "results": results, "valid_fraction": valid_fraction}
+    return {
+        "ra": ra % 360,
+        "dec": dec,
+        "corner_ra": corner_ra,
+        "corner_dec": corner_dec,
+        "band": band,
+        "results": results,
+        "valid_fraction": valid_fraction,
+    }
 
 
 @pytest.fixture
@@ -358,10 +447,17 @@ def overlapping_catalog(database: Database) -> list[dict]:
         density_class = int(rng.integers(0, 6))
         bright = None if density_class == 5 else (0.0 if density_class == 0 else float(rng.uniform(1, 2000)))
         flags = int(rng.random() < 0.3) * ((index * 37) % 255 + 1)  # several flag bits, some frames
-        frames.append(make_frame(
-            ra, dec, rng.uniform(0.3, 1.2), "g" if index % 3 else "r", [(1, density_class, bright, flags)],
-            angle_deg=rng.uniform(0, 90), valid_fraction=None if index % 4 else rng.uniform(0.5, 1.0),
-        ))
+        frames.append(
+            make_frame(
+                ra,
+                dec,
+                rng.uniform(0.3, 1.2),
+                "g" if index % 3 else "r",
+                [(1, density_class, bright, flags)],
+                angle_deg=rng.uniform(0, 90),
+                valid_fraction=None if index % 4 else rng.uniform(0.5, 1.0),
+            )
+        )
     for frame, frame_id in zip(frames, insert_catalog(database, frames), strict=True):
         frame["id"] = frame_id
     return frames
@@ -382,8 +478,9 @@ def reference_maps(frames: list[dict], bands: set[str], run: int | None = None) 
         results = frame["results"] if run is None else [result for result in frame["results"] if result[0] == run]
         if results:
             chosen.append((frame, max(results, key=lambda result: result[0])))
-    union_order = max((reference_sampling_order(frame["corner_ra"], frame["corner_dec"], order)
-                       for frame, _ in chosen), default=order)
+    union_order = max(
+        (reference_sampling_order(frame["corner_ra"], frame["corner_dec"], order) for frame, _ in chosen), default=order
+    )
     fine_union = defaultdict(set)
     for frame, (_, density_class, bright_count, flags) in chosen:
         area = footprint_area_deg2(frame["corner_ra"][None], frame["corner_dec"][None])[0]
@@ -446,22 +543,25 @@ def test_maps_read_back_equal_the_brute_force_reference(
                     expected = expected_full_sky(reference[name], column)
                     assert_allclose(fits_columns[column], expected, rtol=1e-5, err_msg=f"{band} {name} {field}")
                     values = hsp.get_values_pix(np.arange(12 * NSIDE**2))[field]
-                    assert_allclose(values[expected != healpy.UNSEEN], expected[expected != healpy.UNSEEN],
-                                    rtol=1e-5)
+                    assert_allclose(values[expected != healpy.UNSEEN], expected[expected != healpy.UNSEEN], rtol=1e-5)
                     assert set(hsp.valid_pixels) == set(reference[name])
                 continue
             expected = expected_full_sky(reference[name])
             read = healpy.read_map(str(stem) + ".fits", nest=True)
             assert_allclose(read, expected, rtol=1e-5, err_msg=f"{band} {name}")
             assert_array_equal(np.sort(hsp.valid_pixels), np.sort(list(reference[name])), err_msg=f"{band} {name}")
-            assert_allclose(hsp.get_values_pix(np.sort(list(reference[name]))),
-                            [reference[name][pixel] for pixel in sorted(reference[name])], rtol=1e-5)
+            assert_allclose(
+                hsp.get_values_pix(np.sort(list(reference[name]))),
+                [reference[name][pixel] for pixel in sorted(reference[name])],
+                rtol=1e-5,
+            )
         crowded = [pixel for pixel, value in reference["class_max"].items() if value >= 4]
         flagged = [pixel for pixel, value in reference["flagged_fraction"].items() if value > 0]
         for what, pixels in (("class_ge4", crowded), ("flagged", flagged)):
             moc = MOC.load(str(out / f"{band}_{what}_nside{NSIDE}_moc.fits"), "fits")
-            assert moc == MOC.from_healpix_cells(np.array(pixels, dtype=np.uint64),
-                                                 np.full(len(pixels), 6, dtype=np.uint8), max_depth=6)
+            assert moc == MOC.from_healpix_cells(
+                np.array(pixels, dtype=np.uint64), np.full(len(pixels), 6, dtype=np.uint8), max_depth=6
+            )
     assert crowded and flagged
     bits_seen = [any(fractions[bit] > 0 for fractions in reference["flag_fractions"].values()) for bit in range(8)]
     assert sum(bits_seen) >= 4, "the catalog must exercise several flags"
@@ -502,8 +602,14 @@ def test_fits_headers_record_statistic_band_nside_run_and_models(run_cli, overla
     assert manifest["bands"][0]["band"] == "g"
 
 
-@pytest.mark.parametrize("models", [("clf-a+reg-a",), ("demo-classifier-c7f24fbe+demo-regressor-8ac79c8d",),
-                                    ("demo-classifier-c7f24fbe+demo-regressor-8ac79c8d", "clf-a+reg-a")])
+@pytest.mark.parametrize(
+    "models",
+    [
+        ("clf-a+reg-a",),
+        ("demo-classifier-c7f24fbe+demo-regressor-8ac79c8d",),
+        ("demo-classifier-c7f24fbe+demo-regressor-8ac79c8d", "clf-a+reg-a"),
+    ],
+)
 def test_header_cards_keep_their_values_and_never_make_astropy_cut_a_comment(models: tuple[str, ...]) -> None:
     import warnings
 
@@ -528,9 +634,15 @@ def test_run_option_maps_that_runs_results_and_the_default_the_latest(
     pixel = int(healpy.ang2pix(NSIDE, frame["ra"], frame["dec"], nest=True, lonlat=True))
     histograms = {}
     for run in (None, 1):
-        summary = build_maps(database, MapSettings(
-            nside=NSIDE, out_dir=tmp_path / str(run), selection=Selection(bands=("g",), run_id=run), formats=("hsp",),
-        ))
+        summary = build_maps(
+            database,
+            MapSettings(
+                nside=NSIDE,
+                out_dir=tmp_path / str(run),
+                selection=Selection(bands=("g",), run_id=run),
+                formats=("hsp",),
+            ),
+        )
         assert summary.run == ("latest" if run is None else "1")
         reference = reference_maps(overlapping_catalog, {"g"}, run=run)
         histogram = HealSparseMap.read(str(tmp_path / str(run) / f"g_class_histogram_nside{NSIDE}.hsp"))
@@ -539,9 +651,15 @@ def test_run_option_maps_that_runs_results_and_the_default_the_latest(
     # Frame 1: class 2 in run 1, class 4 in run 2 (the latest).
     assert histograms[None][4] - histograms[1][4] == 1
     assert histograms[1][2] - histograms[None][2] == 1
-    only_run_two = build_maps(database, MapSettings(
-        nside=NSIDE, out_dir=tmp_path / "2", selection=Selection(run_id=2), formats=("hsp",),
-    ))
+    only_run_two = build_maps(
+        database,
+        MapSettings(
+            nside=NSIDE,
+            out_dir=tmp_path / "2",
+            selection=Selection(run_id=2),
+            formats=("hsp",),
+        ),
+    )
     assert [band.band for band in only_run_two.bands] == ["g"]
     assert only_run_two.bands[0].frames_placed == 1
     assert only_run_two.bands[0].frames_without_result == sum(frame["band"] == "g" for frame in overlapping_catalog) - 1
@@ -557,16 +675,18 @@ def test_region_maps_exactly_the_frames_that_overlap_it(
         region = polygon_region([359.0, 0.8, 0.8, 359.0], [-1.0, -1.0, 0.5, 0.5])
         argument = "polygon:359,-1,0.8,-1,0.8,0.5,359,0.5"
     else:
-        moc = MOC.from_cone(lon=Longitude(0.5 * u.deg), lat=Latitude(0.5 * u.deg), radius=Angle(0.6 * u.deg),
-                            max_depth=10)
+        moc = MOC.from_cone(
+            lon=Longitude(0.5 * u.deg), lat=Latitude(0.5 * u.deg), radius=Angle(0.6 * u.deg), max_depth=10
+        )
         moc.save(str(tmp_path / "region.fits"), format="fits")
         region, argument = read_moc(tmp_path / "region.fits"), str(tmp_path / "region.fits")
     with database.engine.connect() as connection:
         overlapping = set(frame_ids_in_region(connection, region).tolist())
     in_region = [frame for frame in overlapping_catalog if frame["id"] in overlapping and frame["band"] == "g"]
     assert 0 < len(in_region) < sum(frame["band"] == "g" for frame in overlapping_catalog)
-    result = run_cli("maps", "build", "--nside", str(NSIDE), "--band", "g", "--region", argument,
-                     "--out", str(tmp_path / "maps"))
+    result = run_cli(
+        "maps", "build", "--nside", str(NSIDE), "--band", "g", "--region", argument, "--out", str(tmp_path / "maps")
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "maps" / f"maps_nside{NSIDE}.json").read_text())
     band = manifest["bands"][0]
@@ -582,11 +702,17 @@ def test_frames_without_corners_are_named_counted_and_left_out(
 ) -> None:
     cornerless = overlapping_catalog[1]["id"]  # a g frame with results
     with database.engine.begin() as connection:
-        connection.execute(sa.text("UPDATE frame SET corner_ra[3] = 'NaN' WHERE id = :id"),
-                           {"id": cornerless})
-    summary = build_maps(database, MapSettings(
-        nside=NSIDE, out_dir=tmp_path, selection=Selection(bands=("g",)), formats=("hsp",), chunk_size=4,
-    ))
+        connection.execute(sa.text("UPDATE frame SET corner_ra[3] = 'NaN' WHERE id = :id"), {"id": cornerless})
+    summary = build_maps(
+        database,
+        MapSettings(
+            nside=NSIDE,
+            out_dir=tmp_path,
+            selection=Selection(bands=("g",)),
+            formats=("hsp",),
+            chunk_size=4,
+        ),
+    )
     assert summary.bands[0].frames_without_corners == 1
     assert f"frame {cornerless} (exposure 1, detector 2, g: /archive/2.fits)" in caplog.text
     manifest = json.loads((tmp_path / f"maps_nside{NSIDE}.json").read_text())
@@ -603,9 +729,17 @@ def test_small_frames_fill_every_map_and_the_build_reports_where_each_band_place
 ) -> None:
     # Seven 512 x 520 px cut-outs (38 arcsec), far smaller than a pixel at nside 256 (14 arcmin).
     rng = np.random.default_rng(3)
-    frames = [make_frame(float(rng.uniform(0, 360)), float(rng.uniform(-60, 60)), CUTOUT_HALF_DEG,
-                         "g" if index < 4 else "r", [(1, index % 6, 10.0 * index, 0)], angle_deg=index * 10.0)
-              for index in range(7)]
+    frames = [
+        make_frame(
+            float(rng.uniform(0, 360)),
+            float(rng.uniform(-60, 60)),
+            CUTOUT_HALF_DEG,
+            "g" if index < 4 else "r",
+            [(1, index % 6, 10.0 * index, 0)],
+            angle_deg=index * 10.0,
+        )
+        for index in range(7)
+    ]
     insert_catalog(database, frames)
     result = run_cli("maps", "build", "--nside", "256", "--all-bands", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
@@ -648,7 +782,8 @@ def test_total_covered_area_is_the_sum_of_the_footprint_areas(database: Database
     assert summary.bands[0].covered_area_deg2 == pytest.approx(footprints, rel=0.01)
     covered = HealSparseMap.read(str(tmp_path / f"g_covered_fraction_nside{NSIDE}.hsp"))
     assert float(covered[covered.valid_pixels].sum()) * healpy.nside2pixarea(NSIDE, degrees=True) == pytest.approx(
-        footprints, rel=0.01)
+        footprints, rel=0.01
+    )
 
 
 def test_png_has_a_zoom_panel_for_a_small_footprint(run_cli, overlapping_catalog, tmp_path: Path) -> None:

@@ -14,18 +14,33 @@ from density_db import database as database_module
 from density_db import views
 from density_db.config import Settings
 from density_db.database import (
-    Database, alembic_config, check_schema, connect, current_revision, downgrade, head_revision,
-    open_database, sqlalchemy_url, upgrade,
+    Database,
+    alembic_config,
+    check_schema,
+    connect,
+    current_revision,
+    downgrade,
+    head_revision,
+    open_database,
+    sqlalchemy_url,
+    upgrade,
 )
 from density_db.errors import SchemaVersionError
 from density_db.models import Base
 
 TABLES = {"exposure", "frame", "model", "run", "density_result", "failure", "campaign", "campaign_item"}
-CAMPAIGN_ITEM_FUNCTIONS = {"campaign_item_forget_campaigns", "campaign_item_forget_frames", "campaign_item_forget_results"}
+CAMPAIGN_ITEM_FUNCTIONS = {
+    "campaign_item_forget_campaigns",
+    "campaign_item_forget_frames",
+    "campaign_item_forget_results",
+}
 FUNCTIONS = {"field_density_for_run", "polygon_area_deg2", "density_by_pixel", "flag_names", *CAMPAIGN_ITEM_FUNCTIONS}
 VIEWS_PY_FUNCTIONS = (
-    views.FIELD_DENSITY_FOR_RUN_FUNCTION, views.POLYGON_AREA_FUNCTION, views.DENSITY_BY_PIXEL_FUNCTION,
-    views.FLAG_NAMES_FUNCTION, *views.CAMPAIGN_ITEM_CASCADE_FUNCTIONS,
+    views.FIELD_DENSITY_FOR_RUN_FUNCTION,
+    views.POLYGON_AREA_FUNCTION,
+    views.DENSITY_BY_PIXEL_FUNCTION,
+    views.FLAG_NAMES_FUNCTION,
+    *views.CAMPAIGN_ITEM_CASCADE_FUNCTIONS,
 )
 
 
@@ -43,19 +58,24 @@ def table_names(database: Database) -> set[str]:
 
 def function_names(database: Database) -> set[str]:
     with database.engine.connect() as connection:
-        return set(connection.execute(sa.text(
-            "SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace"
-        )).scalars())
+        return set(
+            connection.execute(
+                sa.text("SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace")
+            ).scalars()
+        )
 
 
 def function_definitions(connection: sa.Connection, schema: str) -> dict[str, tuple]:
     """Each function of ``schema``: its arguments, result, language, volatility and body."""
-    rows = connection.execute(sa.text("""
+    rows = connection.execute(
+        sa.text("""
         SELECT p.proname, pg_get_function_arguments(p.oid), pg_get_function_result(p.oid),
                l.lanname, p.provolatile, p.proisstrict, p.proparallel, p.prosrc
         FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
         WHERE p.pronamespace = CAST(:schema AS regnamespace)
-    """), {"schema": schema})
+    """),
+        {"schema": schema},
+    )
     # a result type named after a view is schema-qualified when another schema comes first in the search path
     return {row[0]: (row[1], row[2].replace(f"{schema}.", ""), *row[3:]) for row in rows}
 
@@ -106,7 +126,9 @@ def test_downgrade_from_0004_drops_flag_names_and_0003_the_per_pixel_functions(e
 def test_models_and_migrations_do_not_drift(empty_database: Database) -> None:
     upgrade(empty_database)
     with empty_database.engine.connect() as connection:
-        differences = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata)
+        differences = compare_metadata(
+            MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata
+        )
     assert differences == []
 
 
@@ -185,9 +207,13 @@ def test_models_sharing_a_name_at_0001_survive_0002_with_distinct_names(empty_da
     upgrade(empty_database, "0001")
     with empty_database.engine.begin() as connection:
         for sha in ("a" * 64, "b" * 64):
-            connection.execute(sa.text(
-                "INSERT INTO model (name, stage, architecture, sha256) VALUES ('demo', 'classifier', 'resnet18', :sha)"
-            ), {"sha": sha})
+            connection.execute(
+                sa.text(
+                    "INSERT INTO model (name, stage, architecture, sha256) "
+                    "VALUES ('demo', 'classifier', 'resnet18', :sha)"
+                ),
+                {"sha": sha},
+            )
     upgrade(empty_database)
     with empty_database.engine.connect() as connection:
         names = connection.execute(sa.text("SELECT name FROM model ORDER BY id")).scalars().all()

@@ -18,13 +18,19 @@ from density_db.model_registry import checkpoint_path, find_model, register_mode
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> Path:
     path = tmp_path / "classifier.pt"
-    save_checkpoint(path, build_model("classifier", "baseline_cnn"), stage="classifier", architecture="baseline_cnn",
-                    metadata={"trained_on": "test"})
+    save_checkpoint(
+        path,
+        build_model("classifier", "baseline_cnn"),
+        stage="classifier",
+        architecture="baseline_cnn",
+        metadata={"trained_on": "test"},
+    )
     return path
 
 
-def test_registering_the_same_checkpoint_twice_keeps_one_row(run_cli, database: Database, checkpoint: Path,
-                                                              tmp_path: Path) -> None:
+def test_registering_the_same_checkpoint_twice_keeps_one_row(
+    run_cli, database: Database, checkpoint: Path, tmp_path: Path
+) -> None:
     first = run_cli("models", "add", str(checkpoint), "--name", "demo-classifier")
     assert first.exit_code == 0, first.output
     assert first.output.startswith("registered demo-classifier (classifier, baseline_cnn")
@@ -42,7 +48,7 @@ def test_registering_the_same_checkpoint_twice_keeps_one_row(run_cli, database: 
     assert "labels: detectable-stars (stars brighter than the 5-sigma point-source depth" in shown
     assert "note:" not in shown
     assert "trained on: images of unrecorded shape and scale (no domain flag)" in shown
-    assert json.loads(shown[shown.index("{"):])["trained_on"] == "test"
+    assert json.loads(shown[shown.index("{") :])["trained_on"] == "test"
 
 
 def test_the_shipped_demo_models_say_they_were_trained_under_the_papers_label_rule(run_cli, database) -> None:
@@ -56,7 +62,7 @@ def test_the_shipped_demo_models_say_they_were_trained_under_the_papers_label_ru
         assert "labels: catalog-stars (every star of the truth catalog" in shown
         assert "note: trained under the 'catalog-stars' rule, not this density-db's 'detectable-stars'" in shown
         assert "input: preprocessing version 1 (image, valid_fraction)" in shown
-        assert "trained on: 9216 x 9232 images at 0.074\"/px" in shown
+        assert 'trained on: 9216 x 9232 images at 0.074"/px' in shown
 
 
 def test_names_resolve_to_paths_and_clashes_are_refused(database: Database, checkpoint: Path, tmp_path: Path) -> None:
@@ -100,11 +106,28 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(run_cli, tmp_path: Path) -> 
 def test_evaluate_accepts_a_registered_name(run_cli, checkpoint: Path, tmp_path: Path) -> None:
     from density_db.simulate.dataset import plan_samples, write_dataset
 
-    write_dataset(tmp_path / "set", plan_samples(6, task="classify", seed=2, balance="uniform"),
-                  task="classify", balance="uniform", shape=(240, 250), version=1)  # the checkpoint's input
+    write_dataset(
+        tmp_path / "set",
+        plan_samples(6, task="classify", seed=2, balance="uniform"),
+        task="classify",
+        balance="uniform",
+        shape=(240, 250),
+        version=1,
+    )  # the checkpoint's input
     run_cli("models", "add", str(checkpoint), "--name", "my-classifier")
-    result = run_cli("evaluate", "--data", str(tmp_path / "set"), "--classifier", "my-classifier",
-                     "--regressor", "none", "--out", str(tmp_path / "report"), "--split", "all")
+    result = run_cli(
+        "evaluate",
+        "--data",
+        str(tmp_path / "set"),
+        "--classifier",
+        "my-classifier",
+        "--regressor",
+        "none",
+        "--out",
+        str(tmp_path / "report"),
+        "--split",
+        "all",
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "report" / "report.json").exists()
     unknown = run_cli("evaluate", "--data", str(tmp_path / "set"), "--classifier", "nobody", "--out", str(tmp_path))

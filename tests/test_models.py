@@ -20,7 +20,11 @@ from density_db.inference.architectures import (
     load_imagenet_weights,
 )
 from density_db.inference.checkpoints import (
-    TrainingDomain, demo_checkpoint, label_metadata, load_checkpoint, save_checkpoint,
+    TrainingDomain,
+    demo_checkpoint,
+    label_metadata,
+    load_checkpoint,
+    save_checkpoint,
 )
 from density_db.inference.predictor import TwoStagePredictor
 from density_db.labels import CLASS_LOWER_EDGES, INPUT_SIZE, N_CLASSES
@@ -83,8 +87,9 @@ def test_version_2_classifier_head_sees_the_point_source_totals(architecture: st
         few, many = model(_version_2_inputs(10, 0)), model(_version_2_inputs(10_000, 0))
     assert not torch.allclose(few, many)
     head = [module for module in model.modules() if isinstance(module, nn.Linear)][-1]
-    paper_head = [module for module in build_model("classifier", architecture).modules()
-                  if isinstance(module, nn.Linear)][-1]
+    paper_head = [
+        module for module in build_model("classifier", architecture).modules() if isinstance(module, nn.Linear)
+    ][-1]
     assert head.in_features == paper_head.in_features + 2
 
 
@@ -112,8 +117,11 @@ def test_baseline_cnn_is_well_under_a_megabyte() -> None:
 
 @pytest.mark.parametrize(
     ("stage", "architecture", "named"),
-    [("detector", "resnet34", "classifier, regressor"), ("classifier", "resnet50", "resnet34, resnet18, baseline_cnn"),
-     ("regressor", "resnet34", "resnet50, resnet18, baseline_cnn")],
+    [
+        ("detector", "resnet34", "classifier, regressor"),
+        ("classifier", "resnet50", "resnet34, resnet18, baseline_cnn"),
+        ("regressor", "resnet34", "resnet50, resnet18, baseline_cnn"),
+    ],
 )
 def test_unknown_stage_or_architecture_lists_the_choices(stage: str, architecture: str, named: str) -> None:
     with pytest.raises(ConfigurationError, match=named):
@@ -246,8 +254,13 @@ def test_plain_state_dict_loads_only_with_its_architecture(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("class_lower_edges", [0, 1, 10, 1_000, 10_000, 100_000]), ("bright_magnitude_limit", 24.0),
-     ("input_size", 256), ("preprocessing_version", 0), ("input_channels", ["image"])],
+    [
+        ("class_lower_edges", [0, 1, 10, 1_000, 10_000, 100_000]),
+        ("bright_magnitude_limit", 24.0),
+        ("input_size", 256),
+        ("preprocessing_version", 0),
+        ("input_channels", ["image"]),
+    ],
 )
 def test_checkpoint_with_other_labels_is_refused_naming_the_mismatch(tmp_path: Path, key: str, value: object) -> None:
     path = tmp_path / "classifier.pt"
@@ -265,8 +278,13 @@ def test_a_version_2_checkpoint_takes_four_channels_and_records_its_input_and_do
     with pytest.raises(ConfigurationError, match="for preprocessing version 1"):
         save_checkpoint(tmp_path / "wrong.pt", model, stage="classifier", architecture="baseline_cnn")
     domain = {"image_shape": [9216, 9232], "pixel_scale_arcsec": 0.074}
-    save_checkpoint(tmp_path / "v2.pt", model, stage="classifier", architecture="baseline_cnn",
-                    metadata={"preprocessing_version": 2, "training_domain": domain})
+    save_checkpoint(
+        tmp_path / "v2.pt",
+        model,
+        stage="classifier",
+        architecture="baseline_cnn",
+        metadata={"preprocessing_version": 2, "training_domain": domain},
+    )
     loaded = load_checkpoint(tmp_path / "v2.pt")
     assert loaded.preprocessing_version == 2
     assert loaded.metadata["input_channels"] == ["image", "valid_fraction", "point_like", "bright_point_like"]

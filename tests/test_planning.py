@@ -23,8 +23,12 @@ from density_db.regions import ConeRegion
 HALF_SIDE_DEG = 0.095  # a CSST detector is 11.4' across
 
 
-def probabilities_for(density_class: int, confidence: float = 0.9, runner_up: int | None = None,
-                      runner_up_probability: float | None = None) -> list[float]:
+def probabilities_for(
+    density_class: int,
+    confidence: float = 0.9,
+    runner_up: int | None = None,
+    runner_up_probability: float | None = None,
+) -> list[float]:
     """Six probabilities peaked on ``density_class``, with an optional second choice."""
     probabilities = np.zeros(6)
     probabilities[density_class] = confidence
@@ -43,12 +47,20 @@ def add_results(database: Database, run: tuple[int, int, int], results: dict[int
         klass = result["class"]
         probabilities = result.get("probabilities") or probabilities_for(klass)
         bright = result.get("bright_count", None if klass == 5 else 500.0)
-        rows.append({
-            "frame_id": frame_id, "classifier_id": classifier_id, "regressor_id": regressor_id, "run_id": run_id,
-            "density_class": klass, "probabilities": probabilities, "class_confidence": max(probabilities),
-            "bright_count": bright, "log_bright": None if bright is None else float(np.log10(1 + bright)),
-            "regression_status": {0: "empty", 5: "bypassed"}.get(klass, "predicted"),
-        })
+        rows.append(
+            {
+                "frame_id": frame_id,
+                "classifier_id": classifier_id,
+                "regressor_id": regressor_id,
+                "run_id": run_id,
+                "density_class": klass,
+                "probabilities": probabilities,
+                "class_confidence": max(probabilities),
+                "bright_count": bright,
+                "log_bright": None if bright is None else float(np.log10(1 + bright)),
+                "regression_status": {0: "empty", 5: "bypassed"}.get(klass, "predicted"),
+            }
+        )
     with database.engine.begin() as connection:
         ids = connection.execute(
             sa.insert(DensityResult).returning(DensityResult.frame_id, DensityResult.id), rows
@@ -65,9 +77,9 @@ def frame_at(ra: float, dec: float, band: str = "g", valid_fraction: float | Non
 def stored_flags(database: Database) -> dict[int, tuple[int, list[str], int | None]]:
     """frame id -> (flags, flag_names() from SQL, flags_run_id) of every result."""
     with database.engine.connect() as connection:
-        rows = connection.execute(sa.text(
-            "SELECT frame_id, flags, flag_names(flags), flags_run_id FROM density_result"
-        )).all()
+        rows = connection.execute(
+            sa.text("SELECT frame_id, flags, flag_names(flags), flags_run_id FROM density_result")
+        ).all()
     return {frame_id: (flags, names, run_id) for frame_id, flags, names, run_id in rows}
 
 
@@ -79,7 +91,7 @@ def flagged_catalog(database: Database) -> dict[str, int]:
     """Frames named by what their result should be flagged with; returns name -> frame id."""
     layout = {  # name: (ra, dec, band, valid fraction)
         "extreme": (10.0, 0.0, "g", 1.0),
-        "neighbour_r": (10.2, 0.0, "r", 1.0),       # 0.2 deg from "extreme", other band, class 1
+        "neighbour_r": (10.2, 0.0, "r", 1.0),  # 0.2 deg from "extreme", other band, class 1
         "neighbour_same_band": (9.8, 0.0, "g", 1.0),  # 0.2 deg from "extreme", same band: no disagreement
         "out_of_range": (12.0, 0.0, "i", 1.0),
         "few_references": (14.0, 0.0, "z", 1.0),
@@ -93,18 +105,22 @@ def flagged_catalog(database: Database) -> dict[str, int]:
     # the same sky as "extreme" in another exposure and band: not compared
     other_exposure = insert_frames(database, [frame_at(10.0, 0.0, "r", 1.0, path="/archive/other.fits")])
     frames = dict(zip(names, ids, strict=True)) | {"other_exposure": other_exposure[0]}
-    add_results(database, new_run(database, "flags"), {
-        frames["extreme"]: {"class": 5},
-        frames["neighbour_r"]: {"class": 1, "bright_count": 100.0},
-        frames["neighbour_same_band"]: {"class": 1, "bright_count": 100.0},
-        frames["out_of_range"]: {"class": 4, "bright_count": 2500.0},
-        frames["few_references"]: {"class": 1, "bright_count": 5.0},
-        frames["near_boundary"]: {"class": 2, "probabilities": probabilities_for(2, 0.45, 3, 0.35)},
-        frames["low_confidence_only"]: {"class": 2, "probabilities": probabilities_for(2, 0.5, 0, 0.4)},
-        frames["poor_input"]: {"class": 2},
-        frames["clean"]: {"class": 2},
-        frames["other_exposure"]: {"class": 1, "bright_count": 100.0},
-    })
+    add_results(
+        database,
+        new_run(database, "flags"),
+        {
+            frames["extreme"]: {"class": 5},
+            frames["neighbour_r"]: {"class": 1, "bright_count": 100.0},
+            frames["neighbour_same_band"]: {"class": 1, "bright_count": 100.0},
+            frames["out_of_range"]: {"class": 4, "bright_count": 2500.0},
+            frames["few_references"]: {"class": 1, "bright_count": 5.0},
+            frames["near_boundary"]: {"class": 2, "probabilities": probabilities_for(2, 0.45, 3, 0.35)},
+            frames["low_confidence_only"]: {"class": 2, "probabilities": probabilities_for(2, 0.5, 0, 0.4)},
+            frames["poor_input"]: {"class": 2},
+            frames["clean"]: {"class": 2},
+            frames["other_exposure"]: {"class": 1, "bright_count": 100.0},
+        },
+    )
     return frames
 
 
@@ -168,22 +184,31 @@ def default_rules_text() -> str:
 BRANCH = '[[branch]]\nname = "standard"\n'
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ('colour = "red"\n' + BRANCH, "unknown key 'colour'"),
-    ('[[branch]]\nname = "a"\nwhen = { klass = 5 }\n' + BRANCH, "when: unknown key 'klass'"),
-    ('[[branch]]\nname = "a"\nwhen = { density_class = "four" }\n' + BRANCH, "density_class must be a class 0-5"),
-    ('[[branch]]\nname = "a"\nwhen = { density_class = 7 }\n' + BRANCH, "density_class must be a class 0-5"),
-    ('[[branch]]\nname = "a"\nwhen = { bright_count = { below = "ten" } }\n' + BRANCH, "bright_count.below must be"),
-    ('[[branch]]\nname = "a"\nwhen = { bright_count = { under = 10 } }\n' + BRANCH, "unknown key 'under'"),
-    ('[[branch]]\nname = "a"\nwhen = { flags_any = ["wobbly"] }\n' + BRANCH, "unknown flag 'wobbly'"),
-    ('[[branch]]\nname = "a"\ncost_per_frame = -1\n' + BRANCH, "cost_per_frame must be a number >= 0"),
-    ('[[branch]]\nname = "a b"\n' + BRANCH, "name must be a word"),
-    ('[[branch]]\nname = "a"\nwhen = { band = "g" }\n[[branch]]\nname = "a"\n', "two branches are named 'a'"),
-    ('[[branch]]\nname = "standard"\nwhen = { band = "g" }\n', "the last branch must take every frame"),
-    ('[flags]\ncrowded_min_class = 4\n' + BRANCH, "[flags]: missing few_references_below"),
-    ('[[branch]]\nname = "a"\nwhen = { region = { cone = [10, 0] } }\n' + BRANCH, "region cone is [ra, dec, radius]"),
-    ("[[branch]\nname = 'a'\n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('colour = "red"\n' + BRANCH, "unknown key 'colour'"),
+        ('[[branch]]\nname = "a"\nwhen = { klass = 5 }\n' + BRANCH, "when: unknown key 'klass'"),
+        ('[[branch]]\nname = "a"\nwhen = { density_class = "four" }\n' + BRANCH, "density_class must be a class 0-5"),
+        ('[[branch]]\nname = "a"\nwhen = { density_class = 7 }\n' + BRANCH, "density_class must be a class 0-5"),
+        (
+            '[[branch]]\nname = "a"\nwhen = { bright_count = { below = "ten" } }\n' + BRANCH,
+            "bright_count.below must be",
+        ),
+        ('[[branch]]\nname = "a"\nwhen = { bright_count = { under = 10 } }\n' + BRANCH, "unknown key 'under'"),
+        ('[[branch]]\nname = "a"\nwhen = { flags_any = ["wobbly"] }\n' + BRANCH, "unknown flag 'wobbly'"),
+        ('[[branch]]\nname = "a"\ncost_per_frame = -1\n' + BRANCH, "cost_per_frame must be a number >= 0"),
+        ('[[branch]]\nname = "a b"\n' + BRANCH, "name must be a word"),
+        ('[[branch]]\nname = "a"\nwhen = { band = "g" }\n[[branch]]\nname = "a"\n', "two branches are named 'a'"),
+        ('[[branch]]\nname = "standard"\nwhen = { band = "g" }\n', "the last branch must take every frame"),
+        ("[flags]\ncrowded_min_class = 4\n" + BRANCH, "[flags]: missing few_references_below"),
+        (
+            '[[branch]]\nname = "a"\nwhen = { region = { cone = [10, 0] } }\n' + BRANCH,
+            "region cone is [ra, dec, radius]",
+        ),
+        ("[[branch]\nname = 'a'\n", "not valid TOML"),
+    ],
+)
 def test_a_bad_rules_file_is_an_error_that_says_where(text: str, message: str) -> None:
     with pytest.raises(RulesError) as error:
         parse_rules(text.encode(), source="team.toml")
@@ -191,18 +216,30 @@ def test_a_bad_rules_file_is_an_error_that_says_where(text: str, message: str) -
     assert str(error.value).startswith("team.toml")
 
 
-@pytest.mark.parametrize(("branches", "unreachable", "because"), [
-    ('name = "crowded"\nwhen = { density_class = { min = 4 } }\n[[branch]]\nname = "extreme"\n'
-     'when = { density_class = 5 }', "extreme", "earlier branch 'crowded'"),
-    ('name = "any_flag"\nwhen = { flags_any = ["low_confidence", "near_class_boundary"] }\n[[branch]]\n'
-     'name = "doubtful_g"\nwhen = { flags_all = ["low_confidence"], band = "g" }', "doubtful_g", "'any_flag'"),
-    ('name = "empty"\nwhen = { bright_count = { min = 10, below = 5 } }', "empty", "empty range"),
-    ('name = "everything"\n[[branch]]\nname = "later"\nwhen = { band = "g" }', "later", "'everything'"),
-])
+@pytest.mark.parametrize(
+    ("branches", "unreachable", "because"),
+    [
+        (
+            'name = "crowded"\nwhen = { density_class = { min = 4 } }\n[[branch]]\nname = "extreme"\n'
+            "when = { density_class = 5 }",
+            "extreme",
+            "earlier branch 'crowded'",
+        ),
+        (
+            'name = "any_flag"\nwhen = { flags_any = ["low_confidence", "near_class_boundary"] }\n[[branch]]\n'
+            'name = "doubtful_g"\nwhen = { flags_all = ["low_confidence"], band = "g" }',
+            "doubtful_g",
+            "'any_flag'",
+        ),
+        ('name = "empty"\nwhen = { bright_count = { min = 10, below = 5 } }', "empty", "empty range"),
+        ('name = "everything"\n[[branch]]\nname = "later"\nwhen = { band = "g" }', "later", "'everything'"),
+    ],
+)
 def test_unreachable_branches_are_warned_about(branches: str, unreachable: str, because: str) -> None:
     rules = parse_rules(f"[[branch]]\n{branches}\n".encode(), source="team.toml")
-    assert any(f"branch {unreachable!r} can never be chosen" in warning and because in warning
-               for warning in rules.warnings), rules.warnings
+    assert any(
+        f"branch {unreachable!r} can never be chosen" in warning and because in warning for warning in rules.warnings
+    ), rules.warnings
 
 
 def test_rules_without_a_catch_all_get_a_standard_branch_and_the_default_rules_are_clean() -> None:
@@ -219,7 +256,9 @@ def test_plan_rules_shows_branches_and_warnings(run_cli, tmp_path: Path) -> None
     rules = tmp_path / "shadowed.toml"
     rules.write_text('[[branch]]\nname = "all"\n[[branch]]\nname = "never"\nwhen = { band = "g" }\n')
     checked = run_cli("plan", "rules", "--rules", str(rules))
-    assert "1. all" in checked.output and "warning: " in checked.output and "'never' can never be chosen" in checked.output
+    assert (
+        "1. all" in checked.output and "warning: " in checked.output and "'never' can never be chosen" in checked.output
+    )
 
 
 # -- campaigns -----------------------------------------------------------------------------
@@ -272,8 +311,13 @@ def survey(database: Database) -> dict[str, int]:
 
 
 EXPECTED_BRANCHES = {
-    "extreme": "extreme", "crowded": "crowded", "few_stars": "few_stars", "red_sky": "red_sky",
-    "unsure_red": "standard", "target": "target", "standard": "standard",
+    "extreme": "extreme",
+    "crowded": "crowded",
+    "few_stars": "few_stars",
+    "red_sky": "red_sky",
+    "unsure_red": "standard",
+    "target": "target",
+    "standard": "standard",
 }
 
 
@@ -307,7 +351,9 @@ def test_selection_by_band_region_and_run(run_cli, survey: dict[str, int], tmp_p
     assert len(exported(run_cli, "reds")) == 4
     assert run_cli("plan", "create", "patch", "--region", "polygon:29.5,-1,32.5,-1,32.5,1,29.5,1").exit_code == 0
     assert {row["frame_id"] for row in exported(run_cli, "patch")} == {
-        survey["extreme"], survey["crowded"], survey["few_stars"]
+        survey["extreme"],
+        survey["crowded"],
+        survey["few_stars"],
     }
     assert run_cli("plan", "create", "one-run", "--run", str(survey["run_id"])).exit_code == 0
     assert len(exported(run_cli, "one-run")) == 7
@@ -324,14 +370,22 @@ def test_diff_after_new_results_and_update_round_trip(
 ) -> None:
     assert run_cli("plan", "create", "before").exit_code == 0
     # new models: one crowded frame is now extreme, one standard frame now crowded
-    add_results(database, new_run(database, "new-models"), {
-        survey["crowded"]: {"class": 5}, survey["standard"]: {"class": 4, "bright_count": 3000.0},
-        survey["red_sky"]: {"class": 2},
-    })
+    add_results(
+        database,
+        new_run(database, "new-models"),
+        {
+            survey["crowded"]: {"class": 5},
+            survey["standard"]: {"class": 4, "bright_count": 3000.0},
+            survey["red_sky"]: {"class": 2},
+        },
+    )
     assert run_cli("plan", "create", "after").exit_code == 0
     diff = run_cli("plan", "diff", "before", "after", "--format", "csv")
-    assert diff.output.splitlines() == ["from_branch,to_branch,frames", "deblending,crowded_photometry,1",
-                                        "standard,deblending,1"]
+    assert diff.output.splitlines() == [
+        "from_branch,to_branch,frames",
+        "deblending,crowded_photometry,1",
+        "standard,deblending,1",
+    ]
     frames = run_cli("plan", "diff", "before", "after", "--frames", "--format", "json")
     changed = {row["frame_id"]: (row["from_class"], row["to_class"]) for row in json.loads(frames.output)}
     assert changed == {survey["crowded"]: (4, 5), survey["standard"]: (2, 4)}
@@ -388,14 +442,17 @@ def test_exports_read_back_equal_the_stored_campaign(
     written = run_cli("plan", "export", "export-me", "--format", "moc", "--out", str(out))
     assert written.exit_code == 0, written.output
     files = sorted(out.iterdir())
-    assert [path.name for path in files] == sorted(f"export-me_{branch}_moc.fits"
-                                                   for branch in {row["branch"] for row in items})
+    assert [path.name for path in files] == sorted(
+        f"export-me_{branch}_moc.fits" for branch in {row["branch"] for row in items}
+    )
     with database.engine.connect() as connection:
         footprints = dict(connection.execute(sa.text("SELECT id, footprint FROM frame")).all())
     for path in files:
         branch = path.name.removeprefix("export-me_").removesuffix("_moc.fits")
-        ranges = np.array([(r.lower, r.upper) for row in items if row["branch"] == branch
-                           for r in footprints[row["frame_id"]]], dtype=np.uint64)
+        ranges = np.array(
+            [(r.lower, r.upper) for row in items if row["branch"] == branch for r in footprints[row["frame_id"]]],
+            dtype=np.uint64,
+        )
         expected = MOC.from_depth29_ranges(sky.FOOTPRINT_DEPTH, ranges)
         assert MOC.from_fits(path) == expected, branch
 

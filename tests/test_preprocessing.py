@@ -85,8 +85,9 @@ def test_input_errors_cross_process_boundaries() -> None:
 def test_cuda_path_agrees_with_the_cpu_path() -> None:
     image, quality = damaged_image(np.random.default_rng(11), (2311, 2308))
     cpu, statistics = preprocess(image, quality)
-    on_gpu, gpu_statistics = preprocess_tensor(torch.from_numpy(image.astype(np.float32)).cuda(),
-                                               torch.from_numpy(quality).cuda())
+    on_gpu, gpu_statistics = preprocess_tensor(
+        torch.from_numpy(image.astype(np.float32)).cuda(), torch.from_numpy(quality).cuda()
+    )
     np.testing.assert_allclose(on_gpu.cpu().numpy(), cpu, atol=1e-5)
     assert gpu_statistics.valid_count == statistics.valid_count
     assert gpu_statistics.std == pytest.approx(statistics.std, rel=1e-6)
@@ -105,8 +106,12 @@ def simulated_cutout(band: str, shape: tuple[int, int], sources: dict, seed: int
     count = len(stars) + len(galaxies)
     column = lambda values: np.array(values, dtype=np.float64)  # noqa: E731
     catalog = TruthCatalog(
-        band=band, label_rule=LABEL_RULE, counting_limit=25.0, unresolved_mag_arcsec2=np.inf,
-        ra=np.zeros(count), dec=np.zeros(count),
+        band=band,
+        label_rule=LABEL_RULE,
+        counting_limit=25.0,
+        unresolved_mag_arcsec2=np.inf,
+        ra=np.zeros(count),
+        dec=np.zeros(count),
         x=column([s[0] for s in stars] + [g[0] for g in galaxies]),
         y=column([s[1] for s in stars] + [g[1] for g in galaxies]),
         mag=column([s[2] for s in stars] + [g[2] for g in galaxies]),
@@ -130,8 +135,10 @@ def calibration_of(band: str):
 def test_version_2_counts_stars_and_saturated_cores_but_not_galaxies_or_cosmic_rays() -> None:
     from density_db.simulate.render import QUALITY_SATURATED
 
-    stars = [(100 + 90 * (k % 6), 100 + 120 * (k // 6), magnitude)
-             for k, magnitude in enumerate([19, 20, 21, 22, 22.5, 23, 23.3, 23.7, 24, 24.5, 24.8, 25.0])]
+    stars = [
+        (100 + 90 * (k % 6), 100 + 120 * (k // 6), magnitude)
+        for k, magnitude in enumerate([19, 20, 21, 22, 22.5, 23, 23.3, 23.7, 24, 24.5, 24.8, 25.0])
+    ]
     galaxies = [(145 + 90 * (k % 6), 160 + 120 * (k // 6), 20.5 + 0.3 * k, 6.0) for k in range(12)]
     saturated_star = [(400, 560, 14.0)]  # its core saturates: NaN, flagged in DQ
     image = simulated_cutout("r", (700, 720), {"stars": stars + saturated_star, "galaxies": galaxies}, seed=1)
@@ -139,15 +146,17 @@ def test_version_2_counts_stars_and_saturated_cores_but_not_galaxies_or_cosmic_r
     assert (quality & QUALITY_SATURATED).any()
     science[650, 100] += 3000.0  # cosmic rays and hot pixels: sharper than any star
     science[50, 600] += 800.0
-    tensor, _ = preprocess(science, quality, version=2, calibration=calibration_of("r"),
-                           saturated_bits=QUALITY_SATURATED)
+    tensor, _ = preprocess(
+        science, quality, version=2, calibration=calibration_of("r"), saturated_bits=QUALITY_SATURATED
+    )
     assert tensor.shape == (4, 224, 224) and tensor.dtype == np.float32
     # Counts per bin overlap by a pixel where bins share one; the cells give the exact totals.
     from density_db.inference.point_sources import count_point_sources
     from density_db.pooling import CellGrid
 
-    counts = count_point_sources(science, quality, CellGrid.for_shape(science.shape), calibration_of("r"),
-                                 saturated_bits=QUALITY_SATURATED)
+    counts = count_point_sources(
+        science, quality, CellGrid.for_shape(science.shape), calibration_of("r"), saturated_bits=QUALITY_SATURATED
+    )
     assert counts.point_like.sum() == len(stars) + 1  # every star to 25 mag is at S/N > 7 in r
     assert counts.bright.sum() == sum(magnitude < 23.5 for _, _, magnitude in stars) + 1
     assert tensor[2].sum() >= counts.point_like.sum() and tensor[3].sum() >= counts.bright.sum()
@@ -179,10 +188,13 @@ def test_saturated_blobs_count_once_each_whatever_their_shape_and_place() -> Non
     assert counts.point_like.sum() == counts.bright.sum() == len(blobs) + 2
 
 
-@pytest.mark.parametrize("device", [
-    "cpu",  # torch's CPU device runs the same code as CUDA
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
-])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",  # torch's CPU device runs the same code as CUDA
+        pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
+    ],
+)
 def test_version_2_cpu_and_torch_paths_find_the_same_sources(device: str) -> None:
     """A crowded, damaged cut-out (Fornax's centre, galaxies, saturated stars, bad columns): identical counts."""
     from astropy.wcs import WCS
@@ -199,8 +211,9 @@ def test_version_2_cpu_and_torch_paths_find_the_same_sources(device: str) -> Non
     image = render_detector(catalog, shape, "g", rng)
     options = {"version": 2, "calibration": calibration_of("g"), "saturated_bits": QUALITY_SATURATED}
     cpu, _ = preprocess(image.science, image.quality, **options)
-    on_device, _ = preprocess_tensor(torch.from_numpy(image.science).to(device),
-                                     torch.from_numpy(image.quality).to(device), **options)
+    on_device, _ = preprocess_tensor(
+        torch.from_numpy(image.science).to(device), torch.from_numpy(image.quality).to(device), **options
+    )
     assert cpu[2].sum() > 10  # the test image holds point-like sources (about 20)
     np.testing.assert_array_equal(on_device[2:].cpu().numpy(), cpu[2:])
     np.testing.assert_allclose(on_device[:2].cpu().numpy(), cpu[:2], atol=1e-5)  # float32 standardising
@@ -222,8 +235,12 @@ def test_a_missing_fwhm_is_measured_on_the_stars_among_galaxies_and_a_cosmic_ray
 
     rng = np.random.default_rng(4)
     stars = [(x, y, m) for x, y, m in zip(rng.uniform(20, 880, 40), rng.uniform(20, 880, 40), rng.uniform(18, 22, 40))]
-    galaxies = [(x, y, m, r) for x, y, m, r in zip(rng.uniform(20, 880, 40), rng.uniform(20, 880, 40),
-                                                   rng.uniform(18, 21, 40), rng.uniform(2, 6, 40))]
+    galaxies = [
+        (x, y, m, r)
+        for x, y, m, r in zip(
+            rng.uniform(20, 880, 40), rng.uniform(20, 880, 40), rng.uniform(18, 21, 40), rng.uniform(2, 6, 40)
+        )
+    ]
     image = simulated_cutout(band, (900, 900), {"stars": stars, "galaxies": galaxies}, seed=2)
     science = image.science.copy()
     science[450, 450] += 5000.0

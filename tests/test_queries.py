@@ -34,18 +34,27 @@ def random_frames(rng: np.random.Generator, count: int) -> list[dict]:
         offsets = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half
         rotated = offsets @ np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
         corner_ra, corner_dec = tangent_to_sky(ra[index], dec[index], rotated[:, 0], rotated[:, 1])
-        frames.append({
-            "detector": index % 30 + 1, "band": BANDS[index % len(BANDS)], "path": f"/archive/{index}.fits",
-            "hdu_index": 1, "naxis1": 64, "naxis2": 64, "ra": ra[index], "dec": dec[index],
-            "corner_ra": corner_ra.tolist(), "corner_dec": corner_dec.tolist(),
-            "radius_deg": sky.circumradius_deg(ra[index], dec[index], corner_ra, corner_dec),
-            "hpx": int(sky.hpx29(ra[index], dec[index])),
-            "footprint": [Range(int(lo), int(hi), bounds="[)") for lo, hi in sky.footprint_ranges(corner_ra, corner_dec)],
-            "footprint_depth": sky.FOOTPRINT_DEPTH,
-        })
+        frames.append(
+            {
+                "detector": index % 30 + 1,
+                "band": BANDS[index % len(BANDS)],
+                "path": f"/archive/{index}.fits",
+                "hdu_index": 1,
+                "naxis1": 64,
+                "naxis2": 64,
+                "ra": ra[index],
+                "dec": dec[index],
+                "corner_ra": corner_ra.tolist(),
+                "corner_dec": corner_dec.tolist(),
+                "radius_deg": sky.circumradius_deg(ra[index], dec[index], corner_ra, corner_dec),
+                "hpx": int(sky.hpx29(ra[index], dec[index])),
+                "footprint": [
+                    Range(int(lo), int(hi), bounds="[)") for lo, hi in sky.footprint_ranges(corner_ra, corner_dec)
+                ],
+                "footprint_depth": sky.FOOTPRINT_DEPTH,
+            }
+        )
     return frames
-
-
 
 
 @pytest.fixture
@@ -54,14 +63,22 @@ def random_catalog(database: Database) -> list[dict]:
     frames = random_frames(rng, 900)
     with database.engine.begin() as connection:
         for start in range(0, len(frames), 30):  # 30 detectors per exposure
-            exposure_pk = connection.execute(sa.insert(Exposure).values(
-                instrument="csst", exposure_id=str(start), mjd=61000.0,
-                obs_time=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
-            ).returning(Exposure.id)).scalar_one()
-            batch = frames[start:start + 30]
+            exposure_pk = connection.execute(
+                sa.insert(Exposure)
+                .values(
+                    instrument="csst",
+                    exposure_id=str(start),
+                    mjd=61000.0,
+                    obs_time=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+                )
+                .returning(Exposure.id)
+            ).scalar_one()
+            batch = frames[start : start + 30]
             for frame in batch:
                 frame["exposure_pk"] = exposure_pk
-            ids = connection.execute(sa.insert(Frame).returning(Frame.id, sort_by_parameter_order=True), batch).scalars()
+            ids = connection.execute(
+                sa.insert(Frame).returning(Frame.id, sort_by_parameter_order=True), batch
+            ).scalars()
             for frame, frame_id in zip(batch, ids, strict=True):
                 frame["id"] = frame_id
     return frames
@@ -73,8 +90,10 @@ def test_cone_search_equals_brute_force(database: Database, random_catalog: list
     dec = np.array([frame["dec"] for frame in random_catalog])
     ids = np.array([frame["id"] for frame in random_catalog])
     cones = [(0.2, 89.5, 3.0), (359.9, 0.0, 5.0), (0.0, -89.99, 40.0)]
-    cones += [(rng.uniform(0, 360), np.degrees(np.arcsin(rng.uniform(-1, 1))), rng.choice([0.5, 2.0, 10.0, 30.0]))
-              for _ in range(25)]
+    cones += [
+        (rng.uniform(0, 360), np.degrees(np.arcsin(rng.uniform(-1, 1))), rng.choice([0.5, 2.0, 10.0, 30.0]))
+        for _ in range(25)
+    ]
     for cone_ra, cone_dec, radius in cones:
         separation = sky.angular_separation_deg(cone_ra, cone_dec, ra, dec)
         certain = np.abs(separation - radius) > 1e-9
@@ -88,13 +107,16 @@ def test_cone_search_equals_brute_force(database: Database, random_catalog: list
 
 def test_frames_at_equals_brute_force_polygon_test(database: Database, random_catalog: list[dict]) -> None:
     rng = np.random.default_rng(2)
-    points = [(frame["corner_ra"][0] + rng.normal(0, 0.2), frame["corner_dec"][0] + rng.normal(0, 0.2))
-              for frame in random_catalog[::15]]
+    points = [
+        (frame["corner_ra"][0] + rng.normal(0, 0.2), frame["corner_dec"][0] + rng.normal(0, 0.2))
+        for frame in random_catalog[::15]
+    ]
     points += [(0.0, 89.9), (359.99, 0.1), (180.0, 0.0)]
     for point_ra, point_dec in points:
         point_ra, point_dec = point_ra % 360, float(np.clip(point_dec, -90, 90))
         expected = {
-            frame["id"] for frame in random_catalog
+            frame["id"]
+            for frame in random_catalog
             if sky.polygon_contains(np.array(frame["corner_ra"]), np.array(frame["corner_dec"]), point_ra, point_dec)
         }
         assert {row[0] for row in frames_at(database, point_ra, point_dec).rows} == expected
@@ -102,7 +124,9 @@ def test_frames_at_equals_brute_force_polygon_test(database: Database, random_ca
 
 def test_band_filter_is_case_insensitive_through_the_cli(run_cli, random_catalog: list[dict]) -> None:
     frame = next(frame for frame in random_catalog if frame["band"] == "NUV")
-    result = run_cli("query", "frames", "--at", str(frame["ra"]), str(frame["dec"]), "--band", "nuv", "--format", "json")
+    result = run_cli(
+        "query", "frames", "--at", str(frame["ra"]), str(frame["dec"]), "--band", "nuv", "--format", "json"
+    )
     assert result.exit_code == 0, result.output
     records = json.loads(result.output)
     assert frame["id"] in {record["frame_id"] for record in records}
@@ -125,8 +149,9 @@ def test_output_formats_carry_the_same_rows(run_cli, random_catalog: list[dict],
     frame = random_catalog[200]
     result = run_cli("query", "cone", str(frame["ra"]), str(frame["dec"]), "1.0", "--format", output_format)
     assert result.exit_code == 0, result.output
-    expected = len(json.loads(run_cli("query", "cone", str(frame["ra"]), str(frame["dec"]), "1.0",
-                                      "--format", "json").output))
+    expected = len(
+        json.loads(run_cli("query", "cone", str(frame["ra"]), str(frame["dec"]), "1.0", "--format", "json").output)
+    )
     assert expected >= 1
     if output_format == "csv":
         assert len(result.output.splitlines()) == expected + 1
@@ -135,7 +160,9 @@ def test_output_formats_carry_the_same_rows(run_cli, random_catalog: list[dict],
     elif output_format == "json":
         assert len(json.loads(result.output)) == expected
     else:
-        table = Table.read(io.BytesIO(result.stdout_bytes), format="votable" if output_format == "votable" else "ascii.ecsv")
+        table = Table.read(
+            io.BytesIO(result.stdout_bytes), format="votable" if output_format == "votable" else "ascii.ecsv"
+        )
         assert len(table) == expected
         assert frame["id"] in set(table["frame_id"])
         assert "distance_deg" in table.colnames

@@ -7,19 +7,19 @@ import subprocess
 from pathlib import Path
 
 import sqlalchemy as sa
-from fits_factory import FrameSpec, csst_keywords, truncate, write_mef, write_single
 
 from density_db.database import Database
 from density_db.simulate.exposures import plan_pointings, simulate_exposures
-
+from fits_factory import FrameSpec, csst_keywords, truncate, write_mef, write_single
 
 SMALL = (64, 64)  # registration reads headers: tiny images, real focal-plane WCS
 
 
 def simulate(out: Path, exposures: int, *, seed: int, ra: float = 10.0, dec: float = -30.0, **options) -> list[Path]:
     """Simulated exposures, one file per imaging detector (18 each)."""
-    rows = simulate_exposures(out, plan_pointings(exposures, seed=seed, ra=ra, dec=dec), shape=SMALL, seed=seed,
-                              **options)
+    rows = simulate_exposures(
+        out, plan_pointings(exposures, seed=seed, ra=ra, dec=dec), shape=SMALL, seed=seed, **options
+    )
     return [Path(row.path) for row in rows]
 
 
@@ -34,13 +34,16 @@ def test_exposure_files_register_every_detector_once(run_cli, database: Database
     first = run_cli("ingest", "--metadata-only", str(tmp_path))
     assert first.exit_code == 0, first.output
     assert "36 files, 36 frames registered, 0 already known, 0 failures" in first.output
-    assert rows(database, "SELECT count(*), count(DISTINCT exposure_pk), count(dq_hdu_index) FROM frame") == [(36, 2, 36)]
+    assert rows(database, "SELECT count(*), count(DISTINCT exposure_pk), count(dq_hdu_index) FROM frame") == [
+        (36, 2, 36)
+    ]
     second = run_cli("ingest", "--metadata-only", str(tmp_path))
     assert "0 frames registered, 36 already known" in second.output
     assert rows(database, "SELECT count(*) FROM frame") == [(36,)]
     assert rows(database, "SELECT count(*) FROM exposure") == [(2,)]
     assert rows(database, "SELECT kind, status, counts->>'frames_new' FROM run ORDER BY id") == [
-        ("register", "completed", "36"), ("register", "completed", "0"),
+        ("register", "completed", "36"),
+        ("register", "completed", "0"),
     ]
 
 
@@ -53,8 +56,7 @@ def test_frames_of_a_moved_archive_follow_their_files_and_copies_keep_the_origin
     moved = run_cli("ingest", "--metadata-only", str(tmp_path / "moved"))
     assert "0 frames registered, 18 already known" in moved.output
     paths = [path for (path,) in rows(database, "SELECT path FROM frame")]
-    assert len(paths) == 18 and all(path.startswith(str(tmp_path / "moved")) and Path(path).is_file()
-                                    for path in paths)
+    assert len(paths) == 18 and all(path.startswith(str(tmp_path / "moved")) and Path(path).is_file() for path in paths)
 
     shutil.copytree(tmp_path / "moved", tmp_path / "copy")
     assert run_cli("ingest", "--metadata-only", str(tmp_path / "copy")).exit_code == 0
@@ -71,7 +73,9 @@ def test_bad_inputs_become_failure_rows_and_exit_code_3(run_cli, database: Datab
     assert "4 files, 1 frames registered, 0 already known, 3 failures" in result.output
     failures = rows(database, "SELECT path, hdu_index, error_kind, attempts FROM failure ORDER BY path")
     assert [(Path(path).name, hdu, kind, attempts) for path, hdu, kind, attempts in failures] == [
-        ("band.fits", 0, "unknown_band", 1), ("cut.fits", -1, "truncated", 1), ("notes.fits", -1, "not_fits", 1),
+        ("band.fits", 0, "unknown_band", 1),
+        ("cut.fits", -1, "truncated", 1),
+        ("notes.fits", -1, "not_fits", 1),
     ]
     again = run_cli("ingest", "--metadata-only", str(tmp_path))
     assert again.exit_code == 3
@@ -89,10 +93,13 @@ def test_a_fixed_file_loses_its_failure(run_cli, database: Database, tmp_path: P
 
 
 def test_missing_path_and_from_file_list(run_cli, database: Database, tmp_path: Path) -> None:
-    mef = write_mef(tmp_path / "two.fits", [
-        FrameSpec(keywords=csst_keywords(obsid="7", chipid=6, band="y")),
-        FrameSpec(ra=150.2, keywords=csst_keywords(obsid="7", chipid=7, band="i")),
-    ])
+    mef = write_mef(
+        tmp_path / "two.fits",
+        [
+            FrameSpec(keywords=csst_keywords(obsid="7", chipid=6, band="y")),
+            FrameSpec(ra=150.2, keywords=csst_keywords(obsid="7", chipid=7, band="i")),
+        ],
+    )
     listing = tmp_path / "inputs.txt"
     listing.write_text(f"# archive list\n{mef}\n\n{tmp_path / 'gone.fits'}\n")
     result = run_cli("ingest", "--metadata-only", "--from-file", str(listing))
@@ -108,8 +115,11 @@ def test_stored_geometry_matches_the_headers(run_cli, database: Database, tmp_pa
     paths = simulate(tmp_path, 1, seed=3, ra=359.95, dec=0.3)
     run_cli("ingest", "--metadata-only", str(tmp_path))
     expected = {h.detector: h for path in paths for h in read_frame_headers(path, load_profile("csst"))}
-    stored = rows(database, "SELECT detector, ra, dec, hpx, corner_ra, footprint_depth, "
-                            "(SELECT count(*) FROM unnest(footprint)) FROM frame")
+    stored = rows(
+        database,
+        "SELECT detector, ra, dec, hpx, corner_ra, footprint_depth, "
+        "(SELECT count(*) FROM unnest(footprint)) FROM frame",
+    )
     assert len(stored) == 18
     for detector, ra, dec, hpx, corner_ra, depth, n_ranges in stored:
         header = expected[detector]
@@ -136,10 +146,21 @@ def test_concurrent_registrations_of_the_same_inputs_store_each_frame_once(
 
     simulate(tmp_path, 6, seed=5)
     environment = {**os.environ, "DENSITY_DB_HOME": str(embedded_home)}
-    command = [str(Path(sys.executable).with_name("density-db")), "--db", database_url, "-q",
-               "ingest", "--metadata-only", "--batch-size", "20", str(tmp_path)]
-    processes = [subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for _ in range(3)]
+    command = [
+        str(Path(sys.executable).with_name("density-db")),
+        "--db",
+        database_url,
+        "-q",
+        "ingest",
+        "--metadata-only",
+        "--batch-size",
+        "20",
+        str(tmp_path),
+    ]
+    processes = [
+        subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     outputs = [process.communicate(timeout=120) for process in processes]
     assert [process.returncode for process in processes] == [0, 0, 0], outputs
     assert rows(database, "SELECT count(*), count(DISTINCT (exposure_pk, detector)) FROM frame") == [(108, 108)]
@@ -156,8 +177,18 @@ def test_interrupted_registration_is_marked_and_a_rerun_finishes(
     import warnings
 
     paths = simulate(tmp_path, 2, seed=6)
-    command = [str(Path(sys.executable).with_name("density-db")), "--db", database_url, "-q",
-               "ingest", "--metadata-only", "--batch-size", "1", "--from-file", "-"]
+    command = [
+        str(Path(sys.executable).with_name("density-db")),
+        "--db",
+        database_url,
+        "-q",
+        "ingest",
+        "--metadata-only",
+        "--batch-size",
+        "1",
+        "--from-file",
+        "-",
+    ]
     environment = {**os.environ, "DENSITY_DB_HOME": str(embedded_home), "PYTHONFAULTHANDLER": "1"}
     # Ctrl-C reaches a program started from a terminal. A suite started in the background without job
     # control (as CI may start it) has SIGINT ignored, and an ignored signal stays ignored across exec,

@@ -91,7 +91,9 @@ def test_detectors_tile_the_focal_plane_in_row_major_order_without_overlap() -> 
         wcs = WCS(detector_wcs_header(detector, ra=30.0, dec=0.0, shape=DETECTOR_SHAPE))
         ny, nx = DETECTOR_SHAPE
         centres[detector] = wcs.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
-        corners[detector] = wcs.pixel_to_world_values([-0.5, nx - 0.5, nx - 0.5, -0.5], [-0.5, -0.5, ny - 0.5, ny - 0.5])
+        corners[detector] = wcs.pixel_to_world_values(
+            [-0.5, nx - 0.5, nx - 0.5, -0.5], [-0.5, -0.5, ny - 0.5, ny - 0.5]
+        )
     for detector, (ra, dec) in centres.items():
         row, column = divmod(detector - 1, 5)
         for other, (other_ra, other_dec) in centres.items():
@@ -114,8 +116,9 @@ def test_seed_decides_whatever_the_workers_and_detector_subset(tmp_path) -> None
         with fits.open(row.path) as mine, fits.open(by_detector[row.detector].path) as theirs:
             np.testing.assert_array_equal(mine["SCI"].data, theirs["SCI"].data)
             np.testing.assert_array_equal(mine["DQ"].data, theirs["DQ"].data)
-    other_seed = simulate_exposures(tmp_path / "c", plan_pointings(1, seed=12, ra=10.0, dec=-40.0),
-                                    shape=SMALL, seed=12, detectors=[9])
+    other_seed = simulate_exposures(
+        tmp_path / "c", plan_pointings(1, seed=12, ra=10.0, dec=-40.0), shape=SMALL, seed=12, detectors=[9]
+    )
     with fits.open(other_seed[0].path) as first, fits.open(by_detector[9].path) as second:
         assert not np.array_equal(first["SCI"].data, second["SCI"].data)
 
@@ -147,8 +150,9 @@ def test_regress_plan_reaches_beyond_2000_bright_stars_with_galaxies() -> None:
     assert min(spec.counted for spec in specs) == 0
     richest = max(specs, key=lambda spec: spec.counted)
     header = detector_wcs_header(13, ra=richest.ra, dec=richest.dec, shape=DETECTOR_SHAPE)
-    catalog = draw_catalog(WCS(header), DETECTOR_SHAPE, "z", np.random.default_rng(0),
-                           counted=richest.counted, include_galaxies=False)
+    catalog = draw_catalog(
+        WCS(header), DETECTOR_SHAPE, "z", np.random.default_rng(0), counted=richest.counted, include_galaxies=False
+    )
     assert catalog.bright_star_count > 2000
 
 
@@ -170,11 +174,17 @@ def test_dataset_mode_equals_writing_the_fits_file_and_preprocessing_it(tmp_path
     for spec, row in zip(specs, samples, strict=True):
         catalog, image = simulate_sample(spec, shape=shape)
         path = tmp_path / f"sample_{spec.index}.fits"
-        fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image.science, name="SCI"),
-                      fits.ImageHDU(image.quality, name="DQ")]).writeto(path)
+        fits.HDUList(
+            [fits.PrimaryHDU(), fits.ImageHDU(image.science, name="SCI"), fits.ImageHDU(image.quality, name="DQ")]
+        ).writeto(path)
         with fits.open(path) as hdus:
-            from_file, _ = preprocess(hdus["SCI"].data, hdus["DQ"].data, version=version,
-                                      calibration=image_calibration(spec.band), saturated_bits=QUALITY_SATURATED)
+            from_file, _ = preprocess(
+                hdus["SCI"].data,
+                hdus["DQ"].data,
+                version=version,
+                calibration=image_calibration(spec.band),
+                saturated_bits=QUALITY_SATURATED,
+            )
         stored = shard[row["offset"]].astype(np.float32)
         np.testing.assert_allclose(stored[:2], from_file[:2], atol=2e-3, rtol=1e-3)
         np.testing.assert_array_equal(stored[2:], from_file[2:])
@@ -216,10 +226,16 @@ def test_dataset_loads_through_pytorch_with_memory_mapping(tmp_path) -> None:
 
 
 def test_several_datasets_read_as_one_in_order_when_they_share_the_model_input(tmp_path) -> None:
-    write_dataset(tmp_path / "a", plan_samples(3, task="classify", seed=3, balance="uniform"), task="classify",
-                  balance="uniform", shape=(240, 250))
-    write_dataset(tmp_path / "b", plan_samples(2, task="regress", seed=4), task="regress", balance="paper",
-                  shape=(240, 250))
+    write_dataset(
+        tmp_path / "a",
+        plan_samples(3, task="classify", seed=3, balance="uniform"),
+        task="classify",
+        balance="uniform",
+        shape=(240, 250),
+    )
+    write_dataset(
+        tmp_path / "b", plan_samples(2, task="regress", seed=4), task="regress", balance="paper", shape=(240, 250)
+    )
     first, second = SimulatedDataset(tmp_path / "a"), SimulatedDataset(tmp_path / "b", target="density_class")
     both = SimulatedDataset([tmp_path / "a", tmp_path / "b"], target="density_class")
     assert len(both) == 5 and both.tasks == ["classify", "regress"]
@@ -244,8 +260,9 @@ def test_several_datasets_read_as_one_in_order_when_they_share_the_model_input(t
 
 def test_datasets_record_their_label_rule_and_never_mix_two(tmp_path) -> None:
     shape = (240, 250)
-    write_dataset(tmp_path / "new", plan_samples(2, task="classify", seed=5), task="classify", balance="paper",
-                  shape=shape)
+    write_dataset(
+        tmp_path / "new", plan_samples(2, task="classify", seed=5), task="classify", balance="paper", shape=shape
+    )
     paper = plan_samples(2, task="classify", seed=5, galaxies=False, rule="catalog-stars")
     samples = write_dataset(tmp_path / "paper", paper, task="classify", balance="paper", shape=shape)
     description = json.loads((tmp_path / "paper" / DESCRIPTION_NAME).read_text())
@@ -264,51 +281,102 @@ def test_datasets_record_their_label_rule_and_never_mix_two(tmp_path) -> None:
 def test_cli_lists_fields_and_simulates(tmp_path, run_cli) -> None:
     listed = run_cli("simulate", "exposures", "--out", str(tmp_path), "--list-fields")
     assert "galactic_centre" in listed.output and "fornax" in listed.output
-    result = run_cli("simulate", "exposures", "--out", str(tmp_path / "sim"), "--field", "sculptor",
-                     "--detectors", "8,9", "--shape", "320x300", "--seed", "4")
+    result = run_cli(
+        "simulate",
+        "exposures",
+        "--out",
+        str(tmp_path / "sim"),
+        "--field",
+        "sculptor",
+        "--detectors",
+        "8,9",
+        "--shape",
+        "320x300",
+        "--seed",
+        "4",
+    )
     assert result.exit_code == 0, result.output
     assert "wrote 2 detector images of 1 exposures" in result.output
     bad = run_cli("simulate", "exposures", "--out", str(tmp_path / "x"), "--field", "andromeda")
     assert bad.exit_code == 1 and "andromeda" in bad.output
     slitless = run_cli("simulate", "exposures", "--out", str(tmp_path / "x"), "--detectors", "1,8", "--shape", "64x64")
     assert slitless.exit_code == 1 and "not imaging detectors: [1]" in slitless.output
-    dataset = run_cli("simulate", "dataset", "--out", str(tmp_path / "set"), "--n", "2", "--task", "classify",
-                      "--shape", "240x230")
+    dataset = run_cli(
+        "simulate", "dataset", "--out", str(tmp_path / "set"), "--n", "2", "--task", "classify", "--shape", "240x230"
+    )
     assert dataset.exit_code == 0, dataset.output
     assert "wrote 2 samples" in dataset.output and "'detectable-stars' labels" in dataset.output
     assert "preprocessing version 2" in dataset.output
     assert json.loads((tmp_path / "set" / DESCRIPTION_NAME).read_text())["galaxies"]
-    paper = run_cli("simulate", "dataset", "--out", str(tmp_path / "paper"), "--n", "2", "--task", "classify",
-                    "--shape", "240x230", "--stars-only", "--label-rule", "catalog-stars")
+    paper = run_cli(
+        "simulate",
+        "dataset",
+        "--out",
+        str(tmp_path / "paper"),
+        "--n",
+        "2",
+        "--task",
+        "classify",
+        "--shape",
+        "240x230",
+        "--stars-only",
+        "--label-rule",
+        "catalog-stars",
+    )
     assert paper.exit_code == 0, paper.output
     described = json.loads((tmp_path / "paper" / DESCRIPTION_NAME).read_text())
     assert (described["galaxies"], described["label_rule"]) == (False, "catalog-stars")
     manifest = Table.read(tmp_path / "sim" / "manifest.ecsv", format="ascii.ecsv")
     assert manifest.meta["label_rule"] == "detectable-stars"
     assert all(manifest["counted_star_count"] <= manifest["star_count"])
-    mixed = run_cli("simulate", "exposures", "--out", str(tmp_path / "sim"), "--field", "sculptor",
-                    "--detectors", "8", "--shape", "320x300", "--label-rule", "catalog-stars")
+    mixed = run_cli(
+        "simulate",
+        "exposures",
+        "--out",
+        str(tmp_path / "sim"),
+        "--field",
+        "sculptor",
+        "--detectors",
+        "8",
+        "--shape",
+        "320x300",
+        "--label-rule",
+        "catalog-stars",
+    )
     assert mixed.exit_code == 1 and "labels made under the 'detectable-stars' rule" in mixed.output
 
 
 def test_truth_prints_each_simulated_image_beside_the_catalogs_answer(tmp_path, run_cli) -> None:
-    simulated = run_cli("simulate", "exposures", "--out", str(tmp_path / "sim"), "--field", "sculptor",
-                        "--detectors", "8,9", "--shape", "320x300", "--seed", "4")
+    simulated = run_cli(
+        "simulate",
+        "exposures",
+        "--out",
+        str(tmp_path / "sim"),
+        "--field",
+        "sculptor",
+        "--detectors",
+        "8,9",
+        "--shape",
+        "320x300",
+        "--seed",
+        "4",
+    )
     assert simulated.exit_code == 0, simulated.output
     manifest = Table.read(tmp_path / "sim" / "manifest.ecsv", format="ascii.ecsv")
     before = run_cli("simulate", "truth", str(tmp_path / "sim"), "--format", "csv")
     assert before.exit_code == 0, before.output
     header, *lines = before.output.strip().splitlines()
-    assert header == ("exposure_id,detector,band,field,true_class,counted_stars,true_bright,density_class,"
-                      "confidence,bright_count,flags")
+    assert header == (
+        "exposure_id,detector,band,field,true_class,counted_stars,true_bright,density_class,"
+        "confidence,bright_count,flags"
+    )
     assert len(lines) == 2 and all(line.endswith(",,,,") for line in lines)  # nothing ingested yet
     assert run_cli("-q", "ingest", str(tmp_path / "sim"), "--workers", "1").exit_code == 0
     after = run_cli("simulate", "truth", str(tmp_path / "sim"), "--format", "csv").output.strip().splitlines()[1:]
     for row in manifest:
         [line] = [line for line in after if line.startswith(f"{row['exposure_id']},{row['detector']},")]
         fields = line.split(",")
-        assert fields[4:7] == [str(row["density_class"]), str(row["counted_star_count"]),
-                               str(row["bright_star_count"])]
+        assert fields[4:7] == [str(row["density_class"]), str(row["counted_star_count"]), str(row["bright_star_count"])]
         assert fields[7] in "012345" and "outside_training_domain" in line  # demo models, 320 x 300 cut-outs
     missing = run_cli("simulate", "truth", str(tmp_path))
     assert missing.exit_code == 1 and "not a `simulate exposures` directory" in missing.output
@@ -339,10 +407,13 @@ print(catalog.star_count, image.science.shape, peak_kib)
     assert int(output[-1]) * 1024 < 2 * 2**30
 
 
-@pytest.mark.parametrize("device", [
-    "cpu",  # torch's CPU device runs the same code as CUDA
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
-])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",  # torch's CPU device runs the same code as CUDA
+        pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
+    ],
+)
 def test_torch_device_path_gives_the_numpy_path_dataset(tmp_path, device) -> None:
     """The --device path against NumPy, same seed."""
     specs = plan_samples(3, task="regress", seed=13)
@@ -350,5 +421,9 @@ def test_torch_device_path_gives_the_numpy_path_dataset(tmp_path, device) -> Non
     numpy_set = write_dataset(tmp_path / "numpy", specs, task="regress", balance="paper", shape=shape)
     torch_set = write_dataset(tmp_path / "torch", specs, task="regress", balance="paper", shape=shape, device=device)
     np.testing.assert_array_equal(numpy_set["star_count"], torch_set["star_count"])
-    np.testing.assert_allclose(np.load(tmp_path / "numpy" / "shard_00000.npy").astype(np.float32),
-                               np.load(tmp_path / "torch" / "shard_00000.npy").astype(np.float32), atol=2e-3, rtol=1e-3)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "numpy" / "shard_00000.npy").astype(np.float32),
+        np.load(tmp_path / "torch" / "shard_00000.npy").astype(np.float32),
+        atol=2e-3,
+        rtol=1e-3,
+    )

@@ -20,10 +20,10 @@ from density_db.simulate.fields import (
     GALAXY_DENSITY_PER_DEG2,
     GALAXY_MEAN_R_MINUS_I,
     NAMED_FIELDS,
-    galaxies_brighter_than,
     band_magnitude,
     expected_stars,
     field_by_name,
+    galaxies_brighter_than,
 )
 from density_db.simulate.photometry import (
     BANDS,
@@ -62,9 +62,20 @@ def star_catalog(band: str, x: np.ndarray, y: np.ndarray, mag: np.ndarray) -> Tr
     """Stars only, at chosen pixel positions and magnitudes."""
     nan = np.full(len(x), np.nan)
     return TruthCatalog(
-        band=band, label_rule=LABEL_RULE, counting_limit=point_source_depth(band), unresolved_mag_arcsec2=np.inf,
-        ra=nan, dec=nan, x=x, y=y, mag=mag, obj_type=np.full(len(x), "star"),
-        half_light_px=nan, axis_ratio=nan, position_angle_deg=nan, sersic_n=nan,
+        band=band,
+        label_rule=LABEL_RULE,
+        counting_limit=point_source_depth(band),
+        unresolved_mag_arcsec2=np.inf,
+        ra=nan,
+        dec=nan,
+        x=x,
+        y=y,
+        mag=mag,
+        obj_type=np.full(len(x), "star"),
+        half_light_px=nan,
+        axis_ratio=nan,
+        position_angle_deg=nan,
+        sersic_n=nan,
     )
 
 
@@ -86,8 +97,7 @@ def test_point_source_depths_are_csst_like():
 def test_named_field_detectable_counts_fall_in_table_1_range(name, band):
     field = field_by_name(name)
     ra, dec = field.sample_positions(np.random.default_rng(1), 500)
-    counts = expected_stars(ra, dec, DETECTOR_AREA_DEG2, field=field, band=band,
-                            brighter_than=point_source_depth(band))
+    counts = expected_stars(ra, dec, DETECTOR_AREA_DEG2, field=field, band=band, brighter_than=point_source_depth(band))
     low, high = field.stellar_density_range
     assert low <= counts.min() and counts.max() <= high, (counts.min(), counts.max())
 
@@ -106,8 +116,12 @@ def test_star_counts_match_published_counts_within_a_factor_1_5():
     SDSS counted; the SDSS counts win, so there the simulator sits at about half of it.
     """
     for published in STAR_COUNTS:
-        model = np.mean([stars_per_deg2(l_deg, b_deg, published.band, published.brighter_than)
-                         for l_deg, b_deg in published.positions])
+        model = np.mean(
+            [
+                stars_per_deg2(l_deg, b_deg, published.band, published.brighter_than)
+                for l_deg, b_deg in published.positions
+            ]
+        )
         assert 1 / 1.5 < model / published.per_deg2 < 1.5, published.source
     for b_deg in (90, 50, 20):
         for i_magnitude in (23.5, 26.0, 28.0):
@@ -143,8 +157,9 @@ def test_counts_fall_with_latitude_and_vary_across_crowded_boxes():
     assert mean_counts[0] > mean_counts[1] > mean_counts[2]
     for name, min_ratio in (("fornax", 2.5), ("sculptor", 1.2), ("galactic_centre", 4.0)):
         field = field_by_name(name)
-        counts = expected_stars(*field.sample_positions(rng, 500), DETECTOR_AREA_DEG2, field=field,
-                                brighter_than=point_source_depth("r"))
+        counts = expected_stars(
+            *field.sample_positions(rng, 500), DETECTOR_AREA_DEG2, field=field, brighter_than=point_source_depth("r")
+        )
         assert counts.max() / counts.min() > min_ratio, name
 
 
@@ -203,8 +218,15 @@ def test_detectable_count_is_exact_and_the_fainter_stars_come_with_it(counted):
 
 @pytest.mark.parametrize("counted", [0, 150, 20_000])
 def test_the_papers_rule_counts_every_catalogued_star(counted):
-    catalog = draw_catalog(detector_wcs(245.0, 40.0), SMALL_SHAPE, "u", np.random.default_rng(counted),
-                           counted=counted, rule=CATALOG_STARS.name, include_galaxies=False)
+    catalog = draw_catalog(
+        detector_wcs(245.0, 40.0),
+        SMALL_SHAPE,
+        "u",
+        np.random.default_rng(counted),
+        counted=counted,
+        rule=CATALOG_STARS.name,
+        include_galaxies=False,
+    )
     assert catalog.star_count == catalog.counted_star_count == counted
     assert catalog.counting_limit == np.inf
     assert catalog.density_class == density_class(counted)
@@ -219,8 +241,9 @@ def test_the_class_counts_only_stars_the_exposure_detects():
         assert catalog.counted_star_count == np.count_nonzero(stars < point_source_depth(band))
         assert catalog.counted_star_count < catalog.star_count
         assert catalog.density_class == density_class(catalog.counted_star_count)
-        expected = expected_stars(231.5, 56.0, DETECTOR_AREA_DEG2, field=field, band=band,
-                                  brighter_than=point_source_depth(band))
+        expected = expected_stars(
+            231.5, 56.0, DETECTOR_AREA_DEG2, field=field, band=band, brighter_than=point_source_depth(band)
+        )
         assert abs(catalog.counted_star_count - expected) < 5 * np.sqrt(expected)
 
 
@@ -276,10 +299,19 @@ def test_galaxy_flux_lands_on_the_image():
     rng = np.random.default_rng(9)
     nan = np.full(3, np.nan)
     catalog = TruthCatalog(
-        band="g", label_rule=LABEL_RULE, counting_limit=point_source_depth("g"), unresolved_mag_arcsec2=np.inf,
-        ra=nan, dec=nan, x=np.array([80.0, 128.0, 190.0]), y=np.array([100.0, 100.0, 100.0]),
-        mag=np.array([19.5, 20.0, 21.0]), obj_type=np.full(3, "galaxy"), half_light_px=np.array([4.0, 2.0, 1.0]),
-        axis_ratio=np.array([0.4, 0.8, 1.0]), position_angle_deg=np.array([30.0, 100.0, 0.0]),
+        band="g",
+        label_rule=LABEL_RULE,
+        counting_limit=point_source_depth("g"),
+        unresolved_mag_arcsec2=np.inf,
+        ra=nan,
+        dec=nan,
+        x=np.array([80.0, 128.0, 190.0]),
+        y=np.array([100.0, 100.0, 100.0]),
+        mag=np.array([19.5, 20.0, 21.0]),
+        obj_type=np.full(3, "galaxy"),
+        half_light_px=np.array([4.0, 2.0, 1.0]),
+        axis_ratio=np.array([0.4, 0.8, 1.0]),
+        position_angle_deg=np.array([30.0, 100.0, 0.0]),
         sersic_n=np.array([1.0, 4.0, 1.0]),
     )
     image = render_detector(catalog, SMALL_SHAPE, "g", rng, defects=False)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from astropy.coordinates import Latitude, Longitude, SkyCoord
 from astropy.wcs import WCS
-from fits_factory import wcs_header
 from mocpy import MOC
 
 from density_db import sky
+from fits_factory import wcs_header
 
 DETECTOR_PIXELS = 9216
 DETECTOR_SCALE_DEG = 0.074 / 3600

@@ -18,13 +18,14 @@ from astropy.coordinates import Latitude, Longitude
 from mocpy import MOC
 from psycopg import sql
 
+from catalog import frame_row, insert_frames, insert_results, new_run, square_corners
 from density_db import sky
 from density_db.database import Database
 from density_db.errors import DensityDBError
 from density_db.queries import region_search
 from density_db.regions import polygon_region
-from catalog import frame_row, insert_frames, insert_results, new_run, square_corners
 from geometry import tangent_to_sky
+
 
 def girard_area_deg2(corner_ra, corner_dec) -> float:
     """Area of a convex spherical polygon from its interior angles (Girard's theorem)."""
@@ -45,8 +46,16 @@ def girard_area_deg2(corner_ra, corner_dec) -> float:
 
 def test_polygon_area_matches_girard_and_known_areas(database: Database) -> None:
     rng = np.random.default_rng(7)
-    polygons = [square_corners(rng.uniform(0, 360), rng.uniform(-89, 89), rng.uniform(0.05, 2.0),
-                               rng.uniform(0, np.pi), rng.uniform(0.5, 2)) for _ in range(20)]
+    polygons = [
+        square_corners(
+            rng.uniform(0, 360),
+            rng.uniform(-89, 89),
+            rng.uniform(0.05, 2.0),
+            rng.uniform(0, np.pi),
+            rng.uniform(0.5, 2),
+        )
+        for _ in range(20)
+    ]
     polygons.append(square_corners(0.0, 89.9, 0.3))  # around the pole
     polygons.append(square_corners(359.95, -10.0, 0.1))  # across RA = 0
     with database.engine.connect() as connection:
@@ -70,9 +79,15 @@ def pixel_catalog(database: Database) -> list[dict]:
         centre_ra, centre_dec = tangent_to_sky(place_ra, place_dec, *rng.normal(0, 0.8, (2, 12)))
         for ra, dec in zip(centre_ra, centre_dec, strict=True):
             corner_ra, corner_dec = square_corners(ra, dec, rng.uniform(0.05, 0.2), rng.uniform(0, np.pi))
-            frames.append(frame_row(corner_ra, corner_dec, band=str(rng.choice(["g", "NUV"])),
-                                    valid_fraction=None if rng.random() < 0.3 else float(rng.uniform(0.5, 1.0)),
-                                    centre=(float(ra), float(dec))))
+            frames.append(
+                frame_row(
+                    corner_ra,
+                    corner_dec,
+                    band=str(rng.choice(["g", "NUV"])),
+                    valid_fraction=None if rng.random() < 0.3 else float(rng.uniform(0.5, 1.0)),
+                    centre=(float(ra), float(dec)),
+                )
+            )
     insert_frames(database, frames)
     older, newer = new_run(database, "old"), new_run(database, "new")
     classes = rng.integers(0, 6, len(frames))
@@ -102,12 +117,19 @@ def expected_by_pixel(frames: list[dict], order: int, band: str | None) -> dict[
         classes = [density_class for density_class, _ in results]
         densities = [
             bright / (girard_area_deg2(frame["corner_ra"], frame["corner_dec"]) * (frame["valid_fraction"] or 1.0))
-            for frame in members if frame["result"] is not None and (bright := frame["result"][1]) is not None
+            for frame in members
+            if frame["result"] is not None and (bright := frame["result"][1]) is not None
         ]
         tally = Counter(classes)
         mode = max(tally, key=lambda value: (tally[value], value)) if classes else None  # ties: higher class
-        expected[key] = (len(members), len(results), max(classes, default=None), mode,
-                         float(np.mean(densities)) if densities else None, len(densities))
+        expected[key] = (
+            len(members),
+            len(results),
+            max(classes, default=None),
+            mode,
+            float(np.mean(densities)) if densities else None,
+            len(densities),
+        )
     return expected
 
 
@@ -116,16 +138,23 @@ def test_density_by_pixel_matches_a_python_computation(
     database: Database, pixel_catalog: list[dict], order: int, band: str | None
 ) -> None:
     with database.engine.connect() as connection:
-        rows = connection.execute(
-            sa.text("SELECT * FROM density_by_pixel(:order, :band)"), {"order": order, "band": band}
-        ).mappings().all()
+        rows = (
+            connection.execute(sa.text("SELECT * FROM density_by_pixel(:order, :band)"), {"order": order, "band": band})
+            .mappings()
+            .all()
+        )
     expected = expected_by_pixel(pixel_catalog, order, band)
     assert {(row["pixel"], row["band"]) for row in rows} == set(expected)
     for row in rows:
         frames, classified, max_class, mode_class, mean_density, counted = expected[(row["pixel"], row["band"])]
         assert row["healpix_order"] == order
-        assert (row["frames"], row["classified_frames"], row["max_class"], row["mode_class"],
-                row["bright_count_frames"]) == (frames, classified, max_class, mode_class, counted)
+        assert (
+            row["frames"],
+            row["classified_frames"],
+            row["max_class"],
+            row["mode_class"],
+            row["bright_count_frames"],
+        ) == (frames, classified, max_class, mode_class, counted)
         if mean_density is None:
             assert row["mean_bright_per_deg2"] is None
         else:
@@ -218,8 +247,12 @@ def test_polygon_region_search_on_hand_made_frames(database: Database) -> None:
     found = {row[0] for row in region_search(database, region).rows}
     verdicts = {name: frame["id"] in found for name, frame in zip(cases, frames, strict=True)}
     assert verdicts == {
-        "inside": True, "outside": False, "outside, just above": False, "holds the whole region": True,
-        "crosses it (edges only)": True, "straddles its edge": True,
+        "inside": True,
+        "outside": False,
+        "outside, just above": False,
+        "holds the whole region": True,
+        "crosses it (edges only)": True,
+        "straddles its edge": True,
     }
     only_r = region_search(database, region, band="r")
     assert only_r.rows == []
@@ -249,7 +282,8 @@ def test_query_region_with_a_moc_file(run_cli, database: Database, tmp_path: Pat
     frames += frames_around(rng, [200.0, 290.0, 20.0, 110.0], [87.5, 87.5, 87.5, 87.5], 150)
     insert_frames(database, frames)
     expected = {
-        frame["id"] for frame in frames
+        frame["id"]
+        for frame in frames
         if not polygon_moc(frame["corner_ra"], frame["corner_dec"], 14).intersection(region).empty()
     }
     assert 20 <= len(expected) <= len(frames) - 20
@@ -275,14 +309,17 @@ def test_query_region_polygon_through_the_cli(run_cli, database: Database) -> No
     assert len(csv_lines) == 2 and csv_lines[0].startswith("frame_id,")
 
 
-@pytest.mark.parametrize(("arguments", "message"), [
-    ([], "exactly one of --polygon and --moc"),
-    (["--polygon", "1,2,3,4,5,6", "--moc", "region.fits"], "exactly one of --polygon and --moc"),
-    (["--polygon", "1,2,3,4,5"], "odd number"),
-    (["--polygon", "1,2,x,4,5,6"], "RA,DEC"),
-    (["--polygon", "10,0,11,1,10,1,11,0"], "cross each other"),
-    (["--moc", "no-such-file.fits"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ([], "exactly one of --polygon and --moc"),
+        (["--polygon", "1,2,3,4,5,6", "--moc", "region.fits"], "exactly one of --polygon and --moc"),
+        (["--polygon", "1,2,3,4,5"], "odd number"),
+        (["--polygon", "1,2,x,4,5,6"], "RA,DEC"),
+        (["--polygon", "10,0,11,1,10,1,11,0"], "cross each other"),
+        (["--moc", "no-such-file.fits"], "does not exist"),
+    ],
+)
 def test_query_region_misuse_exits_2(run_cli, arguments: list[str], message: str) -> None:
     result = run_cli("query", "region", *arguments)
     assert result.exit_code == 2
@@ -302,8 +339,10 @@ def test_cone_rows_carry_the_density_columns(run_cli, database: Database) -> Non
     insert_frames(database, frames)
     insert_results(database, new_run(database, "cone"), {frames[0]["id"]: (5, None), frames[1]["id"]: (2, 300.0)})
     records = json.loads(run_cli("query", "cone", "150.0", "2.0", "1.0", "--format", "json").output)
-    assert [(record["frame_id"], record["density_class"], record["bright_count"], record["regression_status"])
-            for record in records] == [(frames[0]["id"], 5, None, "bypassed"), (frames[1]["id"], 2, 300.0, "predicted")]
+    assert [
+        (record["frame_id"], record["density_class"], record["bright_count"], record["regression_status"])
+        for record in records
+    ] == [(frames[0]["id"], 5, None, "bypassed"), (frames[1]["id"], 2, 300.0, "predicted")]
     assert records[0]["distance_deg"] < records[1]["distance_deg"]
 
 
@@ -365,14 +404,22 @@ def documented_sql_examples() -> list[str]:
 
 
 def test_documented_queries_run_as_the_read_only_role(run_cli, database: Database, role_name: str) -> None:
-    frames = [frame_row(*square_corners(150.0 + 0.2 * index, 2.2, 0.1), band=band)
-              for index, band in enumerate(["g", "g", "NUV", "r"])]
+    frames = [
+        frame_row(*square_corners(150.0 + 0.2 * index, 2.2, 0.1), band=band)
+        for index, band in enumerate(["g", "g", "NUV", "r"])
+    ]
     insert_frames(database, frames)
     first, second = new_run(database, "first"), new_run(database, "second")
     insert_results(database, first, {frame["id"]: (2, 150.0) for frame in frames})
-    insert_results(database, second, {
-        frames[0]["id"]: (2, 160.0), frames[1]["id"]: (4, None), frames[2]["id"]: (1, 10.0),
-    })
+    insert_results(
+        database,
+        second,
+        {
+            frames[0]["id"]: (2, 160.0),
+            frames[1]["id"]: (4, None),
+            frames[2]["id"]: (1, 10.0),
+        },
+    )
     examples = documented_sql_examples()
     assert len(examples) == 5
     url = connect_line(run_cli("db", "grant-readonly", role_name).output)

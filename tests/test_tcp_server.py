@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fits_factory import FrameSpec, csst_keywords, write_single
 
 from density_db.cli import main
 from density_db.database import connect, current_revision, head_revision, sqlalchemy_url, upgrade
 from density_db.embedded import SERVICE_USER, binary_directory
 from density_db.errors import DatabaseError
+from fits_factory import FrameSpec, csst_keywords, write_single
 
 USER, PASSWORD = "survey", "s3cret-pw"
 
@@ -49,19 +49,46 @@ def tcp_server(tmp_path_factory: pytest.TempPathFactory, embedded_home: Path) ->
     password_file.chmod(0o644)
     bin_dir = binary_directory()
     run = dict(check=True, capture_output=True, cwd="/", **_as_server_user())
-    subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", USER, f"--pwfile={password_file}",
-                    "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"], **run)
+    subprocess.run(
+        [
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            USER,
+            f"--pwfile={password_file}",
+            "--auth=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C",
+        ],
+        **run,
+    )
     options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories=''"
-    subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(data / "log"), "-w", "-o", options, "start"],
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   check=True, cwd="/", **_as_server_user())
+    subprocess.run(
+        [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(data / "log"), "-w", "-o", options, "start"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+        cwd="/",
+        **_as_server_user(),
+    )
     try:
-        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", USER, "catalog"],
-                       env={**os.environ, "PGPASSWORD": PASSWORD}, check=True, capture_output=True)
+        subprocess.run(
+            [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", USER, "catalog"],
+            env={**os.environ, "PGPASSWORD": PASSWORD},
+            check=True,
+            capture_output=True,
+        )
         yield "127.0.0.1", port
     finally:
-        subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       check=False, capture_output=True, cwd="/", **_as_server_user())
+        subprocess.run(
+            [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            check=False,
+            capture_output=True,
+            cwd="/",
+            **_as_server_user(),
+        )
 
 
 def url(tcp_server: tuple[str, int], password: str = PASSWORD) -> str:
@@ -100,8 +127,9 @@ def test_cli_registers_and_queries_over_tcp(tcp_server, tmp_path: Path) -> None:
 @pytest.mark.parametrize("command", [["query", "sql", "SELECT 1"], ["ingest", "."]])
 def test_cli_database_unreachable_exits_1_with_the_url_but_not_the_password(tcp_server, command) -> None:
     host, _ = tcp_server
-    result = CliRunner().invoke(main, ["--db", f"postgresql://{USER}:{PASSWORD}@{host}:{_free_port()}/catalog",
-                                       *command])
+    result = CliRunner().invoke(
+        main, ["--db", f"postgresql://{USER}:{PASSWORD}@{host}:{_free_port()}/catalog", *command]
+    )
     assert result.exit_code == 1
     assert "cannot connect to the database at postgresql+psycopg://survey:***@127.0.0.1" in result.output
     assert PASSWORD not in result.output

@@ -34,8 +34,13 @@ SHAPE = (240, 250)
 @pytest.fixture(scope="module")
 def classify_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("data") / "classify"
-    write_dataset(out, plan_samples(32, task="classify", seed=1, balance="uniform"),
-                  task="classify", balance="uniform", shape=SHAPE)
+    write_dataset(
+        out,
+        plan_samples(32, task="classify", seed=1, balance="uniform"),
+        task="classify",
+        balance="uniform",
+        shape=SHAPE,
+    )
     return out
 
 
@@ -47,8 +52,14 @@ def regress_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(stage: str = "classifier", **overrides) -> TrainingConfig:
-    settings = {"architecture": "baseline_cnn", "batch_size": 8, "learning_rate": 3e-3, "device": "cpu",
-                "seed": 0, **overrides}
+    settings = {
+        "architecture": "baseline_cnn",
+        "batch_size": 8,
+        "learning_rate": 3e-3,
+        "device": "cpu",
+        "seed": 0,
+        **overrides,
+    }
     return TrainingConfig(stage=stage, **settings)
 
 
@@ -64,8 +75,9 @@ def test_split_is_8_1_1_disjoint_and_deterministic() -> None:
 
 
 def _dihedral(tensor: torch.Tensor) -> list[torch.Tensor]:
-    return [torch.rot90(flipped, k, dims=(-2, -1))
-            for flipped in (tensor, torch.flip(tensor, dims=(-1,))) for k in range(4)]
+    return [
+        torch.rot90(flipped, k, dims=(-2, -1)) for flipped in (tensor, torch.flip(tensor, dims=(-1,))) for k in range(4)
+    ]
 
 
 def test_augmentation_keeps_the_original_and_the_mask_and_moves_no_flux() -> None:
@@ -90,8 +102,9 @@ def test_augmentation_keeps_the_original_and_the_mask_and_moves_no_flux() -> Non
         for index in range(1, 4):
             augmented = geometric[index][0]
             assert torch.isclose(augmented[0].sum(), image.sum(), atol=1e-4)
-            orientations.add(next(k for k, candidate in enumerate(_dihedral(samples[0][0]))
-                                  if torch.equal(augmented, candidate)))
+            orientations.add(
+                next(k for k, candidate in enumerate(_dihedral(samples[0][0])) if torch.equal(augmented, candidate))
+            )
     assert len(orientations) > 2  # flips and rotations are drawn, and differ between epochs
 
 
@@ -99,8 +112,9 @@ def test_regressor_stages_unfreeze_head_then_layer4_then_everything() -> None:
     assert regressor_stage_epochs(_config("regressor")) == (30, 40, 70)
     assert regressor_stage_epochs(_config("regressor", epochs=14)) == (3, 4, 7)
     assert regressor_stage_epochs(_config("regressor", epochs=3)) == (1, 1, 1)
-    assert [phase_of_epoch(_config("regressor", epochs=14), epoch) for epoch in range(14)] == \
-        [0] * 3 + [1] * 4 + [2] * 7
+    assert [phase_of_epoch(_config("regressor", epochs=14), epoch) for epoch in range(14)] == [0] * 3 + [1] * 4 + [
+        2
+    ] * 7
 
     model = build_model("regressor", "resnet18")
     names = [name for name, _ in model.named_parameters()]
@@ -151,7 +165,8 @@ def test_classifier_training_lowers_the_loss_writes_a_checkpoint_and_resumes(cla
 
 
 def test_classifier_halves_its_learning_rate_on_a_plateau_and_resumes_a_run_saved_without_a_schedule(
-        classify_dir, tmp_path) -> None:
+    classify_dir, tmp_path
+) -> None:
     out = tmp_path / "classifier.pt"
     result = train(_config(epochs=4, scheduler_patience=0), classify_dir, out)
     # With patience 0 every epoch without a new best validation loss halves the rate once.
@@ -162,7 +177,7 @@ def test_classifier_halves_its_learning_rate_on_a_plateau_and_resumes_a_run_save
         else:
             worse_epochs += 1
     state = torch.load(state_file_of(out), weights_only=True)
-    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(3e-3 * 0.5 ** worse_epochs)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(3e-3 * 0.5**worse_epochs)
     assert state["scheduler"] is not None
 
     state["scheduler"] = None  # as a classifier run saved before the classifier had a schedule
@@ -194,11 +209,18 @@ def test_regressor_trains_through_its_three_stages(regress_dir, tmp_path) -> Non
 def test_regressor_starts_from_the_classifier_backbone_and_keeps_its_own_head(regress_dir, tmp_path) -> None:
     torch.manual_seed(7)
     classifier = build_model("classifier", "baseline_cnn", in_channels=4)
-    save_checkpoint(tmp_path / "classifier.pt", classifier, stage="classifier", architecture="baseline_cnn",
-                    metadata={"preprocessing_version": 2})
+    save_checkpoint(
+        tmp_path / "classifier.pt",
+        classifier,
+        stage="classifier",
+        architecture="baseline_cnn",
+        metadata={"preprocessing_version": 2},
+    )
     torch.manual_seed(8)
     regressor = build_model("regressor", "baseline_cnn", in_channels=4)
-    head = f"{max(i for i, layer in enumerate(regressor) if isinstance(layer, torch.nn.Linear))}."  # the last linear layer
+    head = (
+        f"{max(i for i, layer in enumerate(regressor) if isinstance(layer, torch.nn.Linear))}."  # the last linear layer
+    )
     fresh_head = {name: tensor.clone() for name, tensor in regressor.state_dict().items() if name.startswith(head)}
     load_backbone(regressor, tmp_path / "classifier.pt", architecture="baseline_cnn")
     started = regressor.state_dict()
@@ -207,8 +229,11 @@ def test_regressor_starts_from_the_classifier_backbone_and_keeps_its_own_head(re
             assert torch.equal(started[name], tensor), name
     assert all(torch.equal(started[name], tensor) for name, tensor in fresh_head.items())
 
-    result = train(_config("regressor", epochs=3, augment_copies=1, backbone_checkpoint=str(tmp_path / "classifier.pt")),
-                   regress_dir, tmp_path / "regressor.pt")
+    result = train(
+        _config("regressor", epochs=3, augment_copies=1, backbone_checkpoint=str(tmp_path / "classifier.pt")),
+        regress_dir,
+        tmp_path / "regressor.pt",
+    )
     assert result.epochs_run == 3
     trained = load_checkpoint(tmp_path / "regressor.pt")
     assert trained.metadata["config"]["backbone_checkpoint"] == str(tmp_path / "classifier.pt")
@@ -216,12 +241,17 @@ def test_regressor_starts_from_the_classifier_backbone_and_keeps_its_own_head(re
 
 def test_a_backbone_of_another_preprocessing_version_is_refused(regress_dir, tmp_path) -> None:
     """The paper's 2-channel classifier cannot start a regressor of version 2's 4-channel data."""
-    save_checkpoint(tmp_path / "v1.pt", build_model("classifier", "baseline_cnn"), stage="classifier",
-                    architecture="baseline_cnn")
-    with pytest.raises(ConfigurationError, match="takes preprocessing version 1 inputs .2 channels.; this model "
-                                                 "takes 4"):
-        train(_config("regressor", epochs=3, backbone_checkpoint=str(tmp_path / "v1.pt")), regress_dir,
-              tmp_path / "regressor.pt")
+    save_checkpoint(
+        tmp_path / "v1.pt", build_model("classifier", "baseline_cnn"), stage="classifier", architecture="baseline_cnn"
+    )
+    with pytest.raises(
+        ConfigurationError, match="takes preprocessing version 1 inputs .2 channels.; this model takes 4"
+    ):
+        train(
+            _config("regressor", epochs=3, backbone_checkpoint=str(tmp_path / "v1.pt")),
+            regress_dir,
+            tmp_path / "regressor.pt",
+        )
 
 
 def test_the_paper_input_trains_on_the_first_two_channels_of_version_2_data(classify_dir, tmp_path) -> None:
@@ -235,8 +265,9 @@ def test_the_paper_input_trains_on_the_first_two_channels_of_version_2_data(clas
 
 
 def test_a_backbone_of_another_architecture_or_with_imagenet_weights_is_refused(tmp_path) -> None:
-    save_checkpoint(tmp_path / "resnet18.pt", build_model("classifier", "resnet18"), stage="classifier",
-                    architecture="resnet18")
+    save_checkpoint(
+        tmp_path / "resnet18.pt", build_model("classifier", "resnet18"), stage="classifier", architecture="resnet18"
+    )
     with pytest.raises(ConfigurationError, match="is a resnet18 classifier; a baseline_cnn backbone needs"):
         load_backbone(build_model("regressor", "baseline_cnn"), tmp_path / "resnet18.pt", architecture="baseline_cnn")
     with pytest.raises(ConfigurationError, match="not both"):
@@ -250,14 +281,17 @@ def test_regressor_refuses_a_classification_dataset(classify_dir, regress_dir, t
         train(_config("regressor", epochs=3), [regress_dir, classify_dir], tmp_path / "regressor.pt")
 
 
-def test_classifier_trains_on_several_datasets_and_resumes_only_on_the_same_ones(classify_dir, regress_dir,
-                                                                                  tmp_path) -> None:
+def test_classifier_trains_on_several_datasets_and_resumes_only_on_the_same_ones(
+    classify_dir, regress_dir, tmp_path
+) -> None:
     out = tmp_path / "classifier.pt"
     both = [classify_dir, regress_dir]
     first = train(_config(epochs=1, augment_copies=1), both, out)
     assert first.split_sizes == {"train": 44, "validation": 6, "test": 6}  # 8:1:1 of 32 + 24 samples
-    assert load_checkpoint(out).metadata["data_manifest_sha256"] == SimulatedDataset(
-        both, target="density_class").manifest_sha256()
+    assert (
+        load_checkpoint(out).metadata["data_manifest_sha256"]
+        == SimulatedDataset(both, target="density_class").manifest_sha256()
+    )
     assert train(_config(epochs=2, augment_copies=1), both, out, resume=True).epochs_run == 2
     with pytest.raises(ConfigurationError, match="the training data differs"):
         train(_config(epochs=3, augment_copies=1), [regress_dir, classify_dir], out, resume=True)
@@ -268,8 +302,22 @@ def test_cli_trains_end_to_end_and_reports_errors(classify_dir, tmp_path, monkey
     monkeypatch.setenv("DENSITY_DB_HOME", str(tmp_path / "home"))
     out = tmp_path / "cli.pt"
     common = ["--epochs", "1", "--batch-size", "8", "--device", "cpu"]
-    result = CliRunner().invoke(main, ["train", "classifier", "--data", str(classify_dir), "--arch",
-                                       "baseline_cnn", "--out", str(out), "--lr-patience", "2", *common])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "classifier",
+            "--data",
+            str(classify_dir),
+            "--arch",
+            "baseline_cnn",
+            "--out",
+            str(out),
+            "--lr-patience",
+            "2",
+            *common,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "after 1 epochs" in result.output and out.exists()
     assert "test split (3 images): accuracy" in result.output
@@ -277,35 +325,79 @@ def test_cli_trains_end_to_end_and_reports_errors(classify_dir, tmp_path, monkey
     assert written.architecture == "baseline_cnn"
     assert written.metadata["config"]["scheduler_patience"] == 2
 
-    missing = CliRunner().invoke(main, ["train", "classifier", "--data", str(tmp_path / "nowhere"),
-                                        "--arch", "baseline_cnn", "--out", str(out), *common])
+    missing = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "classifier",
+            "--data",
+            str(tmp_path / "nowhere"),
+            "--arch",
+            "baseline_cnn",
+            "--out",
+            str(out),
+            *common,
+        ],
+    )
     assert missing.exit_code == 2 and "does not exist" in missing.output
 
-    unknown = CliRunner().invoke(main, ["train", "classifier", "--data", str(classify_dir), "--arch", "vgg16",
-                                        "--out", str(out), *common])
+    unknown = CliRunner().invoke(
+        main, ["train", "classifier", "--data", str(classify_dir), "--arch", "vgg16", "--out", str(out), *common]
+    )
     assert unknown.exit_code == 1 and "unknown classifier architecture 'vgg16'" in unknown.output
 
-    wrong_task = CliRunner().invoke(main, ["train", "regressor", "--data", str(classify_dir), "--arch",
-                                           "baseline_cnn", "--out", str(tmp_path / "r.pt"), "--epochs", "3"])
+    wrong_task = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "regressor",
+            "--data",
+            str(classify_dir),
+            "--arch",
+            "baseline_cnn",
+            "--out",
+            str(tmp_path / "r.pt"),
+            "--epochs",
+            "3",
+        ],
+    )
     assert wrong_task.exit_code == 1 and "needs a regress dataset" in wrong_task.output
 
 
-def test_cli_starts_from_given_weights_and_names_a_bad_source(classify_dir, regress_dir, tmp_path,
-                                                              monkeypatch) -> None:
+def test_cli_starts_from_given_weights_and_names_a_bad_source(classify_dir, regress_dir, tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("DENSITY_DB_URL", raising=False)
     monkeypatch.setenv("DENSITY_DB_HOME", str(tmp_path / "home"))
     classifier = tmp_path / "classifier.pt"
-    save_checkpoint(classifier, build_model("classifier", "baseline_cnn", in_channels=4), stage="classifier",
-                    architecture="baseline_cnn", metadata={"preprocessing_version": 2})
-    common = ["train", "regressor", "--data", str(regress_dir), "--arch", "baseline_cnn", "--epochs", "3",
-              "--batch-size", "8", "--device", "cpu"]
+    save_checkpoint(
+        classifier,
+        build_model("classifier", "baseline_cnn", in_channels=4),
+        stage="classifier",
+        architecture="baseline_cnn",
+        metadata={"preprocessing_version": 2},
+    )
+    common = [
+        "train",
+        "regressor",
+        "--data",
+        str(regress_dir),
+        "--arch",
+        "baseline_cnn",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+    ]
     started = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "r.pt"), "--init", f"backbone:{classifier}"])
     assert started.exit_code == 0, started.output
     assert load_checkpoint(tmp_path / "r.pt").metadata["config"]["backbone_checkpoint"] == str(classifier)
 
-    for value, message in ((f"weights:{classifier}", "expected imagenet:PATH or backbone:CKPT"),
-                           ("imagenet:", "expected imagenet:PATH or backbone:CKPT"),
-                           (f"imagenet:{tmp_path / 'none.pth'}", "is not a file")):
+    for value, message in (
+        (f"weights:{classifier}", "expected imagenet:PATH or backbone:CKPT"),
+        ("imagenet:", "expected imagenet:PATH or backbone:CKPT"),
+        (f"imagenet:{tmp_path / 'none.pth'}", "is not a file"),
+    ):
         refused = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "x.pt"), "--init", value])
         assert refused.exit_code == 2 and message in refused.output, value
     assert not (tmp_path / "x.pt").exists()

@@ -17,8 +17,13 @@ from density_db.simulate.dataset import plan_samples, write_dataset
 @pytest.fixture(scope="module")
 def classify_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tuning") / "set"
-    write_dataset(out, plan_samples(24, task="classify", seed=1, balance="uniform"),
-                  task="classify", balance="uniform", shape=(240, 250))
+    write_dataset(
+        out,
+        plan_samples(24, task="classify", seed=1, balance="uniform"),
+        task="classify",
+        balance="uniform",
+        shape=(240, 250),
+    )
     return out
 
 
@@ -44,8 +49,24 @@ def test_cli_tune_and_its_conflict_with_resume(classify_dir: Path, tmp_path: Pat
     monkeypatch.delenv("DENSITY_DB_URL", raising=False)
     monkeypatch.setenv("DENSITY_DB_HOME", str(tmp_path / "home"))
     out = tmp_path / "cli.pt"
-    common = ["train", "classifier", "--data", str(classify_dir), "--arch", "baseline_cnn", "--out", str(out),
-              "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--tune", "2"]
+    common = [
+        "train",
+        "classifier",
+        "--data",
+        str(classify_dir),
+        "--arch",
+        "baseline_cnn",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--tune",
+        "2",
+    ]
     result = CliRunner().invoke(main, common)
     assert result.exit_code == 0, result.output
     assert "learning_rate=" in result.output and "best validation loss" in result.output

@@ -88,16 +88,23 @@ def create_campaign(
         If the name is taken or not a plain word, or the chosen run has no results.
     """
     if not _CAMPAIGN_NAME.match(name):
-        raise DensityDBError(f"campaign name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter "
-                         "or digit (it names export files)")
+        raise DensityDBError(
+            f"campaign name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter "
+            "or digit (it names export files)"
+        )
     branches = rules.require_branches()
     with database.engine.connect() as connection:
         if connection.execute(sa.select(Campaign.id).where(Campaign.name == name)).first() is not None:
-            raise DensityDBError(f"a campaign named {name!r} exists; choose another name or delete it "
-                             f"(density-db plan delete {name})")
-        if selection.run_id is not None and connection.execute(
-            sa.text("SELECT 1 FROM density_result WHERE run_id = :run LIMIT 1"), {"run": selection.run_id}
-        ).first() is None:
+            raise DensityDBError(
+                f"a campaign named {name!r} exists; choose another name or delete it (density-db plan delete {name})"
+            )
+        if (
+            selection.run_id is not None
+            and connection.execute(
+                sa.text("SELECT 1 FROM density_result WHERE run_id = :run LIMIT 1"), {"run": selection.run_id}
+            ).first()
+            is None
+        ):
             raise DensityDBError(f"run {selection.run_id} has no density results to plan from")
     config = {"rules": rules.provenance(), "selection": selection.spec()}
     counts: dict[str, Any] = {}
@@ -110,8 +117,13 @@ def create_campaign(
         except sa.exc.IntegrityError:
             raise DensityDBError(f"a campaign named {name!r} was created meanwhile by another process") from None
         counts.update(frames=sum(by_branch.values()), frames_without_result=without, branches=by_branch)
-    return CampaignCreated(campaign_id=new_id, run_id=run.id, frames_by_branch=by_branch,
-                           frames_without_result=without, warnings=rules.warnings)
+    return CampaignCreated(
+        campaign_id=new_id,
+        run_id=run.id,
+        frames_by_branch=by_branch,
+        frames_without_result=without,
+        warnings=rules.warnings,
+    )
 
 
 def _insert_campaign(
@@ -142,24 +154,35 @@ def _insert_campaign(
     parameters["run_id"] = selection.run_id
     source = _LATEST_RESULTS if selection.run_id is None else _RUN_RESULTS
     campaign_id = connection.execute(
-        sa.insert(Campaign).values(
-            name=name, description=description if description is not None else rules.description,
-            rules=rules.provenance(), selection=selection.spec(), run_id=run_id,
-        ).returning(Campaign.id)
+        sa.insert(Campaign)
+        .values(
+            name=name,
+            description=description if description is not None else rules.description,
+            rules=rules.provenance(),
+            selection=selection.spec(),
+            run_id=run_id,
+        )
+        .returning(Campaign.id)
     ).scalar_one()
     parameters["campaign_id"] = campaign_id
-    connection.execute(sa.text(f"""
+    connection.execute(
+        sa.text(f"""
         INSERT INTO campaign_item (campaign_id, frame_id, result_id, branch)
         SELECT :campaign_id, fd.frame_id, fd.result_id, CASE {" ".join(cases)} END
         FROM ({source}) AS fd
         JOIN frame f ON f.id = fd.frame_id
         WHERE {" AND ".join(selected)}
-    """), parameters)
+    """),
+        parameters,
+    )
     # fresh statistics, or the planner takes the new items for a handful and joins them row by row
     connection.execute(sa.text("ANALYZE campaign_item"))
-    by_branch = dict(connection.execute(sa.text(
-        "SELECT branch, count(*) FROM campaign_item WHERE campaign_id = :campaign_id GROUP BY branch"
-    ), parameters).all())
+    by_branch = dict(
+        connection.execute(
+            sa.text("SELECT branch, count(*) FROM campaign_item WHERE campaign_id = :campaign_id GROUP BY branch"),
+            parameters,
+        ).all()
+    )
     selected_frames = connection.execute(
         sa.text(f"SELECT count(*) FROM frame f WHERE {' AND '.join(selected)}"), parameters
     ).scalar_one()
@@ -184,8 +207,9 @@ def _region_table(connection: sa.Connection, table: str, region: SkyRegion) -> s
     """A temporary table of the ids of the frames in ``region`` (dropped at commit); returns its name."""
     frame_ids = frame_ids_in_region(connection, region)
     connection.execute(sa.text(f"CREATE TEMPORARY TABLE {table} (frame_id bigint PRIMARY KEY) ON COMMIT DROP"))
-    connection.execute(sa.text(f"INSERT INTO {table} SELECT unnest(CAST(:ids AS bigint[]))"),
-                       {"ids": frame_ids.tolist()})
+    connection.execute(
+        sa.text(f"INSERT INTO {table} SELECT unnest(CAST(:ids AS bigint[]))"), {"ids": frame_ids.tolist()}
+    )
     connection.execute(sa.text(f"ANALYZE {table}"))
     return table
 
@@ -208,7 +232,9 @@ def campaign_id(connection: sa.Connection, name: str) -> int:
 
 def list_campaigns(database: Database) -> QueryResult:
     """Every campaign: name, creation, rules, frames and their progress."""
-    return _query(database, """
+    return _query(
+        database,
+        """
         SELECT c.name, c.created_at, c.rules ->> 'name' AS rules, c.run_id,
                count(i.frame_id) AS frames,
                count(DISTINCT i.branch) AS branches,
@@ -220,7 +246,9 @@ def list_campaigns(database: Database) -> QueryResult:
         LEFT JOIN campaign_item i ON i.campaign_id = c.id
         GROUP BY c.id
         ORDER BY c.created_at, c.id
-    """, {})
+    """,
+        {},
+    )
 
 
 @dataclass(frozen=True)
@@ -245,12 +273,19 @@ def show_campaign(database: Database, name: str) -> CampaignReport:
     with database.engine.connect() as connection:
         identifier = campaign_id(connection, name)
         campaign = connection.execute(
-            sa.select(Campaign.name, Campaign.description, Campaign.created_at, Campaign.rules, Campaign.selection,
-                      Campaign.run_id).where(Campaign.id == identifier)
+            sa.select(
+                Campaign.name,
+                Campaign.description,
+                Campaign.created_at,
+                Campaign.rules,
+                Campaign.selection,
+                Campaign.run_id,
+            ).where(Campaign.id == identifier)
         ).one()
         order = [branch["name"] for branch in campaign.rules.get("branches", [])]
         costs = {branch["name"]: branch.get("cost_per_frame") for branch in campaign.rules.get("branches", [])}
-        rows = connection.execute(sa.text("""
+        rows = connection.execute(
+            sa.text("""
             SELECT i.branch, f.band, count(*) AS frames,
                    sum(polygon_area_deg2(f.corner_ra, f.corner_dec)) AS area_deg2,
                    count(*) FILTER (WHERE i.status = 'pending') AS pending,
@@ -260,7 +295,9 @@ def show_campaign(database: Database, name: str) -> CampaignReport:
             JOIN frame f ON f.id = i.frame_id
             WHERE i.campaign_id = :campaign
             GROUP BY i.branch, f.band
-        """), {"campaign": identifier}).all()
+        """),
+            {"campaign": identifier},
+        ).all()
     rank = {branch: index for index, branch in enumerate(order)}
     table_rows = []
     for branch, band, frames, area, pending, done, failed in sorted(
@@ -270,8 +307,12 @@ def show_campaign(database: Database, name: str) -> CampaignReport:
         table_rows.append((branch, band, frames, round(float(area or 0.0), 4), cost, pending, done, failed))
     columns = ("branch", "band", "frames", "area_deg2", "cost", "pending", "done", "failed")
     return CampaignReport(
-        name=campaign.name, description=campaign.description, created_at=campaign.created_at,
-        rules=campaign.rules, selection=campaign.selection, run_id=campaign.run_id,
+        name=campaign.name,
+        description=campaign.description,
+        created_at=campaign.created_at,
+        rules=campaign.rules,
+        selection=campaign.selection,
+        run_id=campaign.run_id,
         table=QueryResult(columns=columns, rows=table_rows),
     )
 
@@ -279,7 +320,9 @@ def show_campaign(database: Database, name: str) -> CampaignReport:
 def campaign_status(database: Database, name: str | None = None) -> QueryResult:
     """Progress: per campaign, or per branch of campaign ``name``; ``done_percent`` of its frames."""
     if name is None:
-        return _query(database, """
+        return _query(
+            database,
+            """
             SELECT c.name, count(i.frame_id) AS frames,
                    count(*) FILTER (WHERE i.status = 'pending') AS pending,
                    count(*) FILTER (WHERE i.status = 'done') AS done,
@@ -289,10 +332,14 @@ def campaign_status(database: Database, name: str | None = None) -> QueryResult:
                    max(i.updated_at) AS last_update
             FROM campaign c LEFT JOIN campaign_item i ON i.campaign_id = c.id
             GROUP BY c.id ORDER BY c.created_at, c.id
-        """, {})
+        """,
+            {},
+        )
     with database.engine.connect() as connection:
         identifier = campaign_id(connection, name)
-    return _query(database, """
+    return _query(
+        database,
+        """
         SELECT i.branch, count(*) AS frames,
                count(*) FILTER (WHERE i.status = 'pending') AS pending,
                count(*) FILTER (WHERE i.status = 'done') AS done,
@@ -301,7 +348,9 @@ def campaign_status(database: Database, name: str | None = None) -> QueryResult:
                max(i.updated_at) AS last_update
         FROM campaign_item i WHERE i.campaign_id = :campaign
         GROUP BY i.branch ORDER BY i.branch
-    """, {"campaign": identifier})
+    """,
+        {"campaign": identifier},
+    )
 
 
 @dataclass(frozen=True)
@@ -323,12 +372,19 @@ def diff_campaigns(database: Database, first: str, second: str) -> CampaignDiff:
             FROM (SELECT * FROM campaign_item WHERE campaign_id = :a) a
             FULL JOIN (SELECT * FROM campaign_item WHERE campaign_id = :b) b ON b.frame_id = a.frame_id
         """
-        transitions = query_result(connection.execute(sa.text(f"""
+        transitions = query_result(
+            connection.execute(
+                sa.text(f"""
             SELECT a.branch AS from_branch, b.branch AS to_branch, count(*) AS frames {joined}
             WHERE a.branch IS DISTINCT FROM b.branch
             GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2
-        """), parameters))
-        changed = query_result(connection.execute(sa.text(f"""
+        """),
+                parameters,
+            )
+        )
+        changed = query_result(
+            connection.execute(
+                sa.text(f"""
             SELECT coalesce(a.frame_id, b.frame_id) AS frame_id, e.exposure_id, f.detector, f.band,
                    a.branch AS from_branch, b.branch AS to_branch,
                    ra.density_class AS from_class, rb.density_class AS to_class,
@@ -340,12 +396,18 @@ def diff_campaigns(database: Database, first: str, second: str) -> CampaignDiff:
             LEFT JOIN density_result rb ON rb.id = b.result_id
             WHERE a.branch IS DISTINCT FROM b.branch
             ORDER BY 1
-        """), parameters))
-        unchanged = connection.execute(sa.text("""
+        """),
+                parameters,
+            )
+        )
+        unchanged = connection.execute(
+            sa.text("""
             SELECT count(*) FROM campaign_item a
             JOIN campaign_item b ON b.campaign_id = :b AND b.frame_id = a.frame_id AND b.branch = a.branch
             WHERE a.campaign_id = :a
-        """), parameters).scalar_one()
+        """),
+            parameters,
+        ).scalar_one()
     return CampaignDiff(transitions=transitions, changed_frames=changed, unchanged=unchanged)
 
 
@@ -383,22 +445,28 @@ def update_from_report(database: Database, name: str, report: Path) -> UpdateRep
     lines = _read_report(report)
     with database.engine.begin() as connection:
         identifier = campaign_id(connection, name)
-        connection.execute(sa.text("""
+        connection.execute(
+            sa.text("""
             CREATE TEMPORARY TABLE plan_report (
                 line integer PRIMARY KEY, frame_id bigint, path text, hdu_index integer,
                 exposure_id text, detector integer, status text NOT NULL,
                 matches integer NOT NULL DEFAULT 0
             ) ON COMMIT DROP
-        """))
+        """)
+        )
         if lines:
-            connection.execute(sa.text("""
+            connection.execute(
+                sa.text("""
                 INSERT INTO plan_report (line, frame_id, path, hdu_index, exposure_id, detector, status)
                 VALUES (:line, :frame_id, :path, :hdu_index, :exposure_id, :detector, :status)
-            """), lines)
+            """),
+                lines,
+            )
         _resolve_report_frames(connection)
         problems = [
             f"line {line}: {_describe(frame_id, path, hdu, exposure, detector)} {reason}"
-            for line, frame_id, path, hdu, exposure, detector, reason in connection.execute(sa.text("""
+            for line, frame_id, path, hdu, exposure, detector, reason in connection.execute(
+                sa.text("""
                 SELECT r.line, r.frame_id, r.path, r.hdu_index, r.exposure_id, r.detector,
                        CASE WHEN r.frame_id IS NULL AND r.path IS NULL AND r.exposure_id IS NULL
                                 THEN 'names no frame (frame_id, path and exposure_id are empty)'
@@ -410,21 +478,29 @@ def update_from_report(database: Database, name: str, report: Path) -> UpdateRep
                 LEFT JOIN campaign_item i ON i.campaign_id = :campaign AND i.frame_id = r.frame_id
                 WHERE r.matches > 1 OR i.frame_id IS NULL
                 ORDER BY r.line
-            """), {"campaign": identifier})
+            """),
+                {"campaign": identifier},
+            )
         ]
         latest = """
             SELECT DISTINCT ON (frame_id) frame_id, status FROM plan_report
             WHERE frame_id IS NOT NULL AND matches <= 1 ORDER BY frame_id, line DESC
         """
-        unchanged = connection.execute(sa.text(f"""
+        unchanged = connection.execute(
+            sa.text(f"""
             SELECT count(*) FROM campaign_item i JOIN ({latest}) r ON r.frame_id = i.frame_id
             WHERE i.campaign_id = :campaign AND i.status = r.status
-        """), {"campaign": identifier}).scalar_one()
-        updated = connection.execute(sa.text(f"""
+        """),
+            {"campaign": identifier},
+        ).scalar_one()
+        updated = connection.execute(
+            sa.text(f"""
             UPDATE campaign_item i SET status = r.status, updated_at = now()
             FROM ({latest}) r
             WHERE i.campaign_id = :campaign AND i.frame_id = r.frame_id AND i.status <> r.status
-        """), {"campaign": identifier}).rowcount
+        """),
+            {"campaign": identifier},
+        ).rowcount
     return UpdateReport(updated=updated, unchanged=unchanged, problems=tuple(problems))
 
 
@@ -434,8 +510,10 @@ def _read_report(report: Path) -> list[dict[str, Any]]:
             reader = csv.DictReader(stream)
             columns = set(reader.fieldnames or ())
             if "status" not in columns or not columns & set(_IDENTIFIERS):
-                raise DensityDBError(f"{report}: a report needs a status column and frame_id, path, or exposure_id "
-                                 f"and detector; its columns are {', '.join(reader.fieldnames or ()) or 'none'}")
+                raise DensityDBError(
+                    f"{report}: a report needs a status column and frame_id, path, or exposure_id "
+                    f"and detector; its columns are {', '.join(reader.fieldnames or ()) or 'none'}"
+                )
             if "exposure_id" in columns and "detector" not in columns:
                 raise DensityDBError(f"{report}: exposure_id needs a detector column")
             rows = []
@@ -453,8 +531,10 @@ def _read_report(report: Path) -> list[dict[str, Any]]:
 def _report_line(report: Path, line: int, row: dict[str, str]) -> dict[str, Any]:
     status = (row.get("status") or "").strip().lower()
     if status not in CAMPAIGN_ITEM_STATUSES:
-        raise DensityDBError(f"{report}, line {line}: status {row.get('status')!r} is not one of "
-                         f"{', '.join(CAMPAIGN_ITEM_STATUSES)}; nothing was applied")
+        raise DensityDBError(
+            f"{report}, line {line}: status {row.get('status')!r} is not one of "
+            f"{', '.join(CAMPAIGN_ITEM_STATUSES)}; nothing was applied"
+        )
 
     def number(column: str) -> int | None:
         text = (row.get(column) or "").strip()
@@ -463,23 +543,31 @@ def _report_line(report: Path, line: int, row: dict[str, str]) -> dict[str, Any]
         try:
             return int(text)
         except ValueError:
-            raise DensityDBError(f"{report}, line {line}: {column} {text!r} is not an integer; nothing was applied") \
-                from None
+            raise DensityDBError(
+                f"{report}, line {line}: {column} {text!r} is not an integer; nothing was applied"
+            ) from None
 
     return {
-        "line": line, "frame_id": number("frame_id"), "path": (row.get("path") or "").strip() or None,
-        "hdu_index": number("hdu_index"), "exposure_id": (row.get("exposure_id") or "").strip() or None,
-        "detector": number("detector"), "status": status,
+        "line": line,
+        "frame_id": number("frame_id"),
+        "path": (row.get("path") or "").strip() or None,
+        "hdu_index": number("hdu_index"),
+        "exposure_id": (row.get("exposure_id") or "").strip() or None,
+        "detector": number("detector"),
+        "status": status,
     }
 
 
 def _resolve_report_frames(connection: sa.Connection) -> None:
     """Fill ``plan_report.frame_id`` from paths and exposure/detector, counting matches."""
-    connection.execute(sa.text("""
+    connection.execute(
+        sa.text("""
         UPDATE plan_report r SET matches = (SELECT count(*) FROM frame f WHERE f.id = r.frame_id)
         WHERE r.frame_id IS NOT NULL
-    """))
-    connection.execute(sa.text("""
+    """)
+    )
+    connection.execute(
+        sa.text("""
         UPDATE plan_report r SET frame_id = m.frame_id, matches = m.matches
         FROM (
             SELECT r2.line, min(f.id) AS frame_id, count(f.id) AS matches
@@ -489,8 +577,10 @@ def _resolve_report_frames(connection: sa.Connection) -> None:
             GROUP BY r2.line
         ) m
         WHERE r.line = m.line
-    """))
-    connection.execute(sa.text("""
+    """)
+    )
+    connection.execute(
+        sa.text("""
         UPDATE plan_report r SET frame_id = m.frame_id, matches = m.matches
         FROM (
             SELECT r2.line, min(f.id) AS frame_id, count(f.id) AS matches
@@ -501,7 +591,8 @@ def _resolve_report_frames(connection: sa.Connection) -> None:
             GROUP BY r2.line
         ) m
         WHERE r.line = m.line
-    """))
+    """)
+    )
 
 
 def _describe(frame_id, path, hdu_index, exposure_id, detector) -> str:

@@ -25,7 +25,9 @@ def campaign_items(database: Database, name: str, *, branch: str | None = None) 
     """The items of campaign ``name`` (of one ``branch`` if given), in frame id order."""
     with database.engine.connect() as connection:
         identifier = campaign_id(connection, name)
-        return query_result(connection.execute(sa.text("""
+        return query_result(
+            connection.execute(
+                sa.text("""
             SELECT i.frame_id, e.instrument, e.exposure_id, f.detector, f.band, f.ra, f.dec,
                    i.branch, i.status, r.density_class, r.class_confidence, r.bright_count,
                    r.regression_status, r.flags, flag_names(r.flags) AS flag_names,
@@ -36,14 +38,18 @@ def campaign_items(database: Database, name: str, *, branch: str | None = None) 
             LEFT JOIN density_result r ON r.id = i.result_id
             WHERE i.campaign_id = :campaign AND (CAST(:branch AS text) IS NULL OR i.branch = CAST(:branch AS text))
             ORDER BY i.frame_id
-        """), {"campaign": identifier, "branch": branch}))
+        """),
+                {"campaign": identifier, "branch": branch},
+            )
+        )
 
 
 def branch_ranges(database: Database, name: str, *, branch: str | None = None) -> dict[str, np.ndarray]:
     """Per branch of campaign ``name``: the depth-29 ranges ``(n, 2)`` of the union of its frames' footprints."""
     with database.engine.connect() as connection:
         identifier = campaign_id(connection, name)
-        rows = connection.execute(sa.text("""
+        rows = connection.execute(
+            sa.text("""
             SELECT u.branch, lower(u.r), upper(u.r)
             FROM (
                 SELECT i.branch, unnest(range_agg(f.footprint)) AS r
@@ -52,7 +58,9 @@ def branch_ranges(database: Database, name: str, *, branch: str | None = None) -
                 GROUP BY i.branch
             ) u
             ORDER BY 1, 2
-        """), {"campaign": identifier, "branch": branch}).all()
+        """),
+            {"campaign": identifier, "branch": branch},
+        ).all()
     ranges: dict[str, list[tuple[int, int]]] = {}
     for branch_name, lower, upper in rows:
         ranges.setdefault(branch_name, []).append((lower, upper))
@@ -68,8 +76,12 @@ def write_branch_mocs(database: Database, name: str, out_dir: Path, *, branch: s
     for branch_name, ranges in branch_ranges(database, name, branch=branch).items():
         moc = MOC.from_depth29_ranges(sky.FOOTPRINT_DEPTH, ranges)
         path = out_dir / f"{_safe(name)}_{_safe(branch_name)}_moc.fits"
-        moc.save(str(path), format="fits", overwrite=True,
-                 fits_keywords={"CAMPAIGN": name, "BRANCH": branch_name, "ORIGIN": "density-db"})
+        moc.save(
+            str(path),
+            format="fits",
+            overwrite=True,
+            fits_keywords={"CAMPAIGN": name, "BRANCH": branch_name, "ORIGIN": "density-db"},
+        )
         written.append(path)
     return written
 

@@ -30,18 +30,22 @@ class FlagRules:
 
     @classmethod
     def from_rules(cls, rules: Rules) -> FlagRules:
-        return cls(thresholds=rules.require_flags(), provenance={
-            "name": rules.name, "source": rules.source, "sha256": rules.sha256,
-            "flags": rules.require_flags().as_dict(),
-        })
+        return cls(
+            thresholds=rules.require_flags(),
+            provenance={
+                "name": rules.name,
+                "source": rules.source,
+                "sha256": rules.sha256,
+                "flags": rules.require_flags().as_dict(),
+            },
+        )
 
 
 def flag_rules_in_force(database: Database) -> FlagRules:
     """The thresholds of the latest completed ``flags recompute``, else the shipped defaults."""
     with database.engine.connect() as connection:
         config = connection.execute(
-            sa.select(Run.config).where(Run.kind == "flags", Run.status == "completed")
-            .order_by(Run.id.desc()).limit(1)
+            sa.select(Run.config).where(Run.kind == "flags", Run.status == "completed").order_by(Run.id.desc()).limit(1)
         ).scalar()
     if config and "flag_rules" in config:
         stored = config["flag_rules"]
@@ -61,13 +65,18 @@ class RecomputeOutcome:
 def recompute_flags(database: Database, rules: FlagRules, *, run_name: str | None = None) -> RecomputeOutcome:
     """Set the flags of every stored result from ``rules`` in one transaction, as a ``flags`` run."""
     outcome: dict[str, Any] = {}
-    with begin_run(database, kind="flags", name=run_name, config={"flag_rules": rules.provenance}) as run, \
-            recording_outcome(run, lambda: outcome):
+    with (
+        begin_run(database, kind="flags", name=run_name, config={"flag_rules": rules.provenance}) as run,
+        recording_outcome(run, lambda: outcome),
+    ):
         with database.engine.begin() as connection:
             outcome["results"] = update_flags(connection, rules.thresholds, run_id=run.id)
-            row = connection.execute(sa.text(
-                "SELECT " + ", ".join(f"count(*) FILTER (WHERE flags & {flag.mask} <> 0)" for flag in FLAGS)
-                + " FROM density_result"
-            )).one()
+            row = connection.execute(
+                sa.text(
+                    "SELECT "
+                    + ", ".join(f"count(*) FILTER (WHERE flags & {flag.mask} <> 0)" for flag in FLAGS)
+                    + " FROM density_result"
+                )
+            ).one()
         outcome["flags"] = {flag.name: int(value) for flag, value in zip(FLAGS, row, strict=True)}
     return RecomputeOutcome(run_id=run.id, results=outcome["results"], counts=outcome["flags"])

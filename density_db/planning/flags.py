@@ -41,23 +41,40 @@ class FlagBit:
 
 
 FLAGS: tuple[FlagBit, ...] = (
-    FlagBit(0, "crowded", "density class >= crowded_min_class (default 4): needs deblending or crowded-field photometry"),
+    FlagBit(
+        0, "crowded", "density class >= crowded_min_class (default 4): needs deblending or crowded-field photometry"
+    ),
     FlagBit(1, "extreme", "class 5 (>= 100,000 stars): regression bypassed, no bright-star count"),
-    FlagBit(2, "few_references",
-            "fewer than few_references_below bright stars: the astrometric solution may be ill-constrained"),
-    FlagBit(3, "out_of_regression_range",
-            "bright-star count above regression_range_max (about 2000, the regressor's validated range)"),
+    FlagBit(
+        2,
+        "few_references",
+        "fewer than few_references_below bright stars: the astrometric solution may be ill-constrained",
+    ),
+    FlagBit(
+        3,
+        "out_of_regression_range",
+        "bright-star count above regression_range_max (about 2000, the regressor's validated range)",
+    ),
     FlagBit(4, "low_confidence", "probability of the predicted class below low_confidence_below"),
-    FlagBit(5, "near_class_boundary",
-            "the two most probable classes are adjacent and differ by less than near_boundary_margin"),
+    FlagBit(
+        5,
+        "near_class_boundary",
+        "the two most probable classes are adjacent and differ by less than near_boundary_margin",
+    ),
     FlagBit(6, "poor_input", "fraction of valid pixels below poor_input_below"),
-    FlagBit(7, "band_disagreement",
-            "a frame of another band in the same exposure, centres within band_disagreement_max_separation_deg, "
-            "has a class differing by band_disagreement_min_class_gap or more"),
-    FlagBit(8, "outside_training_domain",
-            "the frame's shape or pixel scale differs from the images the models were trained on (their "
-            "checkpoints' training_domain): its pooling bins hold other areas of sky, so its class and count "
-            "are extrapolations"),
+    FlagBit(
+        7,
+        "band_disagreement",
+        "a frame of another band in the same exposure, centres within band_disagreement_max_separation_deg, "
+        "has a class differing by band_disagreement_min_class_gap or more",
+    ),
+    FlagBit(
+        8,
+        "outside_training_domain",
+        "the frame's shape or pixel scale differs from the images the models were trained on (their "
+        "checkpoints' training_domain): its pooling bins hold other areas of sky, so its class and count "
+        "are extrapolations",
+    ),
 )
 FLAGS_BY_NAME = {flag.name: flag for flag in FLAGS}
 
@@ -191,8 +208,11 @@ def update_flags(
         Only results of this model pair.
     """
     scope = ["true"]
-    parameters: dict[str, Any] = {**thresholds.as_dict(), "run_id": run_id,
-                                  "domain_scale_tolerance": PIXEL_SCALE_TOLERANCE}
+    parameters: dict[str, Any] = {
+        **thresholds.as_dict(),
+        "run_id": run_id,
+        "domain_scale_tolerance": PIXEL_SCALE_TOLERANCE,
+    }
     if frame_ids is not None:
         scope.append("f.exposure_pk IN (SELECT exposure_pk FROM frame WHERE id = ANY(CAST(:frame_ids AS bigint[])))")
         parameters["frame_ids"] = list(frame_ids)

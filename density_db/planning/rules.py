@@ -137,15 +137,20 @@ class Condition:
         return self.region_spec is None or self.region_spec == other.region_spec
 
     def sql(self, parameters: dict[str, Any], prefix: str, region_table: str | None) -> str:
-        """A SQL predicate on a result ``fd`` (``field_density`` columns) and its ``frame f``; values go into ``parameters``.
+        """A SQL predicate on a result ``fd`` (``field_density`` columns) and its ``frame f``.
+
+        Values go into ``parameters``.
 
         ``region_table`` names a table of the ``frame_id`` of the frames in
         this condition's region (filled by the caller).
         """
         terms = []
         if self.classes is not None:
-            terms.append(f"fd.density_class IN ({', '.join(str(value) for value in sorted(self.classes))})"
-                         if self.classes else "false")
+            terms.append(
+                f"fd.density_class IN ({', '.join(str(value) for value in sorted(self.classes))})"
+                if self.classes
+                else "false"
+            )
         if self.bright_count is not None:
             terms.append(self.bright_count.sql("fd.bright_count", parameters, f"{prefix}_bright"))
         if self.confidence is not None:
@@ -288,10 +293,13 @@ def parse_rules(
         seen.add(branch.name)
     if not branches or not branches[-1].condition.is_catch_all():
         if CATCH_ALL_BRANCH in seen:
-            raise RulesError(f"{source}: the last branch must take every frame (no `when`); "
-                             f"branch {CATCH_ALL_BRANCH!r} has conditions")
-        branches.append(Branch(name=CATCH_ALL_BRANCH, condition=Condition(),
-                               description="Frames that match no other branch"))
+            raise RulesError(
+                f"{source}: the last branch must take every frame (no `when`); "
+                f"branch {CATCH_ALL_BRANCH!r} has conditions"
+            )
+        branches.append(
+            Branch(name=CATCH_ALL_BRANCH, condition=Condition(), description="Frames that match no other branch")
+        )
     return Rules(
         name=name,
         description=description,
@@ -313,8 +321,10 @@ def _unreachable(branches: list[Branch], source: str) -> list[str]:
             continue
         earlier = next((other for other in branches[:index] if other.condition.covers(branch.condition)), None)
         if earlier is not None:
-            warnings.append(f"{source}: branch {branch.name!r} can never be chosen: every frame it matches "
-                            f"goes to the earlier branch {earlier.name!r}")
+            warnings.append(
+                f"{source}: branch {branch.name!r} can never be chosen: every frame it matches "
+                f"goes to the earlier branch {earlier.name!r}"
+            )
     for warning in warnings:
         logger.warning("%s", warning)
     return warnings
@@ -349,8 +359,9 @@ def _parse_branch(
     _check_keys(raw, _BRANCH_KEYS, where)
     name = raw.get("name")
     if not isinstance(name, str) or not _BRANCH_NAME.match(name):
-        raise RulesError(f"{where}: name must be a word of letters, digits, '_' or '-' starting with a letter, "
-                         f"got {name!r}")
+        raise RulesError(
+            f"{where}: name must be a word of letters, digits, '_' or '-' starting with a letter, got {name!r}"
+        )
     where = f"{where} ({name!r})"
     cost = raw.get("cost_per_frame")
     if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int | float) or cost < 0):

@@ -303,7 +303,11 @@ def _draw_sources(
 
 
 def _draw_counted(
-    components: list[SkyComponent], grid: _CellGrid, rng: np.random.Generator, band: str, counting_limit: float,
+    components: list[SkyComponent],
+    grid: _CellGrid,
+    rng: np.random.Generator,
+    band: str,
+    counting_limit: float,
     counted: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Sources drawn like the model until ``counted`` of them are brighter than ``counting_limit`` in ``band``.
@@ -324,8 +328,15 @@ def _draw_counted(
         batches.append((x, y, magnitudes, colours))
         found, drawn = found + counted_at.size, drawn + batch
         if drawn >= MAX_DRAWN_STARS:
-            logger.info("%d of the %d counted stars asked for after drawing %d stars in band %s: the catalog "
-                        "keeps %d (the field shows few of its stars there)", found, counted, drawn, band, found)
+            logger.info(
+                "%d of the %d counted stars asked for after drawing %d stars in band %s: the catalog "
+                "keeps %d (the field shows few of its stars there)",
+                found,
+                counted,
+                drawn,
+                band,
+                found,
+            )
             break
         # the next batch should hold the rest, going by the fraction counted so far
         batch = int(min(MAX_DRAWN_STARS - drawn, 1.3 * (counted - found + 1) * drawn / max(found, 1) + 64))

@@ -47,8 +47,7 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 from density_db import __version__
-from density_db.focal_plane import DETECTOR_SHAPE, detector_wcs_header
-from density_db.focal_plane import PIXEL_SCALE_ARCSEC
+from density_db.focal_plane import DETECTOR_SHAPE, PIXEL_SCALE_ARCSEC, detector_wcs_header
 from density_db.inference.preprocessing import CHANNELS, DEFAULT_PREPROCESSING_VERSION
 from density_db.labels import BRIGHT_MAGNITUDE_LIMIT, CLASS_LOWER_EDGES, INPUT_SIZE, LABEL_RULE, N_CLASSES, label_rule
 from density_db.simulate.catalog import TruthCatalog, draw_catalog
@@ -126,19 +125,21 @@ def plan_samples(
         else:
             counted = int(np.floor(10 ** rng.uniform(0, np.log10(_REGRESSION_MAX_STARS + 1)))) - 1
         field = NAMED_FIELDS[fields[int(rng.integers(len(fields)))]]
-        specs.append(SampleSpec(
-            index=index,
-            seed=seed,
-            counted=counted,
-            label_rule=rule,
-            galaxies=galaxies,
-            band=BANDS[int(rng.integers(len(BANDS)))],
-            field=field.name,
-            ra=float(rng.uniform(*field.ra_range)),
-            dec=float(rng.uniform(*field.dec_range)),
-            position_angle_deg=float(rng.uniform(0, 360)),
-            detector=13,  # the central slot: the WCS only places the sources
-        ))
+        specs.append(
+            SampleSpec(
+                index=index,
+                seed=seed,
+                counted=counted,
+                label_rule=rule,
+                galaxies=galaxies,
+                band=BANDS[int(rng.integers(len(BANDS)))],
+                field=field.name,
+                ra=float(rng.uniform(*field.ra_range)),
+                dec=float(rng.uniform(*field.dec_range)),
+                position_angle_deg=float(rng.uniform(0, 360)),
+                detector=13,  # the central slot: the WCS only places the sources
+            )
+        )
     return specs
 
 
@@ -157,8 +158,14 @@ def _catalog(spec: SampleSpec, shape: tuple[int, int]) -> tuple[TruthCatalog, np
         spec.detector, ra=spec.ra, dec=spec.dec, position_angle_deg=spec.position_angle_deg, shape=shape
     )
     catalog = draw_catalog(
-        WCS(header), shape, spec.band, rng, field=NAMED_FIELDS[spec.field],
-        counted=spec.counted, include_galaxies=spec.galaxies, rule=spec.label_rule,
+        WCS(header),
+        shape,
+        spec.band,
+        rng,
+        field=NAMED_FIELDS[spec.field],
+        counted=spec.counted,
+        include_galaxies=spec.galaxies,
+        rule=spec.label_rule,
     )
     return catalog, rng
 
@@ -175,7 +182,10 @@ def simulate_sample(spec: SampleSpec, *, shape: tuple[int, int] = DETECTOR_SHAPE
 
 
 def preprocessed_sample(
-    spec: SampleSpec, shape: tuple[int, int] = DETECTOR_SHAPE, *, device: str | None = None,
+    spec: SampleSpec,
+    shape: tuple[int, int] = DETECTOR_SHAPE,
+    *,
+    device: str | None = None,
     version: int = DEFAULT_PREPROCESSING_VERSION,
 ) -> tuple[np.ndarray, SampleLabels]:
     """One sample as the model sees it (preprocessing ``version``), with its labels, without writing a file.
@@ -253,13 +263,23 @@ def write_dataset(
     table.meta["label_rule"] = rule
     table.write(out / SAMPLES_NAME, format="ascii.ecsv", overwrite=True)
     description = {
-        "task": task, "balance": balance, "galaxies": any(spec.galaxies for spec in specs),
-        "samples": len(rows), "shard_size": SHARD_SIZE,
-        "shards": -(-len(rows) // SHARD_SIZE), "dtype": "float16", "input_size": INPUT_SIZE,
-        "image_shape": list(shape), "pixel_scale_arcsec": PIXEL_SCALE_ARCSEC, "device": device or "cpu",
-        "preprocessing_version": version, "input_channels": list(CHANNELS[version]),
-        "class_lower_edges": list(CLASS_LOWER_EDGES), "bright_magnitude_limit": BRIGHT_MAGNITUDE_LIMIT,
-        "label_rule": rule, "label_rule_description": label_rule(rule).description,
+        "task": task,
+        "balance": balance,
+        "galaxies": any(spec.galaxies for spec in specs),
+        "samples": len(rows),
+        "shard_size": SHARD_SIZE,
+        "shards": -(-len(rows) // SHARD_SIZE),
+        "dtype": "float16",
+        "input_size": INPUT_SIZE,
+        "image_shape": list(shape),
+        "pixel_scale_arcsec": PIXEL_SCALE_ARCSEC,
+        "device": device or "cpu",
+        "preprocessing_version": version,
+        "input_channels": list(CHANNELS[version]),
+        "class_lower_edges": list(CLASS_LOWER_EDGES),
+        "bright_magnitude_limit": BRIGHT_MAGNITUDE_LIMIT,
+        "label_rule": rule,
+        "label_rule_description": label_rule(rule).description,
         "density_db_version": __version__,
     }
     (out / DESCRIPTION_NAME).write_text(json.dumps(description, indent=1) + "\n")

@@ -126,14 +126,16 @@ def plan_pointings(
             offset_ra, offset_dec = rng.uniform(-_DITHER_DEG, _DITHER_DEG, size=2)
             pointing_dec = float(np.clip(dec + offset_dec, -89.0, 89.0))
             pointing_ra = (ra + offset_ra / max(np.cos(np.radians(pointing_dec)), 0.02)) % 360.0
-        pointings.append(Pointing(
-            index=index,
-            exposure_id=f"9{seed % 10_000:04d}{index:06d}",
-            ra=float(pointing_ra),
-            dec=float(pointing_dec),
-            position_angle_deg=float(rng.uniform(0.0, 360.0)),
-            start=_EPOCH + datetime.timedelta(days=seed % 3650, minutes=3 * index),
-        ))
+        pointings.append(
+            Pointing(
+                index=index,
+                exposure_id=f"9{seed % 10_000:04d}{index:06d}",
+                ra=float(pointing_ra),
+                dec=float(pointing_dec),
+                position_angle_deg=float(rng.uniform(0.0, 360.0)),
+                start=_EPOCH + datetime.timedelta(days=seed % 3650, minutes=3 * index),
+            )
+        )
     return pointings
 
 
@@ -212,8 +214,9 @@ def simulate_detector(job: DetectorJob) -> ManifestRow:
     wcs_header = detector_wcs_header(
         job.detector, ra=pointing.ra, dec=pointing.dec, position_angle_deg=pointing.position_angle_deg, shape=job.shape
     )
-    catalog = draw_catalog(WCS(wcs_header), job.shape, job.band, rng, field=job.field, include_galaxies=job.galaxies,
-                           rule=job.rule)
+    catalog = draw_catalog(
+        WCS(wcs_header), job.shape, job.band, rng, field=job.field, include_galaxies=job.galaxies, rule=job.rule
+    )
     image = render_detector(catalog, job.shape, job.band, rng)
     directory = job.out / pointing.exposure_id
     directory.mkdir(parents=True, exist_ok=True)
@@ -244,7 +247,9 @@ def simulate_detector(job: DetectorJob) -> ManifestRow:
     )
 
 
-def _write_image(path: Path, job: DetectorJob, wcs_header: fits.Header, science: np.ndarray, quality: np.ndarray) -> None:
+def _write_image(
+    path: Path, job: DetectorJob, wcs_header: fits.Header, science: np.ndarray, quality: np.ndarray
+) -> None:
     pointing = job.pointing
     primary = fits.PrimaryHDU()
     primary.header["INSTRUME"] = ("CSST", "simulated by density-db")
@@ -275,12 +280,17 @@ def _write_image(path: Path, job: DetectorJob, wcs_header: fits.Header, science:
 
 def write_manifest(path: Path, rows: Sequence[ManifestRow], rule: str = LABEL_RULE) -> None:
     """Write ``rows`` to the manifest, keeping rows of earlier runs for other images, and record the label rule."""
-    table = Table(rows=[tuple(asdict(row).values()) for row in rows], names=list(ManifestRow.__dataclass_fields__),
-                  meta={"label_rule": rule, "label_rule_description": label_rule(rule).description})
+    table = Table(
+        rows=[tuple(asdict(row).values()) for row in rows],
+        names=list(ManifestRow.__dataclass_fields__),
+        meta={"label_rule": rule, "label_rule_description": label_rule(rule).description},
+    )
     if path.exists():
         earlier = Table.read(path, format="ascii.ecsv")
         replaced = {(str(e), int(d)) for e, d in zip(table["exposure_id"], table["detector"], strict=True)}
-        keep = [(str(e), int(d)) not in replaced for e, d in zip(earlier["exposure_id"], earlier["detector"], strict=True)]
+        keep = [
+            (str(e), int(d)) not in replaced for e, d in zip(earlier["exposure_id"], earlier["detector"], strict=True)
+        ]
         table = vstack([earlier[keep], table]) if any(keep) else table
     table.sort(["exposure_id", "detector"])
     table.write(path, format="ascii.ecsv", overwrite=True)

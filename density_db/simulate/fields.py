@@ -170,7 +170,8 @@ class LuminosityFunction:
         magnitude = np.clip(np.asarray(magnitude, dtype=np.float64), self.bright, self.faint)
         piece = np.clip(np.searchsorted(edges, magnitude, side="right") - 1, 0, len(self.slopes) - 1)
         return cumulative[piece] + _piece_integral(
-            np.asarray(self.slopes)[piece], start_density[piece], magnitude - edges[piece])
+            np.asarray(self.slopes)[piece], start_density[piece], magnitude - edges[piece]
+        )
 
     def visible_fraction(self, extinction: np.ndarray | float) -> np.ndarray:
         """Fraction of sources still brighter than ``faint`` when dimmed by ``extinction`` mag."""
@@ -189,8 +190,9 @@ class LuminosityFunction:
         slope, left = np.asarray(self.slopes)[piece], fraction - cumulative[piece]
         scale, density = slope * np.log(10), start_density[piece]
         with np.errstate(divide="ignore", invalid="ignore"):
-            offset = np.where(scale != 0, np.log1p(left * scale / density) / np.where(scale != 0, scale, 1),
-                              left / density)
+            offset = np.where(
+                scale != 0, np.log1p(left * scale / density) / np.where(scale != 0, scale, 1), left / density
+            )
         return np.clip(edges[piece] + offset, self.bright, self.faint)
 
     def _pieces(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -263,8 +265,12 @@ FIELD_STARS = Population(
 GALAXY_COLOUR = 0.7
 GALAXIES = Population(
     "galaxy",
-    LuminosityFunction((GALAXY_COUNT_SLOPE, GALAXY_FAINT_SLOPE), GALAXY_BRIGHT_LIMIT, GALAXY_RENDER_LIMIT,
-                       breaks=(GALAXY_COUNT_BREAK_I + GALAXY_MEAN_R_MINUS_I,)),
+    LuminosityFunction(
+        (GALAXY_COUNT_SLOPE, GALAXY_FAINT_SLOPE),
+        GALAXY_BRIGHT_LIMIT,
+        GALAXY_RENDER_LIMIT,
+        breaks=(GALAXY_COUNT_BREAK_I + GALAXY_MEAN_R_MINUS_I,),
+    ),
     ((1.0, GALAXY_COLOUR, 0.3),),
 )
 
@@ -274,8 +280,9 @@ def galaxies_brighter_than(r_magnitude: float | np.ndarray) -> np.ndarray:
     return lsst_galaxy_counts(np.asarray(r_magnitude, dtype=np.float64) - GALAXY_MEAN_R_MINUS_I)
 
 
-GALAXY_DENSITY_PER_DEG2 = float(galaxies_brighter_than(GALAXY_RENDER_LIMIT)
-                                - galaxies_brighter_than(GALAXY_BRIGHT_LIMIT))
+GALAXY_DENSITY_PER_DEG2 = float(
+    galaxies_brighter_than(GALAXY_RENDER_LIMIT) - galaxies_brighter_than(GALAXY_BRIGHT_LIMIT)
+)
 """Galaxies per deg^2 drawn one by one (r from ``GALAXY_BRIGHT_LIMIT`` to ``GALAXY_RENDER_LIMIT``)."""
 
 
@@ -459,9 +466,11 @@ def expected_stars(
     """
     components = star_components(ra_deg, dec_deg, field=field)
     if np.isfinite(brighter_than):
-        densities = [component.density_per_deg2
-                     * component.population.brighter_fraction(band, brighter_than, component.extinction_mag)
-                     for component in components]
+        densities = [
+            component.density_per_deg2
+            * component.population.brighter_fraction(band, brighter_than, component.extinction_mag)
+            for component in components
+        ]
     else:
         densities = [component.density_per_deg2 for component in components]
     expected = sum(densities) * np.asarray(area_deg2)

@@ -69,8 +69,11 @@ class CellNoise:
         valid = quality == 0
         electrons = expected * valid
         return cls._with_totals(
-            grid, grid.tensor_cell_sums(valid), grid.tensor_cell_sums(electrons),
-            grid.tensor_cell_sums(electrons * electrons), rng,
+            grid,
+            grid.tensor_cell_sums(valid),
+            grid.tensor_cell_sums(electrons),
+            grid.tensor_cell_sums(electrons * electrons),
+            rng,
         )
 
     @classmethod
@@ -79,7 +82,9 @@ class CellNoise:
         totals = rng.standard_normal(grid.cell_shape) * np.sqrt(variances)
         return cls(grid, counts, sums, squares, totals)
 
-    def observe(self, expected: np.ndarray, quality: np.ndarray, rng: np.random.Generator, exposure_seconds: float) -> None:
+    def observe(
+        self, expected: np.ndarray, quality: np.ndarray, rng: np.random.Generator, exposure_seconds: float
+    ) -> None:
         """Stage 2, in place: expected electrons to a calibrated image in ADU, NaN where ``quality`` is set.
 
         The pixel noise of every cell adds up to the cell's drawn total.  Each

@@ -157,8 +157,10 @@ def image_calibration(band: str, exposure_seconds: float = EXPOSURE_SECONDS) -> 
     """What the point-source pass needs of a simulated image: zero point (of 1 ADU/s), exposure time and PSF."""
     photometry = band_photometry(band)
     return Calibration(
-        zero_point=photometry.zero_point + 2.5 * float(np.log10(GAIN)), exposure_seconds=exposure_seconds,
-        fwhm_px=photometry.fwhm_px, moffat_beta=photometry.moffat_beta,
+        zero_point=photometry.zero_point + 2.5 * float(np.log10(GAIN)),
+        exposure_seconds=exposure_seconds,
+        fwhm_px=photometry.fwhm_px,
+        moffat_beta=photometry.moffat_beta,
     )
 
 

@@ -26,13 +26,18 @@ class StarCount:
 
 
 SDSS_HIGH_LATITUDE = StarCount(
-    "g", 21.0, tuple((l_deg, b_deg) for l_deg in (0.0, 90.0, 180.0, 270.0) for b_deg in (56.5, -56.5)),
+    "g",
+    21.0,
+    tuple((l_deg, b_deg) for l_deg in (0.0, 90.0, 180.0, 270.0) for b_deg in (56.5, -56.5)),
     5.8e5 / 279,
     "SDSS commissioning data: 5.8e5 stars brighter than g' = 21 over 279 deg^2 at 49 < |b| < 64 deg, north and "
     "south (Chen et al. 2001, ApJ 553, 184)",
 )
 HUBBLE_ULTRA_DEEP_FIELD = StarCount(
-    "i", 27.5, ((223.6, -54.4),), 25 / 11 * 3600,
+    "i",
+    27.5,
+    ((223.6, -54.4),),
+    25 / 11 * 3600,
     "25 stars brighter than i775 = 27.5 (Pirzkal et al. 2005, ApJ 622, 319) in the Hubble Ultra Deep Field's "
     "11 arcmin^2 (Beckwith et al. 2006, AJ 132, 1729)",
 )

@@ -208,8 +208,9 @@ def render_model_input(
     if device is not None:
         expected, quality = expected.cpu().numpy(), quality.cpu().numpy()
     noise.observe(expected, quality, rng, exposure_seconds)
-    counts = count_point_sources(expected, quality, grid, image_calibration(band, exposure_seconds),
-                                 saturated_bits=QUALITY_SATURATED)
+    counts = count_point_sources(
+        expected, quality, grid, image_calibration(band, exposure_seconds), saturated_bits=QUALITY_SATURATED
+    )
     return np.concatenate([tensor, point_source_channels(grid, counts)]), statistics
 
 
@@ -230,8 +231,14 @@ def _work_arrays(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _expected_electrons(
-    catalog: TruthCatalog, shape: tuple[int, int], band: str, rng: np.random.Generator,
-    exposure_seconds: float, defects: bool, *, work: tuple[np.ndarray, np.ndarray] | None = None,
+    catalog: TruthCatalog,
+    shape: tuple[int, int],
+    band: str,
+    rng: np.random.Generator,
+    exposure_seconds: float,
+    defects: bool,
+    *,
+    work: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Expected electrons per pixel (sky, dark and sources) and the quality mask (saturation, defects).
 
@@ -249,8 +256,13 @@ def _expected_electrons(
 
 
 def _expected_electrons_on(
-    device: str, catalog: TruthCatalog, shape: tuple[int, int], band: str, rng: np.random.Generator,
-    exposure_seconds: float, defects: bool,
+    device: str,
+    catalog: TruthCatalog,
+    shape: tuple[int, int],
+    band: str,
+    rng: np.random.Generator,
+    exposure_seconds: float,
+    defects: bool,
 ):  # -> tuple[torch.Tensor, torch.Tensor]
     """:func:`_expected_electrons` with the full-size arrays on a torch device (e.g. CUDA)."""
     import torch
@@ -258,7 +270,9 @@ def _expected_electrons_on(
     image = torch.full(shape, _background(catalog, band, exposure_seconds), dtype=torch.float32, device=device)
     flat = image.view(-1)
     for flat_index, values in _source_stamps(catalog, shape, band, exposure_seconds):
-        flat.index_put_((torch.from_numpy(flat_index).to(device),), torch.from_numpy(values).to(device), accumulate=True)
+        flat.index_put_(
+            (torch.from_numpy(flat_index).to(device),), torch.from_numpy(values).to(device), accumulate=True
+        )
     quality = (image > FULL_WELL_E).to(torch.int16) * QUALITY_SATURATED
     if defects:
         _flag_defects(quality, rng)
@@ -349,8 +363,13 @@ def _sersic_reach(flux: np.ndarray, half_light: np.ndarray, axis_ratio: np.ndarr
     """
     b_n = 2.0 * index - 1.0 / 3.0 + 4.0 / (405.0 * index)
     log_gamma = np.frompyfunc(math.lgamma, 1, 1)(2.0 * index).astype(np.float64)
-    log_intensity = (np.log(np.maximum(flux, 1e-30)) + 2.0 * index * np.log(b_n) - b_n - log_gamma
-                     - np.log(2.0 * np.pi * axis_ratio * index * half_light**2))
+    log_intensity = (
+        np.log(np.maximum(flux, 1e-30))
+        + 2.0 * index * np.log(b_n)
+        - b_n
+        - log_gamma
+        - np.log(2.0 * np.pi * axis_ratio * index * half_light**2)
+    )
     excess = 1.0 + (log_intensity - np.log(WING_ELECTRONS)) / b_n
     return half_light * np.maximum(excess, 0.0) ** index
 
@@ -363,7 +382,10 @@ def _sersic(
     angle_deg: np.ndarray,
     index: np.ndarray,
 ) -> np.ndarray:
-    """Unnormalised Sersic profiles ``(n, side, side)`` float32 from the stamps' pixel offsets ``dx, dy`` (``(n, side)``)."""
+    """Unnormalised Sersic profiles ``(n, side, side)`` float32 from the stamps' pixel offsets ``dx, dy``.
+
+    The offsets are ``(n, side)`` arrays.
+    """
     angle = np.radians(angle_deg).astype(np.float32)[:, None, None]
     cos, sin = np.cos(angle), np.sin(angle)
     dx, dy = dx.astype(np.float32)[:, None, :], dy.astype(np.float32)[:, :, None]

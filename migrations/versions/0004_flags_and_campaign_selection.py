@@ -130,30 +130,59 @@ _ITEM_FOREIGN_KEYS = (
 
 
 def upgrade() -> None:
-    op.add_column("density_result", sa.Column(
-        "flags_run_id", sa.BigInteger(), nullable=True,
-        comment="Run whose rules set the flags (run.config holds them)",
-    ))
+    op.add_column(
+        "density_result",
+        sa.Column(
+            "flags_run_id",
+            sa.BigInteger(),
+            nullable=True,
+            comment="Run whose rules set the flags (run.config holds them)",
+        ),
+    )
     op.create_foreign_key(
-        op.f("fk_density_result_flags_run_id_run"), "density_result", "run", ["flags_run_id"], ["id"],
+        op.f("fk_density_result_flags_run_id_run"),
+        "density_result",
+        "run",
+        ["flags_run_id"],
+        ["id"],
         ondelete="SET NULL",
     )
-    op.alter_column("density_result", "flags", existing_type=sa.BigInteger(), existing_nullable=False,
-                    comment="Bitmask of field flags (flag_names() names them)",
-                    existing_comment="Bitmask of field flags")
-    op.alter_column("run", "kind", existing_type=sa.Text(), existing_nullable=False,
-                    comment="register, ingest, flags or plan", existing_comment="register, ingest or plan")
-    op.add_column("campaign", sa.Column(
-        "selection", postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"),
-        nullable=False, comment="Bands, region and result run the frames were selected by",
-    ))
+    op.alter_column(
+        "density_result",
+        "flags",
+        existing_type=sa.BigInteger(),
+        existing_nullable=False,
+        comment="Bitmask of field flags (flag_names() names them)",
+        existing_comment="Bitmask of field flags",
+    )
+    op.alter_column(
+        "run",
+        "kind",
+        existing_type=sa.Text(),
+        existing_nullable=False,
+        comment="register, ingest, flags or plan",
+        existing_comment="register, ingest or plan",
+    )
+    op.add_column(
+        "campaign",
+        sa.Column(
+            "selection",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'{}'::jsonb"),
+            nullable=False,
+            comment="Bands, region and result run the frames were selected by",
+        ),
+    )
     op.create_index(op.f("ix_campaign_item_frame_id"), "campaign_item", ["frame_id"], unique=False)
     op.execute(FIELD_DENSITY_VIEW)
     op.execute(FLAG_NAMES_FUNCTION)
     for name, _table, _column, _action in _ITEM_FOREIGN_KEYS:
         op.drop_constraint(name, "campaign_item", type_="foreignkey")
-    for column, comment in (("campaign_id", "campaign.id"), ("frame_id", "frame.id"),
-                            ("result_id", "density_result.id the frame was routed by")):
+    for column, comment in (
+        ("campaign_id", "campaign.id"),
+        ("frame_id", "frame.id"),
+        ("result_id", "density_result.id the frame was routed by"),
+    ):
         op.alter_column("campaign_item", column, existing_type=sa.BigInteger(), comment=comment)
     for statement in (*CAMPAIGN_ITEM_CASCADE_FUNCTIONS, *CAMPAIGN_ITEM_TRIGGERS):
         op.execute(statement)
@@ -173,9 +202,21 @@ def downgrade() -> None:
     # The view keeps its 0004 form: the same columns, reading none that 0003 lacks.
     op.drop_index(op.f("ix_campaign_item_frame_id"), table_name="campaign_item")
     op.drop_column("campaign", "selection")
-    op.alter_column("run", "kind", existing_type=sa.Text(), existing_nullable=False,
-                    comment="register, ingest or plan", existing_comment="register, ingest, flags or plan")
-    op.alter_column("density_result", "flags", existing_type=sa.BigInteger(), existing_nullable=False,
-                    comment="Bitmask of field flags", existing_comment="Bitmask of field flags (flag_names() names them)")
+    op.alter_column(
+        "run",
+        "kind",
+        existing_type=sa.Text(),
+        existing_nullable=False,
+        comment="register, ingest or plan",
+        existing_comment="register, ingest, flags or plan",
+    )
+    op.alter_column(
+        "density_result",
+        "flags",
+        existing_type=sa.BigInteger(),
+        existing_nullable=False,
+        comment="Bitmask of field flags",
+        existing_comment="Bitmask of field flags (flag_names() names them)",
+    )
     op.drop_constraint(op.f("fk_density_result_flags_run_id_run"), "density_result", type_="foreignkey")
     op.drop_column("density_result", "flags_run_id")

@@ -31,8 +31,16 @@ $$
 
 
 # Frozen copies of the flag names at this revision and the one before (tests check the first against views.py).
-_NAMES_0004 = ("crowded", "extreme", "few_references", "out_of_regression_range", "low_confidence",
-               "near_class_boundary", "poor_input", "band_disagreement")
+_NAMES_0004 = (
+    "crowded",
+    "extreme",
+    "few_references",
+    "out_of_regression_range",
+    "low_confidence",
+    "near_class_boundary",
+    "poor_input",
+    "band_disagreement",
+)
 _NAMES_0005 = (*_NAMES_0004, "outside_training_domain")
 
 
