@@ -104,7 +104,7 @@ def evaluate(
 def _checkpoint(app: AppContext, name_or_path: str, stage: str) -> Path:
     """A checkpoint file; the catalog is opened only to resolve a registered model's name."""
     from density_db.inference.checkpoints import demo_checkpoint
-    from density_db.model_registry import DEMO_MODEL, checkpoint_path
+    from density_db.inference.model_registry import DEMO_MODEL, checkpoint_path
 
     if name_or_path == DEMO_MODEL:
         return demo_checkpoint(stage)

@@ -25,8 +25,8 @@ def list_flags(app: AppContext, output_format: str | None) -> None:
     SELECT frame_id, flag_names(flags) FROM field_density WHERE flags <> 0
     """
     from density_db.cli.output import write_result
+    from density_db.flags import FLAGS
     from density_db.planning.flag_runs import flag_rules_in_force
-    from density_db.planning.flags import FLAGS
     from density_db.queries import QueryResult
 
     rules = flag_rules_in_force(app.open_database())

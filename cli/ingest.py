@@ -164,7 +164,7 @@ def _warn_of_domain(database, run_id: int) -> None:
     """Say how many of the run's answers are for frames unlike the models' training images."""
     import sqlalchemy as sa
 
-    from density_db.planning.flags import flag_mask
+    from density_db.flags import flag_mask
 
     with database.engine.connect() as connection:
         outside = connection.execute(
@@ -217,9 +217,9 @@ def _ingest(app: AppContext, paths, from_file, options) -> int:
         IngestOptions,
         run_ingest,
     )
+    from density_db.inference.model_registry import resolve_model
     from density_db.inference.runner import ModelSpec
     from density_db.instrument import load_profile
-    from density_db.model_registry import resolve_model
     from density_db.planning.flag_runs import FlagRules, flag_rules_in_force
     from density_db.planning.rules import load_rules
     from density_db.runs import begin_run, recording_outcome

@@ -29,7 +29,7 @@ def models() -> None:
 @pass_app
 def add(app: AppContext, checkpoint: Path, name: str | None, arch: str | None, stage: str | None) -> None:
     """Register CHECKPOINT; the same file added again keeps its one row."""
-    from density_db.model_registry import register_model
+    from density_db.inference.model_registry import register_model
 
     registered, created = register_model(app.open_database(), checkpoint, name=name, architecture=arch, stage=stage)
     verb = "registered" if created else "already registered as"
@@ -44,8 +44,8 @@ def add(app: AppContext, checkpoint: Path, name: str | None, arch: str | None, s
 def list_(app: AppContext, output_format: str | None) -> None:
     """List the registered models."""
     from density_db.cli.output import write_result
+    from density_db.inference.model_registry import list_models
     from density_db.labels import recorded_label_rule
-    from density_db.model_registry import list_models
     from density_db.queries import QueryResult
 
     rows = [
@@ -64,9 +64,9 @@ def list_(app: AppContext, output_format: str | None) -> None:
 def show(app: AppContext, name: str) -> None:
     """Show a registered model (by name or sha256) with its metadata and the label rule it was trained under."""
     from density_db.inference.checkpoints import TrainingDomain, recorded_preprocessing_version
+    from density_db.inference.model_registry import find_model
     from density_db.inference.preprocessing import CHANNELS
     from density_db.labels import LABEL_RULE, label_rule, recorded_label_rule
-    from density_db.model_registry import find_model
 
     model = find_model(app.open_database(), name)
     click.echo(f"{model.name}: {model.stage}, {model.architecture}")

@@ -29,8 +29,8 @@ from sqlalchemy.dialects.postgresql import insert
 from density_db.database import Database
 from density_db.errors import DatabaseError
 from density_db.failures import record_failures
+from density_db.flags import FlagThresholds, update_flags
 from density_db.models import DensityResult, Failure, Frame
-from density_db.planning.flags import FlagThresholds, update_flags
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ centre only, an approximation for quick looks; the maps built from footprints
 are exact.
 
 ``flag_names(flags)`` names the bits set in a ``flags`` bitmask (see
-:mod:`density_db.planning.flags`), e.g. ``SELECT flag_names(flags) FROM
+:mod:`density_db.flags`), e.g. ``SELECT flag_names(flags) FROM
 field_density``.
 
 ``CAMPAIGN_ITEM_TRIGGERS`` give ``campaign_item`` the behaviour of foreign
@@ -25,7 +25,7 @@ The Alembic revisions carry frozen copies of this SQL; a test checks that the
 migrated database defines exactly these.
 """
 
-from density_db.planning.flags import FLAGS
+from density_db.flags import FLAGS
 
 FIELD_DENSITY_COLUMNS = """
     f.id AS frame_id,

@@ -109,7 +109,7 @@ class TrainingDomain:
     A frame of another shape or pixel scale is outside what the model has
     seen (its pooling bins hold other areas of sky and other numbers of
     stars), and its result is flagged ``outside_training_domain``
-    (:mod:`density_db.planning.flags` compares them in SQL, within
+    (:mod:`density_db.flags` compares them in SQL, within
     :data:`~density_db.labels.PIXEL_SCALE_TOLERANCE`).
     """
 

@@ -24,7 +24,11 @@ from density_db.focal_plane import PIXEL_SCALE_ARCSEC
 from density_db.inference.checkpoints import TrainingDomain, file_sha256
 from density_db.inference.preprocessing import CHANNELS, PAPER_PREPROCESSING_VERSION
 from density_db.labels import recorded_label_rule
-from density_db.simulate.dataset import DESCRIPTION_NAME, SAMPLES_NAME
+
+SAMPLES_NAME = "samples.ecsv"
+"""A dataset's table: one row per sample (labels and simulation parameters), in shard order."""
+DESCRIPTION_NAME = "dataset.json"
+"""A dataset's description: task, model input, label rule, shards."""
 
 # What a model learns from: datasets that differ in any of these cannot be read as one.
 INPUT_KEYS = (

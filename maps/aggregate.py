@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from density_db.flags import FLAGS
 from density_db.maps.rasterize import Coverage, Sampling, subpixel_mask_dtype
-from density_db.planning.flags import FLAGS
 
 logger = logging.getLogger(__name__)
 

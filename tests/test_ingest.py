@@ -346,9 +346,9 @@ def test_a_missing_model_is_a_clear_error(run_cli, tmp_path: Path, models) -> No
 def _run_in_process(database: Database, paths: list[Path], models, cluster, *, progress, **options):
     """Ingest through the Python API on ``cluster`` (a Cluster), with a progress hook that injects a fault."""
     from density_db.inference.ingest import IngestOptions, run_ingest
+    from density_db.inference.model_registry import resolve_model
     from density_db.inference.runner import ModelSpec
     from density_db.instrument import load_profile
-    from density_db.model_registry import resolve_model
     from density_db.runs import begin_run
 
     classifier = resolve_model(database, str(models["classifier"]), stage="classifier")

@@ -20,12 +20,12 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from density_db import sky
 from density_db.database import Database
+from density_db.flags import FLAGS
 from density_db.maps.aggregate import STATISTIC_NAMES, STATISTICS, FrameValues, MapAccumulator
 from density_db.maps.build import MapSettings, build_maps, plan_sampling
 from density_db.maps.rasterize import Sampling, footprint_area_deg2, footprint_coverage, footprint_pixels
 from density_db.maps.source import Census, Selection
 from density_db.models import DensityResult, Exposure, Frame, Model, Run
-from density_db.planning.flags import FLAGS
 from density_db.queries import frame_ids_in_region
 from density_db.regions import ConeRegion, polygon_region, read_moc
 from geometry import tangent_to_sky

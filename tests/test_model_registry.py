@@ -12,7 +12,7 @@ from density_db.database import Database
 from density_db.errors import ConfigurationError
 from density_db.inference.architectures import build_model
 from density_db.inference.checkpoints import save_checkpoint
-from density_db.model_registry import checkpoint_path, find_model, register_model, resolve_model
+from density_db.inference.model_registry import checkpoint_path, find_model, register_model, resolve_model
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from mocpy import MOC
 from catalog import frame_row, insert_frames, new_run, square_corners
 from density_db import sky
 from density_db.database import Database
+from density_db.flags import FLAGS, flag_names
 from density_db.models import DensityResult
 from density_db.planning.flag_runs import FlagRules, recompute_flags
-from density_db.planning.flags import FLAGS, flag_names
 from density_db.planning.rules import RulesError, default_rules, parse_rules
 from density_db.regions import ConeRegion
 

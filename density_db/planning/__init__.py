@@ -1,7 +1,8 @@
-"""Planning: field flags and reprocessing campaigns built from the stored density results.
+"""Planning: field flags recomputed from a rules file, and reprocessing campaigns built from the stored results.
 
-* :mod:`~density_db.planning.flags`: the flag bits of ``density_result.flags``
-  and the SQL that sets them from stored probabilities and counts;
+The flag bits themselves and the SQL that sets them are core
+(:mod:`density_db.flags`), since every stored result carries them.
+
 * :mod:`~density_db.planning.rules`: the rules file (TOML) with the flag
   thresholds and the ordered campaign branches, checked and compiled to SQL;
 * :mod:`~density_db.planning.campaigns`: campaigns and their items in the

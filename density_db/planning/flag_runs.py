@@ -15,8 +15,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from density_db.database import Database
+from density_db.flags import FLAGS, FlagThresholds, update_flags
 from density_db.models import Run
-from density_db.planning.flags import FLAGS, FlagThresholds, update_flags
 from density_db.planning.rules import Rules, default_rules
 from density_db.runs import begin_run, recording_outcome
 

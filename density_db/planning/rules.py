@@ -2,7 +2,7 @@
 
 A rules file is TOML (``default_rules.toml`` is shipped and documents the
 format): ``name``, ``description``, a ``[flags]`` table of thresholds
-(:class:`~density_db.planning.flags.FlagThresholds`) and ``[[branch]]``
+(:class:`~density_db.flags.FlagThresholds`) and ``[[branch]]``
 tables, each with a ``name``, an optional ``description`` and
 ``cost_per_frame``, and an optional ``when`` table of conditions on density
 class, bright-star count, confidence, flags, band and sky region.  A frame
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from density_db.errors import ConfigurationError, DensityDBError
-from density_db.planning.flags import FLAGS_BY_NAME, FlagThresholds, flag_mask
+from density_db.flags import FLAGS_BY_NAME, FlagThresholds, flag_mask
 from density_db.regions import SkyRegion, region_from_table
 
 logger = logging.getLogger(__name__)

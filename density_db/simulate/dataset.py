@@ -48,6 +48,7 @@ from astropy.wcs import WCS
 
 from density_db import __version__
 from density_db.focal_plane import DETECTOR_SHAPE, PIXEL_SCALE_ARCSEC, detector_wcs_header
+from density_db.inference.datasets import DESCRIPTION_NAME, SAMPLES_NAME
 from density_db.inference.preprocessing import CHANNELS, DEFAULT_PREPROCESSING_VERSION
 from density_db.labels import BRIGHT_MAGNITUDE_LIMIT, CLASS_LOWER_EDGES, INPUT_SIZE, LABEL_RULE, N_CLASSES, label_rule
 from density_db.simulate.catalog import TruthCatalog, draw_catalog
@@ -57,8 +58,6 @@ from density_db.simulate.render import RenderedImage, render_detector, render_mo
 logger = logging.getLogger(__name__)
 
 SHARD_SIZE = 512
-SAMPLES_NAME = "samples.ecsv"
-DESCRIPTION_NAME = "dataset.json"
 TASKS = ("classify", "regress")
 PAPER_CLASS_MIX = np.array([1120, 3324, 11050, 4622, 1411, 1033]) / 22560
 """Training-set class fractions of Lai et al. (2026), Table 2."""

@@ -1,0 +1,90 @@
+"""The package's layers import one way: core <- inference <- simulate <- maps, planning <- cli.
+
+DESIGN.md's contract: the core (``density_db/``'s own modules: configuration,
+errors, database, tables, views, FITS input, sky, labels, flags, results,
+runs, registry) imports no other layer; ``inference/`` never imports the
+simulator; the simulator may use ``inference``'s public names (it makes the
+model input the way preprocessing does); ``maps/`` and ``planning/`` sit on
+both and the CLI on everything.  The check reads every import statement of
+the sources, those inside functions too, so that a lazy import cannot hide a
+cycle.  (import-linter cannot check this layout: three of the subpackages
+live outside ``density_db/`` and install into it through ``package-dir``.)
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+SOURCE_LAYERS = {
+    "density_db": "core",
+    "migrations": "core",
+    "inference": "inference",
+    "density_db/simulate": "simulate",
+    "maps": "maps",
+    "density_db/planning": "planning",
+    "cli": "cli",
+}
+"""Source folders (relative to the repository root) and their layer; a deeper folder wins."""
+
+RANKS = {"core": 0, "inference": 1, "simulate": 2, "maps": 3, "planning": 3, "cli": 4}
+"""A module may import its own layer and those of a lower rank; maps and planning do not import each other."""
+
+NOT_YET_ONE_WAY = {("inference/ingest.py", "density_db.planning.flag_runs")}
+"""Known imports against the layers, to go: ingest reads the flag rules in force (planning, since the shipped
+rules file also holds the campaign branches) when its caller gives none."""
+
+
+def _layer_of_file(path: Path) -> str:
+    relative = path.relative_to(ROOT).as_posix()
+    folders = sorted((folder for folder in SOURCE_LAYERS if relative.startswith(folder + "/")), key=len)
+    return SOURCE_LAYERS[folders[-1]]
+
+
+def _layer_of_module(name: str) -> str | None:
+    """The layer of an imported ``density_db`` module, None for anything else."""
+    parts = name.split(".")
+    if parts[0] != "density_db":
+        return None
+    if len(parts) > 1 and parts[1] in ("inference", "simulate", "maps", "planning", "cli"):
+        return parts[1]
+    return "core"
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+    return found
+
+
+def _sources() -> list[Path]:
+    return sorted(path for folder in SOURCE_LAYERS for path in (ROOT / folder).glob("*.py"))
+
+
+def test_every_source_folder_is_assigned_a_layer() -> None:
+    assert len(_sources()) > 50
+    for folder in SOURCE_LAYERS:
+        assert any((ROOT / folder).glob("*.py")), folder
+
+
+@pytest.mark.parametrize("path", _sources(), ids=lambda path: path.relative_to(ROOT).as_posix())
+def test_imports_run_one_way(path: Path) -> None:
+    layer = _layer_of_file(path)
+    relative = path.relative_to(ROOT).as_posix()
+    wrong = []
+    for line, name in _imports(path):
+        imported = _layer_of_module(name)
+        if imported is None or imported == layer or (relative, name.rpartition(".")[0]) in NOT_YET_ONE_WAY:
+            continue
+        if RANKS[imported] >= RANKS[layer]:
+            wrong.append(f"line {line}: {name} ({layer} -> {imported})")
+    assert not wrong, "imports against the layers: " + "; ".join(wrong)
