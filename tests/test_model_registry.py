@@ -51,7 +51,7 @@ def test_registering_the_same_checkpoint_twice_keeps_one_row(
     assert json.loads(shown[shown.index("{") :])["trained_on"] == "test"
 
 
-def test_the_shipped_demo_models_say_they_were_trained_under_the_papers_label_rule(run_cli, database) -> None:
+def test_the_shipped_demo_models_say_what_they_were_trained_on(run_cli, database) -> None:
     from density_db.inference.checkpoints import DEMO_MODELS_DIRECTORY
 
     for path in sorted(DEMO_MODELS_DIRECTORY.glob("*.pt")):
@@ -59,9 +59,9 @@ def test_the_shipped_demo_models_say_they_were_trained_under_the_papers_label_ru
         assert added.exit_code == 0, added.output
         name = added.output.split()[1]
         shown = run_cli("models", "show", name).output
-        assert "labels: catalog-stars (every star of the truth catalog" in shown
-        assert "note: trained under the 'catalog-stars' rule, not this density-db's 'detectable-stars'" in shown
-        assert "input: preprocessing version 1 (image, valid_fraction)" in shown
+        assert "labels: detectable-stars (stars brighter than the 5-sigma point-source depth" in shown
+        assert "note:" not in shown
+        assert "input: preprocessing version 2 (image, valid_fraction, point_like, bright_point_like)" in shown
         assert 'trained on: 9216 x 9232 images at 0.074"/px' in shown
 
 
