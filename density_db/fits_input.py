@@ -4,7 +4,7 @@ A *frame* is one detector image: a 2-D image HDU of a single-HDU or
 multi-extension FITS file (plain, gzip-compressed or tile-compressed).  This
 module finds the input files (:func:`discover_inputs`), then the science and
 data-quality HDUs of each file and what their headers say about the frame
-(:func:`read_frame_headers`), following the ingest contract of DESIGN.md.
+(:func:`read_frame_headers`), following the input contract (docs/ingest.md).
 Pixel data is never read here.  Bad input never raises: it becomes an
 :class:`InputFailure` whose message says what to fix.
 """
@@ -38,7 +38,6 @@ FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.fz")
 """File name endings searched for in directories (case-insensitive)."""
 
 _GZIP_MAGIC = b"\x1f\x8b"
-_FITS_BLOCK = 2880
 # Messages astropy warns with (instead of raising) when a file ends early.
 _TRUNCATION_HINTS = ("truncated", "Error validating header")
 # HDU names astropy makes up for HDUs without EXTNAME.

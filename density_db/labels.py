@@ -40,8 +40,11 @@ CLASS_LOWER_EDGES = (0, 1, 100, 1_000, 10_000, 100_000)
 BRIGHT_MAGNITUDE_LIMIT = 23.5
 """Stars brighter than this magnitude (in the image's band) make up ``N_bright``."""
 
-REGRESSION_MAX_BRIGHT = 2000
-"""Upper end of the regressor's valid range of ``N_bright`` (paper Sec. 4.5)."""
+EMPTY_CLASS = 0
+"""No star: the regressor is not run, the bright-star count is 0."""
+
+BYPASSED_CLASS = N_CLASSES - 1
+"""Class 5 (>= 100 000 stars): the regressor is bypassed, no bright-star count (paper Sec. 4.5)."""
 
 INPUT_SIZE = 224
 """Side of the model input (every channel), in pixels."""

@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 
     from density_db.inference.evaluation import EvaluationSamples
 
-FIGURE_NAMES = ("confusion_matrix", "reliability", "error_rate_by_edge_distance", "regression")
-"""The PNG files :func:`write_figures` writes (``NAME.png``); ``regression`` only with a regressor."""
 
 DPI = 120
 

@@ -24,13 +24,7 @@ import torch
 from torch import nn
 
 from density_db.inference.architectures import input_channels
-from density_db.labels import INPUT_SIZE, N_CLASSES
-
-EMPTY_CLASS = 0
-"""No star: the bright-star count is 0 by definition."""
-
-BYPASSED_CLASS = N_CLASSES - 1
-"""Too crowded for the regressor (paper Sec. 4.5)."""
+from density_db.labels import BYPASSED_CLASS, EMPTY_CLASS, INPUT_SIZE, N_CLASSES
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,13 @@ import numba
 import numpy as np
 
 from density_db.flags import FLAGS
+from density_db.labels import BYPASSED_CLASS, N_CLASSES
 from density_db.maps.rasterize import Coverage, Sampling, subpixel_mask_dtype
 
 logger = logging.getLogger(__name__)
 
-DENSITY_CLASSES = 6
+DENSITY_CLASSES = N_CLASSES
 """Density classes 0-5 (class 5: regression bypassed, no bright-star count)."""
-
-BYPASSED_CLASS = 5
 
 BLOCK_LEVELS = 3
 """Memory is held in blocks of 4**3 = 64 output pixels (the pixels of one pixel 3 orders coarser)."""

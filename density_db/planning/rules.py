@@ -30,6 +30,7 @@ from typing import Any
 
 from density_db.errors import ConfigurationError, DensityDBError
 from density_db.flags import FLAGS_BY_NAME, FlagThresholds, flag_mask
+from density_db.labels import N_CLASSES
 from density_db.regions import SkyRegion, region_from_table
 
 logger = logging.getLogger(__name__)
@@ -408,9 +409,9 @@ def _parse_condition(
 def _parse_classes(value: object, where: str) -> frozenset[int]:
     if isinstance(value, dict):
         interval = _parse_interval(value, where)
-        return frozenset(klass for klass in range(6) if interval.contains(klass))
+        return frozenset(klass for klass in range(N_CLASSES) if interval.contains(klass))
     items = value if isinstance(value, list) else [value]
-    if not all(isinstance(item, int) and not isinstance(item, bool) and 0 <= item <= 5 for item in items):
+    if not all(isinstance(item, int) and not isinstance(item, bool) and 0 <= item < N_CLASSES for item in items):
         raise RulesError(f"{where} must be a class 0-5, a list of them or a table like {{ min = 4 }}, got {value!r}")
     return frozenset(items)
 
