@@ -98,6 +98,13 @@ def _parse_init(_ctx, _param, value: str | None) -> dict[str, str]:
     help="The model input to train on, default the data's. 1 (the paper's image and valid fraction) "
     "can be read from version 2 data: the same images without the point-source channels.",
 )
+@click.option(
+    "--refit-head",
+    is_flag=True,
+    help="Classifier: after training, refit its last linear layer to convergence on the training split's "
+    "features (L-BFGS, L2 penalty chosen on the validation split); not in the paper's recipe. With --resume "
+    "on a finished run, refits the saved best model.",
+)
 @click.option("--resume", is_flag=True, help="Continue the run saved in OUT.state.pt.")
 @click.option(
     "--tune",
@@ -124,6 +131,7 @@ def train(
     workers,
     initial_weights,
     preprocessing_version,
+    refit_head,
     resume,
     tune_trials,
 ) -> None:
@@ -147,6 +155,7 @@ def train(
         workers=workers,
         **initial_weights,
         preprocessing_version=None if preprocessing_version is None else int(preprocessing_version),
+        refit_head=refit_head,
     )
     if tune_trials is not None:
         import optuna

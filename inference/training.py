@@ -52,6 +52,7 @@ from density_db.inference.architectures import (
 from density_db.inference.augmentation import COPIES, Augmented
 from density_db.inference.checkpoints import load_checkpoint, save_checkpoint
 from density_db.inference.datasets import SimulatedDataset
+from density_db.inference.head_refit import refit_classifier_head
 from density_db.inference.preprocessing import CHANNELS
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,10 @@ class TrainingConfig:
         The model input to train on, default the data's; version 1 (the
         paper's) reads the first two channels of version 2 data, so both
         inputs train on the same images (``SimulatedDataset``).
+    refit_head : bool
+        Classifier only, our addition to the paper's recipe: after training,
+        refit the last linear layer of the best model to convergence on the
+        training split's features (:mod:`~density_db.inference.head_refit`).
     """
 
     stage: str
@@ -159,6 +164,7 @@ class TrainingConfig:
     pretrained_weights: str | None = None
     backbone_checkpoint: str | None = None
     preprocessing_version: int | None = None
+    refit_head: bool = False
 
     def __post_init__(self) -> None:
         check_architecture(self.stage, self.architecture)
@@ -184,6 +190,8 @@ class TrainingConfig:
                 f"epochs must be at least {3 if self.stage == 'regressor' else 1} for the {self.stage}, "
                 f"got {self.epochs}"
             )
+        if self.refit_head and self.stage != "classifier":
+            raise ConfigurationError("--refit-head is for the classifier (the regressor's head is not linear)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigurationError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -537,7 +545,14 @@ def train(
             f"no epoch gave a finite validation loss (try a lower --lr); nothing was written to {out_path}"
         )
     # The best weights, with the summary of the whole run and their figures on the test split.
-    best = load_checkpoint(out_path, stage=config.stage, architecture=config.architecture).model
+    best = load_checkpoint(out_path, stage=config.stage, architecture=config.architecture).model.to(device)
+    refit = {}
+    if config.refit_head:
+        refit = {
+            "head_refit": refit_classifier_head(
+                best, train_set.dataset, validation_set, device=device, batch_size=config.batch_size
+            )
+        }
     evaluation = summarise_test_split(
         best.to(device), config.stage, test_set, device=device, batch_size=config.batch_size
     )
@@ -546,7 +561,7 @@ def train(
         best,
         stage=config.stage,
         architecture=config.architecture,
-        metadata={**metadata(), "evaluation": evaluation},
+        metadata={**metadata(), **refit, "evaluation": evaluation},
     )
     return TrainingResult(
         checkpoint=out_path,

@@ -26,6 +26,7 @@ from density_db.inference.training import (
     state_file_of,
     train,
 )
+from density_db.labels import CLASS_LOWER_EDGES, INPUT_SIZE
 from density_db.simulate.dataset import SAMPLES_NAME, plan_samples, write_dataset
 
 SHAPE = (240, 250)
@@ -401,3 +402,37 @@ def test_cli_starts_from_given_weights_and_names_a_bad_source(classify_dir, regr
         refused = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "x.pt"), "--init", value])
         assert refused.exit_code == 2 and message in refused.output, value
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_head_refit_fits_the_last_layer_to_the_counts_without_changing_the_network() -> None:
+    from torch.utils.data import TensorDataset
+
+    from density_db.inference.head_refit import refit_classifier_head
+
+    torch.manual_seed(3)
+    model = build_model("classifier", "baseline_cnn", in_channels=4).eval()
+    rng = np.random.default_rng(3)
+    totals = 10 ** rng.uniform(0, 5.3, 180)  # classes by the point-like total alone, as the labels count stars
+    labels = torch.from_numpy(np.searchsorted(CLASS_LOWER_EDGES, np.floor(totals), side="right") - 1)
+    inputs = torch.zeros(len(totals), 4, INPUT_SIZE, INPUT_SIZE)
+    inputs[:, 1] = 1.0  # blank, fully valid images: only the counts tell the classes apart
+    inputs[:, 2, 0, 0] = inputs[:, 3, 0, 0] = torch.from_numpy(np.floor(totals)).float()
+    names = list(model.state_dict())
+    with torch.inference_mode():
+        before = (model(inputs).argmax(1) == labels).float().mean().item()
+    report = refit_classifier_head(
+        model,
+        TensorDataset(inputs[:120], labels[:120]),
+        TensorDataset(inputs[120:], labels[120:]),
+        device=torch.device("cpu"),
+    )
+    with torch.inference_mode():
+        after = (model(inputs[120:]).argmax(1) == labels[120:]).float().mean().item()
+    assert before < 0.5 and after > 0.9
+    assert report["validation_loss_after"] < report["validation_loss_before"]
+    assert list(model.state_dict()) == names
+
+
+def test_head_refit_is_for_the_classifier() -> None:
+    with pytest.raises(ConfigurationError, match="refit-head"):
+        TrainingConfig(stage="regressor", architecture="baseline_cnn", refit_head=True)
