@@ -12,8 +12,8 @@ cross-entropy plus an L2 penalty, the penalty chosen from
 standardisation folded into the weights, so the network keeps its shape.
 
 Measured on the shipped demo classifier (``baseline_cnn``, 1,536 uniform
-training images): 94.0 % accuracy on 1,300 held-out images before the refit,
-96.2 % after (see the model card).
+training images): validation cross-entropy 0.184 before the refit, 0.118
+after; 95.8 % accuracy on 2,000 held-out images after (see the model card).
 """
 
 from __future__ import annotations
