@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from density_db.embedded import EmbeddedServer
+from density_db.flag_rules import flag_rules_in_force
 from density_db.inference.checkpoints import demo_checkpoint, load_checkpoint
 from density_db.inference.cluster import Cluster
 from density_db.inference.ingest import DEFAULT_SHARD_SIZE, GPU_SHARD_SIZE, IngestOptions, run_ingest
@@ -53,7 +54,6 @@ from density_db.inference.predictor import TwoStagePredictor
 from density_db.inference.runner import FrameTask, ModelSpec, _predictor, read_pixels, reduce_pixels
 from density_db.instrument import load_profile
 from density_db.labels import CLASS_LOWER_EDGES
-from density_db.planning.flag_runs import flag_rules_in_force
 from density_db.registration import register_paths
 from density_db.results import ResultRow, write_results
 from density_db.runs import begin_run

@@ -23,6 +23,7 @@ from pathlib import Path
 from spatial_queries import load_frames
 
 from density_db.embedded import EmbeddedServer
+from density_db.flag_rules import FlagRules
 from density_db.planning.campaigns import (
     PlanSelection,
     create_campaign,
@@ -30,7 +31,7 @@ from density_db.planning.campaigns import (
     diff_campaigns,
     show_campaign,
 )
-from density_db.planning.flag_runs import FlagRules, recompute_flags
+from density_db.planning.flag_runs import recompute_flags
 from density_db.planning.rules import default_rules
 from maps import REFERENCE_FRAMES, add_results, is_ready
 from support import (

@@ -25,8 +25,8 @@ def list_flags(app: AppContext, output_format: str | None) -> None:
     SELECT frame_id, flag_names(flags) FROM field_density WHERE flags <> 0
     """
     from density_db.cli.output import write_result
+    from density_db.flag_rules import flag_rules_in_force
     from density_db.flags import FLAGS
-    from density_db.planning.flag_runs import flag_rules_in_force
     from density_db.queries import QueryResult
 
     rules = flag_rules_in_force(app.open_database())
@@ -52,7 +52,8 @@ def recompute(app: AppContext, rules_path: Path | None, run_name: str | None) ->
 
     Example: density-db flags recompute --rules my_rules.toml
     """
-    from density_db.planning.flag_runs import FlagRules, recompute_flags
+    from density_db.flag_rules import FlagRules
+    from density_db.planning.flag_runs import recompute_flags
     from density_db.planning.rules import load_rules
 
     rules = load_rules(rules_path, canonical_band=app.canonical_band)

@@ -209,6 +209,7 @@ def _shared_preprocessing_version(classifier, regressor) -> int:
 def _ingest(app: AppContext, paths, from_file, options) -> int:
     """Registration and inference; returns the number of failed inputs."""
     from density_db.fits_input import discover_inputs
+    from density_db.flag_rules import FlagRules, flag_rules_in_force
     from density_db.inference.cluster import Cluster
     from density_db.inference.ingest import (
         DEFAULT_SHARD_SIZE,
@@ -220,7 +221,6 @@ def _ingest(app: AppContext, paths, from_file, options) -> int:
     from density_db.inference.model_registry import resolve_model
     from density_db.inference.runner import ModelSpec
     from density_db.instrument import load_profile
-    from density_db.planning.flag_runs import FlagRules, flag_rules_in_force
     from density_db.planning.rules import load_rules
     from density_db.runs import begin_run, recording_outcome
 

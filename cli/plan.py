@@ -42,13 +42,12 @@ def rules(app: AppContext, rules_path: Path | None, dump: bool) -> None:
 
     Example: density-db plan rules --dump > my_rules.toml; density-db plan rules --rules my_rules.toml
     """
-    from importlib import resources
-
-    from density_db.planning.rules import DEFAULT_RULES, load_rules
+    from density_db.flag_rules import default_rules_bytes
+    from density_db.planning.rules import load_rules
 
     if dump:
         if rules_path is None:
-            click.echo(resources.files("density_db.planning").joinpath(DEFAULT_RULES).read_text(), nl=False)
+            click.echo(default_rules_bytes().decode("utf-8"), nl=False)
         else:
             click.echo(Path(rules_path).read_text(), nl=False)
         return

@@ -13,6 +13,10 @@ class ConfigurationError(DensityDBError):
     """A setting, profile or rules file is missing or invalid."""
 
 
+class RulesError(ConfigurationError):
+    """A rules file that cannot be used, with where and why."""
+
+
 class DatabaseError(DensityDBError):
     """The database cannot be reached or refused an operation."""
 

@@ -32,11 +32,11 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from density_db.database import Database
+from density_db.flag_rules import FlagRules, flag_rules_in_force
 from density_db.flags import FlagThresholds
 from density_db.inference.cluster import Cluster
 from density_db.inference.runner import FrameTask, ModelSpec, ShardOutcome, process_shard
 from density_db.instrument import InstrumentProfile
-from density_db.planning.flag_runs import FlagRules, flag_rules_in_force
 from density_db.registration import RegisteredFrame, RegistrationCounts, register_batches
 from density_db.results import InferenceFailure, ResultRow, write_results
 from density_db.runs import ActiveRun
@@ -109,7 +109,7 @@ class IngestOptions:
         Recompute frames that have a result for this model pair and replace it.
     flag_rules : FlagRules, optional
         Thresholds of the flags set on the new results; the ones in force
-        (:func:`~density_db.planning.flag_runs.flag_rules_in_force`) when ``None``.
+        (:func:`~density_db.flag_rules.flag_rules_in_force`) when ``None``.
     register_batch : int
         Files' frames registered per transaction.
     """

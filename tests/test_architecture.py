@@ -34,10 +34,6 @@ SOURCE_LAYERS = {
 RANKS = {"core": 0, "inference": 1, "simulate": 2, "maps": 3, "planning": 3, "cli": 4}
 """A module may import its own layer and those of a lower rank; maps and planning do not import each other."""
 
-NOT_YET_ONE_WAY = {("inference/ingest.py", "density_db.planning.flag_runs")}
-"""Known imports against the layers, to go: ingest reads the flag rules in force (planning, since the shipped
-rules file also holds the campaign branches) when its caller gives none."""
-
 
 def _layer_of_file(path: Path) -> str:
     relative = path.relative_to(ROOT).as_posix()
@@ -79,11 +75,10 @@ def test_every_source_folder_is_assigned_a_layer() -> None:
 @pytest.mark.parametrize("path", _sources(), ids=lambda path: path.relative_to(ROOT).as_posix())
 def test_imports_run_one_way(path: Path) -> None:
     layer = _layer_of_file(path)
-    relative = path.relative_to(ROOT).as_posix()
     wrong = []
     for line, name in _imports(path):
         imported = _layer_of_module(name)
-        if imported is None or imported == layer or (relative, name.rpartition(".")[0]) in NOT_YET_ONE_WAY:
+        if imported is None or imported == layer:
             continue
         if RANKS[imported] >= RANKS[layer]:
             wrong.append(f"line {line}: {name} ({layer} -> {imported})")

@@ -14,9 +14,10 @@ from mocpy import MOC
 from catalog import frame_row, insert_frames, new_run, square_corners
 from density_db import sky
 from density_db.database import Database
+from density_db.flag_rules import FlagRules, default_flag_rules
 from density_db.flags import FLAGS, flag_names
 from density_db.models import DensityResult
-from density_db.planning.flag_runs import FlagRules, recompute_flags
+from density_db.planning.flag_runs import recompute_flags
 from density_db.planning.rules import RulesError, default_rules, parse_rules
 from density_db.regions import ConeRegion
 
@@ -175,7 +176,7 @@ def test_flags_recompute_with_a_rules_file_changes_flags_without_the_models(
 def default_rules_text() -> str:
     from importlib import resources
 
-    return resources.files("density_db.planning").joinpath("default_rules.toml").read_text()
+    return resources.files("density_db").joinpath("default_rules.toml").read_text()
 
 
 # -- rules files ---------------------------------------------------------------------------
@@ -248,6 +249,11 @@ def test_rules_without_a_catch_all_get_a_standard_branch_and_the_default_rules_a
     assert rules.warnings == ()
     shipped = default_rules()
     assert shipped.warnings == () and shipped.branches[-1].name == "standard" and shipped.flags is not None
+
+
+def test_the_core_reads_the_same_default_thresholds_as_the_rules_file() -> None:
+    """Ingest takes the shipped thresholds without the planning layer; they and their provenance must not differ."""
+    assert default_flag_rules() == FlagRules.from_rules(default_rules())
 
 
 def test_plan_rules_shows_branches_and_warnings(run_cli, tmp_path: Path) -> None:

@@ -24,18 +24,17 @@ import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from density_db.errors import ConfigurationError, DensityDBError
+from density_db.errors import DensityDBError, RulesError
+from density_db.flag_rules import default_rules_bytes, parse_flag_thresholds
 from density_db.flags import FLAGS_BY_NAME, FlagThresholds, flag_mask
 from density_db.labels import N_CLASSES
 from density_db.regions import SkyRegion, region_from_table
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RULES = "default_rules.toml"
 CATCH_ALL_BRANCH = "standard"
 _BRANCH_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _TOP_KEYS = {"name", "description", "flags", "branch"}
@@ -43,10 +42,6 @@ _BRANCH_KEYS = {"name", "description", "cost_per_frame", "when"}
 _WHEN_KEYS = ("density_class", "bright_count", "confidence", "flags_any", "flags_all", "flags_none", "band", "region")
 _BOUND_KEYS = {"min": (True, True), "max": (False, True), "above": (True, False), "below": (False, False)}
 """Range keys: (is a lower bound, is inclusive)."""
-
-
-class RulesError(ConfigurationError):
-    """A rules file that cannot be used, with where and why."""
 
 
 @dataclass(frozen=True)
@@ -237,9 +232,8 @@ class Rules:
 
 
 def default_rules() -> Rules:
-    """The shipped rules (``density_db/planning/default_rules.toml``)."""
-    data = resources.files("density_db.planning").joinpath(DEFAULT_RULES).read_bytes()
-    return parse_rules(data, source="default")
+    """The shipped rules (``density_db/default_rules.toml``)."""
+    return parse_rules(default_rules_bytes(), source="default")
 
 
 def load_rules(path: Path | None, canonical_band: Callable[[str], str] | None = None) -> Rules:
@@ -279,7 +273,7 @@ def parse_rules(
     _check_keys(document, _TOP_KEYS, source)
     name = _optional_text(document, "name", source) or Path(source).stem
     description = _optional_text(document, "description", source)
-    flags = _parse_flags(document["flags"], source) if "flags" in document else None
+    flags = parse_flag_thresholds(document["flags"], source) if "flags" in document else None
     raw_branches = document.get("branch", [])
     if not isinstance(raw_branches, list) or not all(isinstance(item, dict) for item in raw_branches):
         raise RulesError(f"{source}: branch must be an array of tables ([[branch]])")
@@ -329,29 +323,6 @@ def _unreachable(branches: list[Branch], source: str) -> list[str]:
     for warning in warnings:
         logger.warning("%s", warning)
     return warnings
-
-
-def _parse_flags(table: object, source: str) -> FlagThresholds:
-    where = f"{source}: [flags]"
-    if not isinstance(table, dict):
-        raise RulesError(f"{where} must be a table")
-    fields = FlagThresholds.__dataclass_fields__
-    _check_keys(table, set(fields), where)
-    missing = [name for name in fields if name not in table]
-    if missing:
-        raise RulesError(f"{where}: missing {', '.join(missing)}")
-    values: dict[str, Any] = {}
-    for name in fields:
-        value = table[name]
-        integer = name in ("crowded_min_class", "band_disagreement_min_class_gap")
-        if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
-            raise RulesError(f"{where}: {name} must be {'an integer' if integer else 'a number'}, got {value!r}")
-        if value < 0 or not math.isfinite(value):
-            raise RulesError(f"{where}: {name} must be a finite number >= 0, got {value!r}")
-        values[name] = value
-    if values["crowded_min_class"] > 5:
-        raise RulesError(f"{where}: crowded_min_class must be a class 0-5, got {values['crowded_min_class']}")
-    return FlagThresholds(**values)
 
 
 def _parse_branch(
