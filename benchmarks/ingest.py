@@ -10,7 +10,7 @@ field, this measures
   version: give version 2 checkpoints to time the point-source input), the classifier, the
   regressor (per regressed frame, times the fraction regressed) and the
   database write of the results;
-* ``run_ingest`` end to end (registration, Dask, inference, writes) on a
+* ``ingest`` end to end (registration, Dask, inference, writes) on a
   local cluster of 1 and of 2 CPU worker processes, after the workers have
   loaded the models: frames/s, the ratio of its time per frame to the sum of
   the stages alone (framework overhead; goal <= 1.3) and the 1 -> 2 worker
@@ -48,10 +48,10 @@ from density_db.embedded import EmbeddedServer
 from density_db.flag_rules import flag_rules_in_force
 from density_db.inference.checkpoints import demo_checkpoint, load_checkpoint
 from density_db.inference.cluster import Cluster
-from density_db.inference.ingest import DEFAULT_SHARD_SIZE, GPU_SHARD_SIZE, IngestOptions, run_ingest
-from density_db.inference.model_registry import resolve_model
+from density_db.inference.driver import IngestOptions, ingest
+from density_db.inference.model_registry import ModelPair, resolve_model
 from density_db.inference.predictor import TwoStagePredictor
-from density_db.inference.runner import FrameTask, ModelSpec, _predictor, read_pixels, reduce_pixels
+from density_db.inference.worker import FrameTask, loaded_predictor, read_pixels, reduce_pixels
 from density_db.instrument import load_profile
 from density_db.labels import CLASS_LOWER_EDGES
 from density_db.registration import register_paths
@@ -184,51 +184,23 @@ def _write_seconds(database, predictions, models: dict) -> float:
 def end_to_end(
     database, paths: list[Path], models: dict, *, workers: int, device: str
 ) -> tuple[float, dict[str, int], dict[str, float]]:
-    """``run_ingest`` over ``paths`` on a warm local cluster: seconds, the stored classes by path, and the
+    """``ingest`` over ``paths`` on a warm local cluster: seconds, the stored classes by path, and the
     stage times the workers recorded (seconds per frame, from ``density_result``)."""
     import sqlalchemy as sa
 
-    classifier = resolve_model(database, str(models["classifier"].path), stage="classifier")
-    regressor = resolve_model(database, str(models["regressor"].path), stage="regressor")
+    pair = ModelPair.resolve(database, str(models["classifier"].path), str(models["regressor"].path))
     with Cluster(scheduler=None, workers=workers, device=device) as cluster:
-        spec = ModelSpec(
-            classifier.path,
-            classifier.sha256,
-            classifier.architecture,
-            regressor.path,
-            regressor.sha256,
-            regressor.architecture,
-            device=cluster.device,
-            torch_threads=cluster.torch_threads(),
-            preprocessing_version=models["classifier"].preprocessing_version,
-        )
-        cluster.client.run(lambda: _predictor(spec) and None)  # models loaded before the clock starts
-        options = IngestOptions(
-            shard_size=GPU_SHARD_SIZE if cluster.device == "cuda" else DEFAULT_SHARD_SIZE,
-            max_in_flight=2 * cluster.threads,
-        )
-        with begin_run(
+        spec = pair.worker_spec(device=cluster.device, torch_threads=cluster.torch_threads())
+        cluster.client.run(lambda: loaded_predictor(spec) and None)  # models loaded before the clock starts
+        started = time.perf_counter()
+        ingest(
             database,
-            kind="ingest",
-            name=f"benchmark {workers} {device}",
-            config={},
-            classifier_id=classifier.id,
-            regressor_id=regressor.id,
-        ) as run:
-            started = time.perf_counter()
-            run_ingest(
-                database,
-                paths,
-                load_profile("csst"),
-                cluster=cluster,
-                spec=spec,
-                classifier_id=classifier.id,
-                regressor_id=regressor.id,
-                run=run,
-                options=options,
-            )
-            seconds = time.perf_counter() - started
-            run.finish(status="completed", counts={})
+            paths,
+            models=pair,
+            options=IngestOptions(run_name=f"benchmark {workers} {device}"),
+            cluster=cluster,
+        )
+        seconds = time.perf_counter() - started
     with database.engine.connect() as connection:
         stored = dict(
             connection.execute(

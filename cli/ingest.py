@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from pathlib import Path
 
 import click
 
 from density_db.cli.context import AppContext
 from density_db.cli.progress import progress_bar
-from density_db.labels import LABEL_RULE, label_rule, recorded_label_rule
 
 EXIT_SOME_INPUTS_FAILED = 3
 
@@ -179,136 +177,53 @@ def _warn_of_domain(database, run_id: int) -> None:
         )
 
 
-def _warn_of_label_rule(classifier) -> None:
-    """Say when the classifier's classes count other stars than this density-db's labels do."""
-    if recorded_label_rule(classifier.metadata) != LABEL_RULE:
-        rule = label_rule(recorded_label_rule(classifier.metadata))
-        logging.getLogger(__name__).warning(
-            "%s was trained under the %r label rule: its classes count %s, not %s (%r)",
-            classifier.name,
-            rule.name,
-            rule.description,
-            label_rule(LABEL_RULE).description,
-            LABEL_RULE,
-        )
-
-
-def _shared_preprocessing_version(classifier, regressor) -> int:
-    """The model input both stages take; they must agree, since each frame is reduced once for both."""
-    from density_db.inference.checkpoints import recorded_preprocessing_version
-
-    versions = {model.name: recorded_preprocessing_version(model.metadata) for model in (classifier, regressor)}
-    if len(set(versions.values())) > 1:
-        raise click.ClickException(
-            "the two stages take different model inputs: "
-            + ", ".join(f"{name} preprocessing version {version}" for name, version in versions.items())
-        )
-    return versions[classifier.name]
-
-
 def _ingest(app: AppContext, paths, from_file, options) -> int:
     """Registration and inference; returns the number of failed inputs."""
     from density_db.fits_input import discover_inputs
-    from density_db.flag_rules import FlagRules, flag_rules_in_force
+    from density_db.flag_rules import FlagRules
     from density_db.inference.cluster import Cluster
-    from density_db.inference.ingest import (
-        DEFAULT_SHARD_SIZE,
-        GPU_SHARD_SIZE,
-        IngestCounts,
-        IngestOptions,
-        run_ingest,
-    )
-    from density_db.inference.model_registry import resolve_model
-    from density_db.inference.runner import ModelSpec
-    from density_db.instrument import load_profile
+    from density_db.inference.driver import IngestOptions, ingest
+    from density_db.inference.model_registry import ModelPair
     from density_db.planning.rules import load_rules
-    from density_db.runs import begin_run, recording_outcome
 
-    instrument = load_profile(options["profile"] or app.settings.profile)
     database = app.open_database()
-    classifier = resolve_model(
-        database, options["classifier"], stage="classifier", architecture=options["classifier_architecture"]
+    models = ModelPair.resolve(
+        database,
+        options["classifier"],
+        options["regressor"],
+        classifier_architecture=options["classifier_architecture"],
+        regressor_architecture=options["regressor_architecture"],
     )
-    regressor = resolve_model(
-        database, options["regressor"], stage="regressor", architecture=options["regressor_architecture"]
+    ingest_options = IngestOptions(
+        shard_size=options["shard_size"],
+        max_in_flight=options["max_in_flight"],
+        rerun=options["rerun"],
+        register_batch=options["batch_size"],
+        flag_rules=FlagRules.from_rules(load_rules(options["rules_path"])) if options["rules_path"] else None,
+        profile=options["profile"] or app.settings.profile,
+        run_name=options["run_name"],
     )
-    _warn_of_label_rule(classifier)
-    version = _shared_preprocessing_version(classifier, regressor)
-    flag_rules = (
-        FlagRules.from_rules(load_rules(options["rules_path"]))
-        if options["rules_path"]
-        else flag_rules_in_force(database)
-    )
-    with Cluster(scheduler=options["scheduler"], workers=options["workers"], device=options["device"]) as cluster:
-        shard_size = options["shard_size"] or (GPU_SHARD_SIZE if cluster.device == "cuda" else DEFAULT_SHARD_SIZE)
-        ingest_options = IngestOptions(
-            shard_size=shard_size,
-            max_in_flight=options["max_in_flight"] or max(2, 2 * cluster.threads),
-            rerun=options["rerun"],
-            register_batch=options["batch_size"],
-            flag_rules=flag_rules,
+    with (
+        Cluster(scheduler=options["scheduler"], workers=options["workers"], device=options["device"]) as cluster,
+        _ingest_progress(app, cluster) as report,
+    ):
+        outcome = ingest(
+            database,
+            discover_inputs(paths, from_file=from_file),
+            models=models,
+            options=ingest_options,
+            cluster=cluster,
+            progress=report,
+            run_config={"paths": list(paths), "from_file": str(from_file) if from_file else None},
         )
-        spec = ModelSpec(
-            classifier_path=classifier.path,
-            classifier_sha256=classifier.sha256,
-            classifier_architecture=classifier.architecture,
-            regressor_path=regressor.path,
-            regressor_sha256=regressor.sha256,
-            regressor_architecture=regressor.architecture,
-            device=cluster.device if cluster.local else options["device"],
-            torch_threads=cluster.torch_threads(),
-            preprocessing_version=version,
-        )
-        config = {
-            "paths": list(paths),
-            "from_file": str(from_file) if from_file else None,
-            "profile": instrument.name,
-            "classifier": classifier.name,
-            "regressor": regressor.name,
-            "device": spec.device,
-            "label_rule": recorded_label_rule(classifier.metadata),
-            "preprocessing_version": version,
-            "scheduler": cluster.address,
-            "workers": cluster.workers,
-            "shard_size": shard_size,
-            "max_in_flight": ingest_options.max_in_flight,
-            "rerun": ingest_options.rerun,
-            "flag_rules": flag_rules.provenance,
-        }
-        with (
-            begin_run(
-                database,
-                kind="ingest",
-                name=options["run_name"],
-                config=config,
-                classifier_id=classifier.id,
-                regressor_id=regressor.id,
-            ) as run,
-            _ingest_progress(app, cluster) as report,
-        ):
-            counts = IngestCounts()
-            with recording_outcome(run, counts.as_dict):
-                run_ingest(
-                    database,
-                    discover_inputs(paths, from_file=from_file),
-                    instrument,
-                    cluster=cluster,
-                    spec=spec,
-                    classifier_id=classifier.id,
-                    regressor_id=regressor.id,
-                    run=run,
-                    options=ingest_options,
-                    progress=report,
-                    counts=counts,
-                )
-    registration = counts.registration
+    counts, registration = outcome.counts, outcome.counts.registration
     click.echo(
-        f"run {run.id}: {registration.files} files, {registration.frames_new} new frames; "
-        f"{counts.results} frames classified with {classifier.name} + {regressor.name}, "
+        f"run {outcome.run_id}: {registration.files} files, {registration.frames_new} new frames; "
+        f"{counts.results} frames classified with {models.classifier.name} + {models.regressor.name}, "
         f"{counts.already_done} had results already, {counts.failures} failures"
     )
-    _point_at_failures(run.id, counts.failures)
-    _warn_of_domain(database, run.id)
+    _point_at_failures(outcome.run_id, counts.failures)
+    _warn_of_domain(database, outcome.run_id)
     return counts.failures
 
 

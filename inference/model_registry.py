@@ -11,6 +11,7 @@ path.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,11 @@ from sqlalchemy.dialects.postgresql import insert
 
 from density_db.database import Database
 from density_db.errors import ConfigurationError
+from density_db.inference.worker import CheckpointFile, ModelSpec
+from density_db.labels import LABEL_RULE, label_rule, recorded_label_rule
 from density_db.models import Model
+
+logger = logging.getLogger(__name__)
 
 _COLUMNS = sa.select(Model.id, Model.name, Model.stage, Model.architecture, Model.sha256, Model.path, Model.metadata_)
 
@@ -157,6 +162,99 @@ def resolve_model(
     if registered.path is None or not Path(registered.path).is_file():
         raise _file_gone(registered)
     return registered
+
+
+@dataclass(frozen=True)
+class ModelPair:
+    """The classifier and regressor of a run, as registered: every result is keyed by this pair.
+
+    Build it with :meth:`resolve`, which checks that the two stages take the
+    same model input (each frame is reduced once for both).
+    """
+
+    classifier: RegisteredModel
+    regressor: RegisteredModel
+
+    @classmethod
+    def resolve(
+        cls,
+        database: Database,
+        classifier: str = DEMO_MODEL,
+        regressor: str = DEMO_MODEL,
+        *,
+        classifier_architecture: str | None = None,
+        regressor_architecture: str | None = None,
+    ) -> ModelPair:
+        """The pair that two command-line style arguments mean (see :func:`resolve_model`).
+
+        Logs a warning when the classifier's classes count other stars than
+        this density-db's labels do (it was trained under another label rule).
+
+        Raises
+        ------
+        ConfigurationError
+            If a model cannot be found or loaded, is of the other stage, or
+            the two stages take different model inputs.
+        """
+        pair = cls(
+            resolve_model(database, classifier, stage="classifier", architecture=classifier_architecture),
+            resolve_model(database, regressor, stage="regressor", architecture=regressor_architecture),
+        )
+        pair.preprocessing_version  # noqa: B018 - raises when the stages disagree
+        if pair.label_rule != LABEL_RULE:
+            logger.warning(
+                "%s was trained under the %r label rule: its classes count %s, not %s (%r)",
+                pair.classifier.name,
+                pair.label_rule,
+                label_rule(pair.label_rule).description,
+                label_rule(LABEL_RULE).description,
+                LABEL_RULE,
+            )
+        return pair
+
+    @property
+    def models(self) -> tuple[RegisteredModel, RegisteredModel]:
+        """(classifier, regressor)."""
+        return self.classifier, self.regressor
+
+    @property
+    def ids(self) -> tuple[int, int]:
+        """The ``model`` rows' ids: (classifier, regressor)."""
+        return self.classifier.id, self.regressor.id
+
+    @property
+    def label_rule(self) -> str:
+        """The label rule the classifier's classes follow (recorded in its checkpoint)."""
+        return recorded_label_rule(self.classifier.metadata)
+
+    @property
+    def preprocessing_version(self) -> int:
+        """The model input both stages take.
+
+        Raises
+        ------
+        ConfigurationError
+            If the checkpoints record different versions.
+        """
+        from density_db.inference.checkpoints import recorded_preprocessing_version
+
+        versions = {model.name: recorded_preprocessing_version(model.metadata) for model in self.models}
+        if len(set(versions.values())) > 1:
+            raise ConfigurationError(
+                "the two stages take different model inputs: "
+                + ", ".join(f"{name} preprocessing version {version}" for name, version in versions.items())
+            )
+        return versions[self.classifier.name]
+
+    def worker_spec(self, *, device: str, torch_threads: int | None) -> ModelSpec:
+        """What Dask workers are given to load the pair (paths, checksums, architectures) and run it."""
+        return ModelSpec(
+            classifier=CheckpointFile(self.classifier.path, self.classifier.sha256, self.classifier.architecture),
+            regressor=CheckpointFile(self.regressor.path, self.regressor.sha256, self.regressor.architecture),
+            device=device,
+            torch_threads=torch_threads,
+            preprocessing_version=self.preprocessing_version,
+        )
 
 
 def checkpoint_path(database: Database | None, name_or_path: str) -> Path:

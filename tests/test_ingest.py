@@ -283,15 +283,13 @@ def test_bad_inputs_end_as_failure_rows_while_good_ones_are_stored(
 def model_spec(models: dict[str, Path], device: str = "cpu"):
     """What a worker is given to load the test models, for calling the worker's task directly."""
     from density_db.inference.checkpoints import file_sha256
-    from density_db.inference.runner import ModelSpec
+    from density_db.inference.worker import CheckpointFile, ModelSpec
 
     return ModelSpec(
-        str(models["classifier"]),
-        file_sha256(models["classifier"]),
-        "baseline_cnn",
-        str(models["regressor"]),
-        file_sha256(models["regressor"]),
-        "baseline_cnn",
+        *(
+            CheckpointFile(str(models[stage]), file_sha256(models[stage]), "baseline_cnn")
+            for stage in ("classifier", "regressor")
+        ),
         device=device,
     )
 
@@ -308,7 +306,7 @@ def model_spec(models: dict[str, Path], device: str = "cpu"):
 def test_a_file_changed_since_registration_is_a_failure_not_a_crash(
     tmp_path: Path, models, change: str, kind: str, message: str
 ) -> None:
-    from density_db.inference.runner import FrameTask, process_shard
+    from density_db.inference.worker import FrameTask, process_shard
 
     good, changed = write_survey(tmp_path, 2)
     if change == "deleted":
@@ -345,41 +343,12 @@ def test_a_missing_model_is_a_clear_error(run_cli, tmp_path: Path, models) -> No
 
 def _run_in_process(database: Database, paths: list[Path], models, cluster, *, progress, **options):
     """Ingest through the Python API on ``cluster`` (a Cluster), with a progress hook that injects a fault."""
-    from density_db.inference.ingest import IngestOptions, run_ingest
-    from density_db.inference.model_registry import resolve_model
-    from density_db.inference.runner import ModelSpec
-    from density_db.instrument import load_profile
-    from density_db.runs import begin_run
+    from density_db.inference import IngestOptions, ModelPair, ingest
 
-    classifier = resolve_model(database, str(models["classifier"]), stage="classifier")
-    regressor = resolve_model(database, str(models["regressor"]), stage="regressor")
-    spec = ModelSpec(
-        classifier.path,
-        classifier.sha256,
-        classifier.architecture,
-        regressor.path,
-        regressor.sha256,
-        regressor.architecture,
-        device="cpu",
-        torch_threads=1,
-    )
-    with begin_run(
-        database, kind="ingest", name=None, config={}, classifier_id=classifier.id, regressor_id=regressor.id
-    ) as run:
-        counts = run_ingest(
-            database,
-            paths,
-            load_profile("csst"),
-            cluster=cluster,
-            spec=spec,
-            classifier_id=classifier.id,
-            regressor_id=regressor.id,
-            run=run,
-            options=IngestOptions(**options),
-            progress=progress,
-        )
-        run.finish(status="completed", counts=counts.as_dict())
-    return counts
+    pair = ModelPair.resolve(database, str(models["classifier"]), str(models["regressor"]))
+    return ingest(
+        database, paths, models=pair, options=IngestOptions(**options), cluster=cluster, progress=progress
+    ).counts
 
 
 def test_a_worker_killed_mid_run_loses_nothing(database: Database, tmp_path: Path, models) -> None:
@@ -411,16 +380,16 @@ class DieReadingPoisonedFiles(WorkerPlugin):
     name = "die-reading-poisoned-files"
 
     def setup(self, worker) -> None:
-        from density_db.inference import runner
+        from density_db.inference import worker as worker_task
 
-        read_pixels = runner.read_pixels
+        read_pixels = worker_task.read_pixels
 
         def read_or_die(task):
             if Path(task.path).name.startswith("poisoned"):
                 os.kill(os.getpid(), signal.SIGBUS)
             return read_pixels(task)
 
-        runner.read_pixels = read_or_die
+        worker_task.read_pixels = read_or_die
 
 
 def test_a_frame_that_kills_every_worker_reading_it_is_a_failure_and_its_shard_mates_are_stored(
@@ -570,7 +539,7 @@ def test_concurrent_ingests_of_overlapping_inputs_store_each_result_once(
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_cuda_worker_answers_like_a_cpu_worker(tmp_path: Path, models) -> None:
-    from density_db.inference.runner import FrameTask, process_shard
+    from density_db.inference.worker import FrameTask, process_shard
 
     tasks = [FrameTask(index, str(path), 0, None) for index, path in enumerate(write_survey(tmp_path, 4))]
     outcomes = {device: process_shard(tasks, model_spec(models, device)) for device in ("cpu", "cuda")}
@@ -591,3 +560,18 @@ def test_a_local_cluster_leaves_the_environment_of_this_process_as_it_was(monkey
     with Cluster(scheduler=None, workers=1, device="cpu") as cluster:
         assert cluster.client.ncores()
     assert dict(os.environ) == before
+
+
+def test_the_library_and_the_command_line_pace_an_ingest_alike() -> None:
+    # IngestOptions owns the defaults: shards of 2 frames on CPU workers, 64 on a GPU, and twice the
+    # worker threads in flight; what a caller sets is kept.
+    from density_db.inference import IngestOptions
+    from density_db.inference.cluster import Cluster
+
+    cpu = Cluster(scheduler=None, workers=3, device="cpu")  # a local cluster starts on first use only
+    paced = IngestOptions().for_cluster(cpu)
+    assert (paced.shard_size, paced.max_in_flight) == (2, 6)
+    assert IngestOptions(shard_size=5, max_in_flight=1).for_cluster(cpu).shard_size == 5
+    assert IngestOptions(shard_size=5, max_in_flight=1).for_cluster(cpu).max_in_flight == 1
+    cpu.device = "cuda"
+    assert IngestOptions().for_cluster(cpu).shard_size == 64

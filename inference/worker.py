@@ -70,18 +70,33 @@ class FrameTask:
 
 
 @dataclass(frozen=True)
+class CheckpointFile:
+    """One stage's checkpoint as the run registered it.
+
+    Attributes
+    ----------
+    path : str
+        On a remote cluster it must be readable by the workers at the same
+        path (a shared file system).
+    sha256 : str
+        What the run registered; a worker refuses a different file.
+    architecture : str
+        Needed for plain state dicts; checked against density-db checkpoints.
+    """
+
+    path: str
+    sha256: str
+    architecture: str
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """The model pair a run uses, and how workers should run it.
 
     Attributes
     ----------
-    classifier_path, regressor_path : str
-        Checkpoint files; on a remote cluster they must be readable by the
-        workers at the same path (a shared file system).
-    classifier_sha256, regressor_sha256 : str
-        What the run registered; a worker refuses a different file.
-    classifier_architecture, regressor_architecture : str
-        Needed for plain state dicts; checked against density-db checkpoints.
+    classifier, regressor : CheckpointFile
+        The two stages' checkpoints.
     device : str
         ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA where the worker has it).
     torch_threads : int or None
@@ -91,12 +106,8 @@ class ModelSpec:
         refuses checkpoints that say otherwise.
     """
 
-    classifier_path: str
-    classifier_sha256: str
-    classifier_architecture: str
-    regressor_path: str
-    regressor_sha256: str
-    regressor_architecture: str
+    classifier: CheckpointFile
+    regressor: CheckpointFile
     device: str = "auto"
     torch_threads: int | None = None
     preprocessing_version: int = 1
@@ -126,7 +137,7 @@ def process_shard(tasks: list[FrameTask], spec: ModelSpec) -> ShardOutcome:
     """
     import torch
 
-    predictor = _predictor(spec)
+    predictor = loaded_predictor(spec)
     outcome = ShardOutcome()
     inputs, prepared = [], []
     for task in tasks:
@@ -192,7 +203,7 @@ def _worker_name():
         return None
 
 
-def _predictor(spec: ModelSpec):
+def loaded_predictor(spec: ModelSpec):
     """The two-stage predictor of ``spec``, loaded on first use in this process."""
     predictor = _PREDICTORS.get(spec)
     if predictor is None:
@@ -205,13 +216,11 @@ def _predictor(spec: ModelSpec):
             torch.set_num_threads(spec.torch_threads)
         device = worker_device(spec.device)
         loaded = {}
-        for stage, path, sha256, architecture in (
-            ("classifier", spec.classifier_path, spec.classifier_sha256, spec.classifier_architecture),
-            ("regressor", spec.regressor_path, spec.regressor_sha256, spec.regressor_architecture),
-        ):
+        for stage, checkpoint in (("classifier", spec.classifier), ("regressor", spec.regressor)):
+            path, sha256 = checkpoint.path, checkpoint.sha256
             if not os.path.exists(path):
                 raise ConfigurationError(f"the {stage} checkpoint {path} is not readable on this worker")
-            loaded[stage] = load_checkpoint(path, architecture=architecture, stage=stage)
+            loaded[stage] = load_checkpoint(path, architecture=checkpoint.architecture, stage=stage)
             if loaded[stage].sha256 != sha256:
                 raise ConfigurationError(
                     f"the {stage} checkpoint {path} on this worker is not the file the run registered "

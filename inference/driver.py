@@ -1,6 +1,9 @@
 """The ingest driver: register inputs, farm shards of frames out to Dask, store the answers in batches.
 
-One pass over the inputs does everything, streaming:
+:func:`ingest` is the library's one call for it (the command line, the
+benchmarks and the tests use it): it opens the run, starts or uses a
+cluster, and returns the run and its totals.  One pass over the inputs does
+everything, streaming:
 
 1. Files are read for their headers and registered in batches
    (:func:`density_db.registration.register_batches`), so a list of a million
@@ -9,7 +12,7 @@ One pass over the inputs does everything, streaming:
    (all of them with ``rerun``) are cut into shards of ``shard_size`` frames.
 3. At most ``max_in_flight`` shards are submitted to Dask at a time; a worker
    reads and reduces its images and returns small rows
-   (:mod:`density_db.inference.runner`).  Dask retries a task whose worker
+   (:mod:`density_db.inference.worker`).  Dask retries a task whose worker
    died; a shard that keeps killing workers is split into single frames, and
    a frame that still does gets a ``worker_died`` failure row.
 4. Rows are written in batches (:func:`density_db.results.write_results`).
@@ -20,26 +23,30 @@ PostgreSQL is the ledger: what is stored is never recomputed (without
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
+from density_db.config import DEFAULT_PROFILE
 from density_db.database import Database
 from density_db.flag_rules import FlagRules, flag_rules_in_force
 from density_db.flags import FlagThresholds
 from density_db.inference.cluster import Cluster
-from density_db.inference.runner import FrameTask, ModelSpec, ShardOutcome, process_shard
-from density_db.instrument import InstrumentProfile
+from density_db.inference.model_registry import ModelPair
+from density_db.inference.worker import FrameTask, ModelSpec, ShardOutcome, process_shard
+from density_db.instrument import InstrumentProfile, load_profile
 from density_db.registration import RegisteredFrame, RegistrationCounts, register_batches
 from density_db.results import InferenceFailure, ResultRow, write_results
-from density_db.runs import ActiveRun
+from density_db.runs import ActiveRun, begin_run, recording_outcome
 
 logger = logging.getLogger(__name__)
 
@@ -94,92 +101,185 @@ ProgressCallback = Callable[[IngestCounts], None]
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """How to cut and pace the work.
+    """How an ingest cuts and paces its work, and what it stores; every default lives here.
 
     Attributes
     ----------
-    shard_size : int
-        Frames per Dask task (one batch through the networks).
-    max_in_flight : int
+    shard_size : int or None
+        Frames per Dask task (one batch through the networks); ``None``:
+        :data:`DEFAULT_SHARD_SIZE` on CPU workers, :data:`GPU_SHARD_SIZE` on GPU workers.
+    max_in_flight : int or None
         Tasks submitted and not yet collected; bounds memory on the
-        scheduler and the work redone after a crash.
+        scheduler and the work redone after a crash.  ``None``: twice the
+        cluster's worker threads, at least 2.
     write_batch : int
         Result rows per database transaction (also written every 2 s).
     rerun : bool
         Recompute frames that have a result for this model pair and replace it.
+    register_batch : int
+        Files' frames registered per transaction.
     flag_rules : FlagRules, optional
         Thresholds of the flags set on the new results; the ones in force
         (:func:`~density_db.flag_rules.flag_rules_in_force`) when ``None``.
-    register_batch : int
-        Files' frames registered per transaction.
+    profile : str
+        Instrument profile of the inputs: a shipped name (``csst``) or a TOML file.
+    run_name : str, optional
+        A name for the run, stored in the ``run`` table.
     """
 
-    shard_size: int = DEFAULT_SHARD_SIZE
-    max_in_flight: int = 4
+    shard_size: int | None = None
+    max_in_flight: int | None = None
     write_batch: int = DEFAULT_WRITE_BATCH
     rerun: bool = False
     register_batch: int = 500
     flag_rules: FlagRules | None = None
+    profile: str = DEFAULT_PROFILE
+    run_name: str | None = None
+
+    def for_cluster(self, cluster: Cluster) -> IngestOptions:
+        """These options with the shard size and tasks in flight the cluster's device and threads call for."""
+        return replace(
+            self,
+            shard_size=self.shard_size or (GPU_SHARD_SIZE if cluster.device == "cuda" else DEFAULT_SHARD_SIZE),
+            max_in_flight=self.max_in_flight or max(2, 2 * cluster.threads),
+        )
 
 
-def run_ingest(
+@dataclass(frozen=True)
+class IngestOutcome:
+    """What an ingest did: its ``run`` row and the totals stored on it."""
+
+    run_id: int
+    counts: IngestCounts
+
+
+def ingest(
     database: Database,
-    paths: Iterable[Path],
-    profile: InstrumentProfile,
+    paths: Iterable[str | Path],
     *,
-    cluster: Cluster,
-    spec: ModelSpec,
-    classifier_id: int,
-    regressor_id: int,
-    run: ActiveRun,
+    models: ModelPair,
     options: IngestOptions = IngestOptions(),
+    cluster: Cluster | None = None,
     progress: ProgressCallback | None = None,
-    counts: IngestCounts | None = None,
-) -> IngestCounts:
-    """Register ``paths`` and store a result or a failure for every frame that needs one.
+    run_config: Mapping[str, Any] | None = None,
+) -> IngestOutcome:
+    """Register ``paths`` and store a density result (or a failure) for every frame without one for ``models``.
+
+    The whole ingest is one ``run`` row: its ``config`` records the models,
+    the profile, the cluster, the options and the flag thresholds; its
+    status and totals are set when it ends, however it ends.  Running again
+    skips what is stored, so an interrupted ingest is finished by running it
+    again.
 
     Parameters
     ----------
-    cluster : Cluster
-        Where shards run (a local cluster starts only if some frame needs work).
-    spec : ModelSpec
-        The checkpoints the workers load, with the registered models' checksums.
-    classifier_id, regressor_id : int
-        The ``model`` rows the results belong to.
-    run : ActiveRun
-        The run the results and failures are attributed to.
+    paths
+        Input files (each science HDU becomes a frame), consumed as they come:
+        a generator over millions of paths is never held in memory.
+    models : ModelPair
+        The classifier and regressor (:meth:`ModelPair.resolve`).
+    options : IngestOptions
+        Pacing, rerun, flag thresholds, profile and run name.
+    cluster : Cluster, optional
+        Where shards run; a local cluster sized to this machine when ``None``
+        (started only if some frame needs work, closed at the end).
     progress
         Called with the running totals after every registered batch and every finished shard.
-    counts
-        Totals to update in place (a new object by default); returned.
+    run_config
+        Extra entries for the run's ``config``, such as how the inputs were named.
 
     Raises
     ------
     DensityDBError
-        When the models cannot be loaded on a worker or the database stays
-        unreachable; what was computed before is stored first.
+        When the profile or models are unusable, the models cannot be loaded
+        on a worker, or the database stays unreachable; what was computed
+        before is stored first and the run is marked failed.
     KeyboardInterrupt
-        Passed on after storing what was computed.
+        Passed on after storing what was computed; the run is marked interrupted.
     """
-    counts = counts if counts is not None else IngestCounts()
+    profile = load_profile(options.profile)
     flag_rules = options.flag_rules or flag_rules_in_force(database)
+    with contextlib.ExitStack() as stack:
+        if cluster is None:
+            cluster = stack.enter_context(Cluster(scheduler=None, workers=None, device="auto"))
+        options = replace(options.for_cluster(cluster), flag_rules=flag_rules)
+        spec = models.worker_spec(device=cluster.device, torch_threads=cluster.torch_threads())
+        config = {
+            **(run_config or {}),
+            "profile": profile.name,
+            "classifier": models.classifier.name,
+            "regressor": models.regressor.name,
+            "device": spec.device,
+            "label_rule": models.label_rule,
+            "preprocessing_version": spec.preprocessing_version,
+            "scheduler": cluster.address,
+            "workers": cluster.workers,
+            "shard_size": options.shard_size,
+            "max_in_flight": options.max_in_flight,
+            "rerun": options.rerun,
+            "flag_rules": flag_rules.provenance,
+        }
+        classifier_id, regressor_id = models.ids
+        counts = IngestCounts()
+        with begin_run(
+            database,
+            kind="ingest",
+            name=options.run_name,
+            config=config,
+            classifier_id=classifier_id,
+            regressor_id=regressor_id,
+        ) as run:
+            with recording_outcome(run, counts.as_dict):
+                _stream(
+                    database,
+                    paths,
+                    profile,
+                    counts,
+                    cluster=cluster,
+                    spec=spec,
+                    models=models,
+                    run=run,
+                    options=options,
+                    flag_thresholds=flag_rules.thresholds,
+                    report=progress or (lambda _counts: None),
+                )
+    return IngestOutcome(run_id=run.id, counts=counts)
+
+
+def _stream(
+    database: Database,
+    paths: Iterable[Path],
+    profile: InstrumentProfile,
+    counts: IngestCounts,
+    *,
+    cluster: Cluster,
+    spec: ModelSpec,
+    models: ModelPair,
+    run: ActiveRun,
+    options: IngestOptions,
+    flag_thresholds: FlagThresholds,
+    report: ProgressCallback,
+) -> None:
+    """The loop of :func:`ingest` inside its run: discovery feeds shards to the cluster, answers go to the writer.
+
+    ``options`` has its shard size and tasks in flight set
+    (:meth:`IngestOptions.for_cluster`); ``counts`` is updated in place.
+    """
     writer = _ResultWriter(
         database,
         counts,
-        classifier_id=classifier_id,
-        regressor_id=regressor_id,
+        models=models,
         run=run,
         options=options,
-        flag_thresholds=flag_rules.thresholds,
+        flag_thresholds=flag_thresholds,
     )
-    report = progress or (lambda _counts: None)
     discovery = _Discovery(
         lambda: _pending_shards(
             database,
             paths,
             profile,
             counts,
-            spec_ids=(classifier_id, regressor_id),
+            models=models,
             run=run,
             options=options,
             report=report,
@@ -208,7 +308,6 @@ def run_ingest(
         raise
     writer.flush()
     report(counts)
-    return counts
 
 
 def _store_what_was_computed(writer: _ResultWriter) -> None:
@@ -229,7 +328,7 @@ def _pending_shards(
     profile: InstrumentProfile,
     counts: IngestCounts,
     *,
-    spec_ids: tuple[int, int],
+    models: ModelPair,
     run: ActiveRun,
     options: IngestOptions,
     report: ProgressCallback,
@@ -246,7 +345,7 @@ def _pending_shards(
         progress=lambda _r: report(counts),
     )
     for batch in batches:
-        todo = {f.frame_id for f in batch} if options.rerun else _without_result(database, batch, *spec_ids)
+        todo = {f.frame_id for f in batch} if options.rerun else _without_result(database, batch, models)
         counts.already_done += len(batch) - len(todo)
         for registered in batch:
             if registered.frame_id in todo:
@@ -258,10 +357,9 @@ def _pending_shards(
         yield shard
 
 
-def _without_result(
-    database: Database, batch: list[RegisteredFrame], classifier_id: int, regressor_id: int
-) -> set[int]:
+def _without_result(database: Database, batch: list[RegisteredFrame], models: ModelPair) -> set[int]:
     """The frames of ``batch`` that have no result for this model pair."""
+    classifier_id, regressor_id = models.ids
     with database.engine.connect() as connection:
         return set(
             connection.execute(
@@ -423,8 +521,7 @@ class _ResultWriter:
         database: Database,
         counts: IngestCounts,
         *,
-        classifier_id: int,
-        regressor_id: int,
+        models: ModelPair,
         run: ActiveRun,
         options: IngestOptions,
         flag_thresholds: FlagThresholds,
@@ -432,8 +529,7 @@ class _ResultWriter:
         self.database = database
         self.flag_thresholds = flag_thresholds
         self.counts = counts
-        self.classifier_id = classifier_id
-        self.regressor_id = regressor_id
+        self.models = models
         self.run = run
         self.options = options
         self.results: list[ResultRow] = []
@@ -460,8 +556,8 @@ class _ResultWriter:
                 self.database,
                 self.results,
                 self.failures,
-                classifier_id=self.classifier_id,
-                regressor_id=self.regressor_id,
+                classifier_id=self.models.classifier.id,
+                regressor_id=self.models.regressor.id,
                 run_id=self.run.id,
                 flag_thresholds=self.flag_thresholds,
                 replace=self.options.rerun,
