@@ -56,7 +56,7 @@ benchmark: install
 	$(BIN)/python benchmarks/simulation.py
 	$(BIN)/python benchmarks/sky_model.py
 	$(BIN)/python benchmarks/preprocessing.py
-	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/ingest_throughput.py
 	$(BIN)/python benchmarks/label_ceiling.py
 
 # The documentation site (docs/, Sphinx): offline, every warning an error.

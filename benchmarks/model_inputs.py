@@ -31,7 +31,7 @@ counted stars; and the accuracy a count with that scatter would reach on
 these images' true counts (classes 1-5: the probability that a lognormal
 error of that width keeps each image in its class, averaged).
 
-The ``sep`` peer on full-size frames is ``benchmarks/ingest.py``'s.
+The ``sep`` peer on full-size frames is ``benchmarks/ingest_throughput.py``'s.
 
 Run from the repository root::
 

@@ -20,6 +20,7 @@ import argparse
 import time
 from pathlib import Path
 
+from map_building import REFERENCE_FRAMES, add_results, is_ready
 from spatial_queries import load_frames
 
 from density_db.embedded import EmbeddedServer
@@ -33,7 +34,6 @@ from density_db.planning.campaigns import (
 )
 from density_db.planning.flag_runs import recompute_flags
 from density_db.planning.rules import default_rules
-from maps import REFERENCE_FRAMES, add_results, is_ready
 from support import (
     DEFAULT_HOME,
     RESULTS_DIR,

@@ -83,11 +83,13 @@ def simulate() -> None:
 @label_rule_option
 @click.option("--compress", is_flag=True, help="Tile-compressed HDUs (.fits.fz; lossy quantisation of the image).")
 @click.option(
+    "--processes",
     "--workers",
+    "workers",
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Processes rendering in parallel; the output does not depend on it.",
+    help="Processes rendering in parallel; the output does not depend on it (--workers: the former name).",
 )
 @click.option("--list-fields", is_flag=True, help="List the named fields and exit.")
 @pass_app
@@ -201,11 +203,13 @@ def exposures(
     help="The model input: 1 is the paper's (image, valid fraction), 2 adds point-like source counts.",
 )
 @click.option(
+    "--processes",
     "--workers",
+    "workers",
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Processes simulating in parallel; the dataset does not depend on it.",
+    help="Processes simulating in parallel; the dataset does not depend on it (--workers: the former name).",
 )
 @pass_app
 def dataset(

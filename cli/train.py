@@ -77,7 +77,13 @@ def _parse_init(_ctx, _param, value: str | None) -> dict[str, str]:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Initialisation, shuffling and augmentation.")
 @click.option(
-    "--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data loader worker processes."
+    "--loader-workers",
+    "--workers",
+    "workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Processes of the DataLoader reading the samples (--workers: the former name).",
 )
 @click.option(
     "--init",

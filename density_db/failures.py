@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
-from density_db.models import Failure
+from density_db.tables import Failure
 
 
 def record_failures(connection: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:

@@ -24,7 +24,7 @@ from density_db.database import Database
 from density_db.errors import RulesError
 from density_db.flags import FlagThresholds
 from density_db.labels import N_CLASSES
-from density_db.models import Run
+from density_db.tables import Run
 
 DEFAULT_RULES = "default_rules.toml"
 """The shipped rules file, package data of ``density_db``: flag thresholds and the default campaign."""

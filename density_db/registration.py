@@ -27,7 +27,7 @@ from density_db.database import Database
 from density_db.failures import record_failures
 from density_db.fits_input import FrameHeader, InputFailure, read_frame_headers
 from density_db.instrument import InstrumentProfile
-from density_db.models import Exposure, Failure, Frame
+from density_db.tables import Exposure, Failure, Frame
 
 logger = logging.getLogger(__name__)
 

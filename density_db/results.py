@@ -30,7 +30,7 @@ from density_db.database import Database
 from density_db.errors import DatabaseError
 from density_db.failures import record_failures
 from density_db.flags import FlagThresholds, update_flags
-from density_db.models import DensityResult, Failure, Frame
+from density_db.tables import DensityResult, Failure, Frame
 
 logger = logging.getLogger(__name__)
 

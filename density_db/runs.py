@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from density_db import __version__
 from density_db.database import Database
 from density_db.errors import DensityDBError
-from density_db.models import Run
+from density_db.tables import Run
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ are exact.
 field_density``.
 
 ``CAMPAIGN_ITEM_TRIGGERS`` give ``campaign_item`` the behaviour of foreign
-keys on delete (see :class:`density_db.models.CampaignItem`), one statement
+keys on delete (see :class:`density_db.tables.CampaignItem`), one statement
 at a time instead of one row at a time.
 
 The Alembic revisions carry frozen copies of this SQL; a test checks that the

@@ -22,7 +22,7 @@ from density_db.database import Database
 from density_db.errors import ConfigurationError
 from density_db.inference.worker import CheckpointFile, ModelSpec
 from density_db.labels import LABEL_RULE, label_rule, recorded_label_rule
-from density_db.models import Model
+from density_db.tables import Model
 
 logger = logging.getLogger(__name__)
 

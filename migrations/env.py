@@ -8,7 +8,7 @@ server).
 
 from alembic import context
 
-from density_db.models import Base
+from density_db.tables import Base
 
 target_metadata = Base.metadata
 

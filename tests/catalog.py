@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import Range
 
 from density_db import sky
 from density_db.database import Database
-from density_db.models import DensityResult, Exposure, Frame, Model, Run
+from density_db.tables import DensityResult, Exposure, Frame, Model, Run
 from geometry import tangent_to_sky
 
 

@@ -25,9 +25,9 @@ from density_db.maps.aggregate import STATISTIC_NAMES, STATISTICS, FrameValues, 
 from density_db.maps.build import MapSettings, build_maps, plan_sampling
 from density_db.maps.rasterize import Sampling, footprint_area_deg2, footprint_coverage, footprint_pixels
 from density_db.maps.source import Census, Selection
-from density_db.models import DensityResult, Exposure, Frame, Model, Run
 from density_db.queries import frame_ids_in_region
 from density_db.regions import ConeRegion, polygon_region, read_moc
+from density_db.tables import DensityResult, Exposure, Frame, Model, Run
 from geometry import tangent_to_sky
 
 NSIDE = 64

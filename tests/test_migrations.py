@@ -26,7 +26,7 @@ from density_db.database import (
     upgrade,
 )
 from density_db.errors import SchemaVersionError
-from density_db.models import Base
+from density_db.tables import Base
 
 TABLES = {"exposure", "frame", "model", "run", "density_result", "failure", "campaign", "campaign_item"}
 CAMPAIGN_ITEM_FUNCTIONS = {

@@ -28,7 +28,7 @@ from density_db.inference.checkpoints import (
 )
 from density_db.inference.predictor import TwoStagePredictor
 from density_db.labels import CLASS_LOWER_EDGES, INPUT_SIZE, N_CLASSES
-from density_db.models import REGRESSION_STATUSES
+from density_db.tables import REGRESSION_STATUSES
 
 STAGE_ARCHITECTURES = [(stage, architecture) for stage, names in ARCHITECTURES.items() for architecture in names]
 

@@ -16,10 +16,10 @@ from density_db import sky
 from density_db.database import Database
 from density_db.flag_rules import FlagRules, default_flag_rules
 from density_db.flags import FLAGS, flag_names
-from density_db.models import DensityResult
 from density_db.planning.flag_runs import recompute_flags
 from density_db.planning.rules import RulesError, default_rules, parse_rules
 from density_db.regions import ConeRegion
+from density_db.tables import DensityResult
 
 HALF_SIDE_DEG = 0.095  # a CSST detector is 11.4' across
 

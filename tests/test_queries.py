@@ -14,8 +14,8 @@ from sqlalchemy.dialects.postgresql import Range
 
 from density_db import sky
 from density_db.database import Database
-from density_db.models import Exposure, Frame
 from density_db.queries import cone_search, frames_at
+from density_db.tables import Exposure, Frame
 from geometry import tangent_to_sky
 
 BANDS = ("NUV", "u", "g", "r", "i", "z", "y")

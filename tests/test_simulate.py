@@ -302,7 +302,18 @@ def test_cli_lists_fields_and_simulates(tmp_path, run_cli) -> None:
     slitless = run_cli("simulate", "exposures", "--out", str(tmp_path / "x"), "--detectors", "1,8", "--shape", "64x64")
     assert slitless.exit_code == 1 and "not imaging detectors: [1]" in slitless.output
     dataset = run_cli(
-        "simulate", "dataset", "--out", str(tmp_path / "set"), "--n", "2", "--task", "classify", "--shape", "240x230"
+        "simulate",
+        "dataset",
+        "--out",
+        str(tmp_path / "set"),
+        "--n",
+        "2",
+        "--task",
+        "classify",
+        "--shape",
+        "240x230",
+        "--processes",
+        "1",
     )
     assert dataset.exit_code == 0, dataset.output
     assert "wrote 2 samples" in dataset.output and "'detectable-stars' labels" in dataset.output
@@ -322,6 +333,8 @@ def test_cli_lists_fields_and_simulates(tmp_path, run_cli) -> None:
         "--stars-only",
         "--label-rule",
         "catalog-stars",
+        "--workers",  # the former name of --processes, still accepted
+        "1",
     )
     assert paper.exit_code == 0, paper.output
     described = json.loads((tmp_path / "paper" / DESCRIPTION_NAME).read_text())

@@ -23,11 +23,11 @@ import sqlalchemy as sa
 
 from density_db.database import Database
 from density_db.errors import DensityDBError
-from density_db.models import CAMPAIGN_ITEM_STATUSES, Campaign
 from density_db.planning.rules import Rules
 from density_db.queries import QueryResult, frame_ids_in_region, query_result
 from density_db.regions import SkyRegion
 from density_db.runs import begin_run, recording_outcome
+from density_db.tables import CAMPAIGN_ITEM_STATUSES, Campaign
 from density_db.views import PREFERRED_RESULT_ORDER
 
 logger = logging.getLogger(__name__)

@@ -20,10 +20,10 @@ files are written: healpy FITS maps are full-sky (50 MB per map at nside 1024,
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/maps.py                      # 2 million frames
-    .venv/bin/python benchmarks/maps.py --frames 50000
-    .venv/bin/python benchmarks/maps.py --frames 50000 --keep   # reuse the loaded database
-    .venv/bin/python benchmarks/maps.py --keep --nside 4096 --region 30,0,20   # the frames of a cone
+    .venv/bin/python benchmarks/map_building.py                      # 2 million frames
+    .venv/bin/python benchmarks/map_building.py --frames 50000
+    .venv/bin/python benchmarks/map_building.py --frames 50000 --keep   # reuse the loaded database
+    .venv/bin/python benchmarks/map_building.py --keep --nside 4096 --region 30,0,20   # the frames of a cone
 
 A fully covered sky at nside 4096 needs 20 GB of sums per accumulator, so
 fine maps of millions of frames are measured on a region.

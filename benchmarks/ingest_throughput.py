@@ -26,7 +26,7 @@ field, this measures
 
 Run from the repository root (``pip install sep`` for the classical peer)::
 
-    .venv/bin/python benchmarks/ingest.py [--per-field 4] [--classifier CKPT --regressor CKPT]
+    .venv/bin/python benchmarks/ingest_throughput.py [--per-field 4] [--classifier CKPT --regressor CKPT]
 """
 
 from __future__ import annotations
