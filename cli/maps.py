@@ -71,7 +71,8 @@ def build(
     counts (at least in the pixel holding its centre).
     Writes, per band and statistic, BAND_STATISTIC_nsideN.hsp (healsparse)
     and .fits (healpy, NESTED, COORDSYS C), with --png a .png and with --moc
-    BAND_class_ge4_nsideN_moc.fits and BAND_flagged_nsideN_moc.fits; band
+    BAND_class_geC_nsideN_moc.fits (C: the crowded_min_class of the flag
+    thresholds in force, 4 by default) and BAND_flagged_nsideN_moc.fits; band
     'all' combines the bands when there are several.
 
     Example: density-db maps build --nside 1024 --all-bands --out maps/ --png

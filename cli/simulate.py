@@ -221,10 +221,9 @@ def dataset(
     from density_db.simulate.dataset import plan_samples, write_dataset
 
     if device == "cuda":
-        import torch
+        from density_db.inference.devices import resolve_device
 
-        if not torch.cuda.is_available():
-            raise click.ClickException("--device cuda: no CUDA device is available on this machine")
+        resolve_device(device)  # the error now, not in a worker process
     specs = plan_samples(count, task=task, seed=seed, balance=balance, galaxies=not stars_only, rule=rule)
     with progress_bar(app) as bar:
         bar_task = bar.add_task("simulating samples", total=count) if bar else None

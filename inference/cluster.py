@@ -16,6 +16,7 @@ import logging
 import os
 
 from density_db.errors import ConfigurationError
+from density_db.inference.devices import resolve_device
 
 SCHEDULER_ENVIRONMENT_VARIABLE = "DASK_SCHEDULER_ADDRESS"
 
@@ -81,7 +82,7 @@ class Cluster:
             self.workers = len(info)
             self.threads = sum(worker["nthreads"] for worker in info.values())
         else:
-            self.device = local_device(device)
+            self.device = resolve_device(device)
             self.workers = workers or (_gpu_count() if self.device == "cuda" else _cpu_count())
             self.threads = self.workers
 
@@ -152,17 +153,6 @@ class Cluster:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-def local_device(device: str) -> str:
-    """``cpu`` or ``cuda`` for a local cluster."""
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigurationError("--device cuda: no CUDA device is available on this machine")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _gpu_count() -> int:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from density_db.errors import ConfigurationError
+from density_db.inference.devices import torch_device
 from density_db.labels import CLASS_LOWER_EDGES, N_CLASSES, label_rule, recorded_label_rule
 
 if TYPE_CHECKING:
@@ -290,9 +291,8 @@ def predict_samples(
         split_seed, indices = None, np.arange(len(samples))
     if len(indices) == 0:
         raise ConfigurationError(f"{named} holds no samples to evaluate")
-    predictor = TwoStagePredictor(
-        classifier.model, regressor.model if regressor is not None else _missing_regressor(), device=_device(device)
-    )
+    stages = (classifier.model, regressor.model if regressor is not None else _missing_regressor())
+    predictor = TwoStagePredictor(*stages, device=torch_device(device))
     loader = DataLoader(everything.subset(indices), batch_size=batch_size)
     predictions = [prediction for batch, _ in loader for prediction in predictor.predict(batch)]
     logger.info("evaluated %d samples of %s on %s", len(predictions), named, predictor.device)
@@ -576,16 +576,6 @@ def _model_summary(model: LoadedModel) -> dict[str, Any]:
         "split_seed": model.metadata.get("split_seed"),
         "label_rule": recorded_label_rule(model.metadata),
     }
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigurationError("device cuda: no CUDA device is available on this machine")
-    return torch.device(name)
 
 
 def _missing_regressor():

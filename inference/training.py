@@ -52,6 +52,7 @@ from density_db.inference.architectures import (
 from density_db.inference.augmentation import COPIES, Augmented
 from density_db.inference.checkpoints import load_checkpoint, save_checkpoint
 from density_db.inference.datasets import SimulatedDataset
+from density_db.inference.devices import torch_device
 from density_db.inference.head_refit import refit_classifier_head
 from density_db.inference.preprocessing import CHANNELS
 
@@ -438,7 +439,7 @@ def train(
         file that does not belong to this run.
     """
     out_path = Path(out_path)
-    device = _device(config.device)
+    device = torch_device(config.device)
     amp = config.amp and device.type == "cuda"
     train_set, validation_set, test_set = _datasets(config, data_dirs)
     split_sizes = {"train": len(train_set.dataset), "validation": len(validation_set), "test": len(test_set)}
@@ -625,14 +626,6 @@ class _RunState:
     stopped_early: bool = False
     train_losses: list[float] = field(default_factory=list)
     validation_losses: list[float] = field(default_factory=list)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigurationError("device cuda: no CUDA device is available on this machine")
-    return torch.device(name)
 
 
 def _datasets(config: TrainingConfig, data_dirs) -> tuple[Augmented, SimulatedDataset, SimulatedDataset]:

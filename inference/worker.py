@@ -29,6 +29,7 @@ import numpy as np
 from density_db.errors import ConfigurationError, InputError
 from density_db.fits_input import FrameHeader
 from density_db.inference.calibration import FrameCalibration, frame_calibration
+from density_db.inference.devices import resolve_device
 from density_db.instrument import InstrumentProfile
 from density_db.results import InferenceFailure, ResultRow
 
@@ -183,10 +184,8 @@ def worker_device(requested: str) -> str:
     """
     import torch
 
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+    if resolve_device(requested) == "cpu":
         return "cpu"
-    if not torch.cuda.is_available():
-        raise ConfigurationError("--device cuda: this worker has no CUDA device")
     count = torch.cuda.device_count()
     name = _worker_name()
     if count > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ and isinstance(name, int):

@@ -30,6 +30,7 @@ import numpy as np
 
 from density_db.database import Database
 from density_db.errors import DensityDBError
+from density_db.flag_rules import flag_rules_in_force
 from density_db.maps import source
 from density_db.maps.aggregate import BLOCK_LEVELS, STATISTICS, FrameValues, MapAccumulator, PixelStatistics, Statistic
 from density_db.maps.rasterize import (
@@ -77,9 +78,6 @@ DEFAULT_CHUNK_SIZE = 10_000
 
 FORMATS = ("hsp", "fits")
 
-CROWDED_CLASS = 4
-"""The class-crowded MOC holds pixels covered by frames of this class or higher."""
-
 
 @dataclass(frozen=True)
 class MapSettings:
@@ -96,7 +94,12 @@ class MapSettings:
     png
         Also draw a PNG per statistic and band.
     moc
-        Also write MOCs of crowded (class >= 4) and flagged pixels.
+        Also write MOCs of crowded and flagged pixels.
+    crowded_min_class
+        The crowded MOC holds pixels covered by frames of this class or
+        higher; ``None``: the ``crowded_min_class`` of the flag thresholds in
+        force (:func:`~density_db.flag_rules.flag_rules_in_force`, 4 by default),
+        so the MOC and the ``crowded`` flag agree.
     compress
         Compress the healsparse integer and float maps losslessly (smaller,
         several times slower to write).
@@ -118,6 +121,7 @@ class MapSettings:
     formats: tuple[str, ...] = FORMATS
     oversampling_levels: int = DEFAULT_OVERSAMPLING_LEVELS
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    crowded_min_class: int | None = None
 
     def __post_init__(self) -> None:
         if self.nside < 1 or self.nside & (self.nside - 1):
@@ -288,6 +292,8 @@ def build_maps(
         sampling.mask_order,
     )
     run = "latest" if selection.run_id is None else str(selection.run_id)
+    if settings.moc and settings.crowded_min_class is None:
+        settings = replace(settings, crowded_min_class=flag_rules_in_force(database).thresholds.crowded_min_class)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     writer = _Writer(settings, run)
     grand_total, done = sum(census.frames.values()), 0
@@ -540,10 +546,11 @@ class _Writer:
         for statistic in STATISTICS:  # the files listed in the order of the statistics
             self.files.extend(written[statistic])
         if settings.moc:
-            crowded = statistics.pixels[statistics["class_max"] >= CROWDED_CLASS]
+            crowded_min = settings.crowded_min_class
+            crowded = statistics.pixels[statistics["class_max"] >= crowded_min]
             flagged = statistics.pixels[statistics["flagged_fraction"] > 0]
             for what, pixels, description in (
-                (f"class_ge{CROWDED_CLASS}", crowded, f"pixels covered by frames of class >= {CROWDED_CLASS}"),
+                (f"class_ge{crowded_min}", crowded, f"pixels covered by frames of class >= {crowded_min}"),
                 ("flagged", flagged, "pixels covered by flagged frames"),
             ):
                 path = settings.out_dir / f"{moc_stem(band, what, settings.nside)}.fits"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import healpy
@@ -20,6 +21,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from density_db import sky
 from density_db.database import Database
+from density_db.flag_rules import FlagRules
 from density_db.flags import FLAGS
 from density_db.maps.aggregate import STATISTIC_NAMES, STATISTICS, FrameValues, MapAccumulator
 from density_db.maps.build import MapSettings, build_maps, plan_sampling
@@ -565,6 +567,27 @@ def test_maps_read_back_equal_the_brute_force_reference(
     assert crowded and flagged
     bits_seen = [any(fractions[bit] > 0 for fractions in reference["flag_fractions"].values()) for bit in range(8)]
     assert sum(bits_seen) >= 4, "the catalog must exercise several flags"
+
+
+def test_the_crowded_moc_follows_the_crowded_flag_threshold_in_force(
+    database: Database, overlapping_catalog: list[dict], tmp_path: Path
+) -> None:
+    from density_db.flag_rules import default_flag_rules
+    from density_db.planning.flag_runs import recompute_flags
+
+    thresholds = replace(default_flag_rules().thresholds, crowded_min_class=3)
+    recompute_flags(database, FlagRules(thresholds=thresholds, provenance={"flags": thresholds.as_dict()}))
+    build_maps(
+        database,
+        MapSettings(nside=NSIDE, out_dir=tmp_path, formats=("hsp",), moc=True, selection=Selection(bands=("g",))),
+    )
+    reference = reference_maps(overlapping_catalog, {"g"})
+    crowded = [pixel for pixel, value in reference["class_max"].items() if value >= 3]
+    assert not (tmp_path / f"g_class_ge4_nside{NSIDE}_moc.fits").exists()
+    moc = MOC.load(str(tmp_path / f"g_class_ge3_nside{NSIDE}_moc.fits"), "fits")
+    assert moc == MOC.from_healpix_cells(
+        np.array(crowded, dtype=np.uint64), np.full(len(crowded), 6, dtype=np.uint8), max_depth=6
+    )
 
 
 def test_accumulators_that_grow_give_the_maps_of_preallocated_ones(
