@@ -31,39 +31,26 @@ from density_db.views import PREFERRED_RESULT_ORDER
 
 logger = logging.getLogger(__name__)
 
-_COLUMNS_SQL = """
-    d.frame_id,
-    coalesce(f.corner_ra[1], 'NaN'), coalesce(f.corner_ra[2], 'NaN'),
-    coalesce(f.corner_ra[3], 'NaN'), coalesce(f.corner_ra[4], 'NaN'),
-    coalesce(f.corner_dec[1], 'NaN'), coalesce(f.corner_dec[2], 'NaN'),
-    coalesce(f.corner_dec[3], 'NaN'), coalesce(f.corner_dec[4], 'NaN'),
-    CAST(d.density_class AS smallint),
-    coalesce(CAST(d.bright_count AS double precision), 'NaN'),
-    coalesce(CAST(f.valid_fraction AS double precision), 1.0),
-    CAST(d.flags AS bigint),
-    CAST(d.classifier_id AS bigint),
-    CAST(d.regressor_id AS bigint)"""
-
-_ROW_DTYPE = np.dtype(
-    [("field_count", ">i2"), ("frame_id_size", ">i4"), ("frame_id", ">i8")]
-    + [item for index in range(8) for item in ((f"corner_{index}_size", ">i4"), (f"corner_{index}", ">f8"))]
-    + [
-        ("density_class_size", ">i4"),
-        ("density_class", ">i2"),
-        ("bright_count_size", ">i4"),
-        ("bright_count", ">f8"),
-        ("valid_fraction_size", ">i4"),
-        ("valid_fraction", ">f8"),
-        ("flags_size", ">i4"),
-        ("flags", ">i8"),
-        ("classifier_id_size", ">i4"),
-        ("classifier_id", ">i8"),
-        ("regressor_id_size", ">i4"),
-        ("regressor_id", ">i8"),
-    ]
+_COPY_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("frame_id", "d.frame_id", ">i8"),
+    *((f"corner_{index}", f"coalesce(f.corner_ra[{index + 1}], 'NaN')", ">f8") for index in range(4)),
+    *((f"corner_{index + 4}", f"coalesce(f.corner_dec[{index + 1}], 'NaN')", ">f8") for index in range(4)),
+    ("density_class", "CAST(d.density_class AS smallint)", ">i2"),
+    ("bright_count", "coalesce(CAST(d.bright_count AS double precision), 'NaN')", ">f8"),
+    ("valid_fraction", "coalesce(CAST(f.valid_fraction AS double precision), 1.0)", ">f8"),
+    ("flags", "CAST(d.flags AS bigint)", ">i8"),
+    ("classifier_id", "CAST(d.classifier_id AS bigint)", ">i8"),
+    ("regressor_id", "CAST(d.regressor_id AS bigint)", ">i8"),
 )
-"""One row of the binary COPY of _COLUMNS_SQL: a field count, then (length, value) per column, big-endian."""
-_FIELDS = 15
+"""The one declaration of a COPY row: (name, SQL expression, big-endian NumPy type) per column, each
+fixed-width and never NULL (corners are ``frame.corner_ra`` 1-4, then ``corner_dec`` 1-4)."""
+
+_COLUMNS_SQL = ", ".join(expression for _name, expression, _type in _COPY_COLUMNS)
+_ROW_DTYPE = np.dtype(
+    [("field_count", ">i2")]
+    + [item for name, _expression, type_ in _COPY_COLUMNS for item in ((f"{name}_size", ">i4"), (name, type_))]
+)
+"""A row of the binary COPY: a field count, then (length, value) per column, big-endian."""
 
 _COPY_HEADER_SIZE = 19  # signature (11), flags (4), header extension length (4, always 0 here)
 _COPY_TRAILER = b"\xff\xff"
@@ -346,7 +333,10 @@ def _read_copy(
 
 def _parse(buffer: bytes) -> FrameChunk:
     rows = np.frombuffer(buffer, dtype=_ROW_DTYPE)
-    if rows.size and (np.any(rows["field_count"] != _FIELDS) or np.any(rows["frame_id_size"] != 8)):
+    if rows.size and (
+        np.any(rows["field_count"] != len(_COPY_COLUMNS))
+        or any(np.any(rows[f"{name}_size"] != np.dtype(type_).itemsize) for name, _sql, type_ in _COPY_COLUMNS)
+    ):
         raise DensityDBError("unexpected COPY row layout from the database")
     corners = np.stack([rows[f"corner_{index}"] for index in range(8)], axis=1).astype(np.float64)
     return FrameChunk(

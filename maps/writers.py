@@ -171,7 +171,7 @@ def _sparse_layout(pixels: np.ndarray, fields: list[np.ndarray], dtype: np.dtype
     assignment per field, where ``update_values_pix`` checks and reorders
     what is already sorted, at a second per near-full-sky map.
     """
-    from healsparse.healSparseCoverage import HealSparseCoverage
+    from healsparse import HealSparseCoverage
 
     nside_coverage = min(HEALSPARSE_COVERAGE_NSIDE, nside)
     shift = 2 * (int(nside).bit_length() - int(nside_coverage).bit_length())
@@ -194,6 +194,10 @@ def _sparse_layout(pixels: np.ndarray, fields: list[np.ndarray], dtype: np.dtype
 
 def _write_record_map(path: Path, coverage, blocks: np.ndarray, nside: int, sentinel, metadata: dict) -> None:
     """Write a healsparse record map as ``HealSparseMap.write`` does (uncompressed), at the speed of the disk.
+
+    This writes healsparse's file format itself, so ``pyproject.toml`` pins
+    the healsparse releases it was checked against, and
+    ``tests/test_maps.py`` reads every map written back with healsparse.
 
     The same two HDUs and header keys (primary: the coverage index map,
     ``EXTNAME = 'COV'``; a binary table ``SPARSE`` of the big-endian records

@@ -590,6 +590,26 @@ def test_the_crowded_moc_follows_the_crowded_flag_threshold_in_force(
     )
 
 
+def test_healsparse_reads_every_map_we_write_compressed_or_not(
+    database: Database, overlapping_catalog: list[dict], tmp_path: Path
+) -> None:
+    # Record maps are written in healsparse's format by our own code (maps/writers.py); the others by
+    # healsparse, compressed with --compress. Every file must read back with healsparse's reader.
+    settings = {"nside": NSIDE, "formats": ("hsp",), "selection": Selection(bands=("g",))}
+    build_maps(database, MapSettings(out_dir=tmp_path / "plain", **settings))
+    build_maps(database, MapSettings(out_dir=tmp_path / "compressed", compress=True, **settings))
+    reference = reference_maps(overlapping_catalog, {"g"})
+    for name in STATISTIC_NAMES:
+        plain, compressed = (
+            HealSparseMap.read(str(tmp_path / folder / f"g_{name}_nside{NSIDE}.hsp"))
+            for folder in ("plain", "compressed")
+        )
+        assert set(plain.valid_pixels) == set(compressed.valid_pixels) == set(reference[name]), name
+        pixels = np.sort(plain.valid_pixels)
+        assert_array_equal(plain.get_values_pix(pixels), compressed.get_values_pix(pixels), err_msg=name)
+        assert plain.metadata["STATNAME"] == name
+
+
 def test_accumulators_that_grow_give_the_maps_of_preallocated_ones(
     database: Database, overlapping_catalog: list[dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
