@@ -193,3 +193,20 @@ def _check_same_input(directories: list[Path], descriptions: list[dict]) -> None
                 f"{directory} cannot be read with {directories[0]}: its classes count "
                 f"{recorded_label_rule(description)!r}, not {recorded_label_rule(first)!r} (label rule)"
             )
+
+
+def split_indices(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training, validation and test sample indices, 8:1:1, from a seeded permutation.
+
+    Validation and test get ``round(n / 10)`` samples each, at least one.
+
+    Raises
+    ------
+    ConfigurationError
+        If ``n < 3``.
+    """
+    if n < 3:
+        raise ConfigurationError(f"a dataset needs at least 3 samples to split 8:1:1, this one has {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    held_out = max(1, round(n / 10))
+    return np.sort(order[2 * held_out :]), np.sort(order[:held_out]), np.sort(order[held_out : 2 * held_out])

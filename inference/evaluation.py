@@ -251,9 +251,8 @@ def predict_samples(
     """
     from torch.utils.data import DataLoader
 
-    from density_db.inference.datasets import SimulatedDataset
+    from density_db.inference.datasets import SimulatedDataset, split_indices
     from density_db.inference.predictor import TwoStagePredictor
-    from density_db.inference.training import split_indices
 
     if split not in SPLITS:
         raise ConfigurationError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")

@@ -51,8 +51,9 @@ from density_db.inference.architectures import (
 )
 from density_db.inference.augmentation import COPIES, Augmented
 from density_db.inference.checkpoints import load_checkpoint, save_checkpoint
-from density_db.inference.datasets import SimulatedDataset
+from density_db.inference.datasets import SimulatedDataset, split_indices
 from density_db.inference.devices import torch_device
+from density_db.inference.evaluation import classification_report, regression_report
 from density_db.inference.head_refit import refit_classifier_head
 from density_db.inference.preprocessing import CHANNELS
 
@@ -240,23 +241,6 @@ class RegressionLoss(nn.Module):
         relative = torch.clamp((error / (target + self.eps)) ** 2, max=self.clamp).mean()
         mse, mae = (error**2).mean(), error.abs().mean()
         return self.weights[0] * mse + self.weights[1] * mae + self.weights[2] * relative
-
-
-def split_indices(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Training, validation and test sample indices, 8:1:1, from a seeded permutation.
-
-    Validation and test get ``round(n / 10)`` samples each, at least one.
-
-    Raises
-    ------
-    ConfigurationError
-        If ``n < 3``.
-    """
-    if n < 3:
-        raise ConfigurationError(f"a dataset needs at least 3 samples to split 8:1:1, this one has {n}")
-    order = np.random.default_rng(seed).permutation(n)
-    held_out = max(1, round(n / 10))
-    return np.sort(order[2 * held_out :]), np.sort(order[:held_out]), np.sort(order[held_out : 2 * held_out])
 
 
 def regressor_stage_epochs(config: TrainingConfig) -> tuple[int, int, int]:
@@ -592,8 +576,6 @@ def summarise_test_split(
     Always in float32, even where training used bf16: the split is small, and
     bf16 would round a log count of 3 by up to 0.008 dex.
     """
-    from density_db.inference.evaluation import classification_report, regression_report
-
     model.eval()
     outputs = []
     with torch.inference_mode():

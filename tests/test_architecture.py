@@ -2,12 +2,13 @@
 
 DESIGN.md's contract: the core (``density_db/``'s own modules: configuration,
 errors, database, tables, views, FITS input, sky, labels, flags, results,
-runs, registry) imports no other layer; ``inference/`` never imports the
+runs, flag thresholds) imports no other layer; ``inference/`` never imports the
 simulator; the simulator may use ``inference``'s public names (it makes the
 model input the way preprocessing does); ``maps/`` and ``planning/`` sit on
 both and the CLI on everything.  The check reads every import statement of
 the sources, those inside functions too, so that a lazy import cannot hide a
-cycle.  (import-linter cannot check this layout: three of the subpackages
+cycle; and no module may import one that imports it back, within a layer
+too.  (import-linter cannot check this layout: three of the subpackages
 live outside ``density_db/`` and install into it through ``package-dir``.)
 """
 
@@ -83,3 +84,55 @@ def test_imports_run_one_way(path: Path) -> None:
         if RANKS[imported] >= RANKS[layer]:
             wrong.append(f"line {line}: {name} ({layer} -> {imported})")
     assert not wrong, "imports against the layers: " + "; ".join(wrong)
+
+
+PACKAGES = {
+    "density_db": "density_db",
+    "migrations": "density_db.migrations",
+    "inference": "density_db.inference",
+    "maps": "density_db.maps",
+    "density_db/simulate": "density_db.simulate",
+    "density_db/planning": "density_db.planning",
+    "cli": "density_db.cli",
+}
+"""Source folders and the package each installs as."""
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Every module and the density-db modules it imports (at the top or inside a function)."""
+    modules = {
+        package if path.stem == "__init__" else f"{package}.{path.stem}": path
+        for folder, package in PACKAGES.items()
+        for path in (ROOT / folder).glob("*.py")
+    }
+    graph = {}
+    for name, path in modules.items():
+        imported = set()
+        for _line, target in _imports(path):
+            while target and target not in modules:  # `from package import name` names a module or a member
+                target = target.rpartition(".")[0]
+            if target and target != name and not name.startswith(target + "."):  # a package's own __init__
+                imported.add(target)
+        graph[name] = imported
+    return graph
+
+
+def test_no_module_imports_one_that_imports_it_back() -> None:
+    # An import inside a function hides a cycle from the interpreter until both modules are half-loaded.
+    graph = _module_graph()
+    assert len(graph) > 50
+    cycles = []
+
+    def visit(module: str, path: list[str], done: set[str]) -> None:
+        for imported in graph[module]:
+            if imported in path:
+                cycles.append(" -> ".join([*path[path.index(imported) :], imported]))
+            elif imported not in done:
+                visit(imported, [*path, imported], done)
+        done.add(module)
+
+    done: set[str] = set()
+    for module in graph:
+        if module not in done:
+            visit(module, [module], done)
+    assert not cycles, "import cycles: " + "; ".join(sorted(set(cycles)))

@@ -14,7 +14,7 @@ from density_db.errors import ConfigurationError
 from density_db.inference.architectures import build_model
 from density_db.inference.augmentation import Augmented
 from density_db.inference.checkpoints import file_sha256, load_checkpoint, save_checkpoint
-from density_db.inference.datasets import SimulatedDataset
+from density_db.inference.datasets import SimulatedDataset, split_indices
 from density_db.inference.evaluation import evaluate
 from density_db.inference.training import (
     TrainingConfig,
@@ -22,7 +22,6 @@ from density_db.inference.training import (
     phase_of_epoch,
     regressor_stage_epochs,
     set_trainable,
-    split_indices,
     state_file_of,
     train,
 )
