@@ -33,9 +33,6 @@ from density_db.maps.rasterize import Coverage, Sampling, subpixel_mask_dtype
 
 logger = logging.getLogger(__name__)
 
-DENSITY_CLASSES = N_CLASSES
-"""Density classes 0-5 (class 5: regression bypassed, no bright-star count)."""
-
 BLOCK_LEVELS = 3
 """Memory is held in blocks of 4**3 = 64 output pixels (the pixels of one pixel 3 orders coarser)."""
 
@@ -71,7 +68,7 @@ STATISTICS = (
         "frames",
         "frames of each density class covering the pixel (fields class_0 ... class_5)",
         "count",
-        tuple(f"class_{index}" for index in range(DENSITY_CLASSES)),
+        tuple(f"class_{index}" for index in range(N_CLASSES)),
     ),
     Statistic(
         "bright_density_mean",
@@ -112,8 +109,8 @@ STATISTIC_NAMES = tuple(statistic.name for statistic in STATISTICS)
 
 # Columns of the accumulator, per pixel.
 _COUNT = 0  # frames of class c at _COUNT + c
-_WEIGHT = _COUNT + DENSITY_CLASSES  # summed covered fraction of the frames of class c
-_DENSITY_SUM = _WEIGHT + DENSITY_CLASSES  # sum of covered fraction * bright density, frames with a count
+_WEIGHT = _COUNT + N_CLASSES  # summed covered fraction of the frames of class c
+_DENSITY_SUM = _WEIGHT + N_CLASSES  # sum of covered fraction * bright density, frames with a count
 _DENSITY_MIN = _DENSITY_SUM + 1
 _DENSITY_MAX = _DENSITY_MIN + 1
 _COUNTED_WEIGHT = _DENSITY_MAX + 1  # summed covered fraction of the frames with a count
@@ -489,7 +486,7 @@ def _covered_rows(slots, sums):
     for slot in slots:
         for pixel in range(block_size):
             frames = 0.0
-            for density_class in range(DENSITY_CLASSES):
+            for density_class in range(N_CLASSES):
                 frames += sums[slot, pixel, _COUNT + density_class]
             if frames > 0:
                 rows[found] = slot * block_size + pixel
@@ -544,8 +541,8 @@ def _cell_statistic_values(
         covering = 0.0
         total_weight = 0.0
         highest = -1
-        mode = DENSITY_CLASSES - 1  # ties go to the higher (more crowded) class
-        for density_class in range(DENSITY_CLASSES - 1, -1, -1):
+        mode = N_CLASSES - 1  # ties go to the higher (more crowded) class
+        for density_class in range(N_CLASSES - 1, -1, -1):
             covering += cell[_COUNT + density_class]
             total_weight += np.float64(cell[_WEIGHT + density_class])
             if highest < 0 and cell[_COUNT + density_class] > 0:
@@ -582,11 +579,11 @@ def _statistic_values(statistic, sums, covered, unmasked, rows, subpixels, value
             continue
         cell = sums[row]
         if statistic == _CLASS_HISTOGRAM:
-            for density_class in range(DENSITY_CLASSES):
+            for density_class in range(N_CLASSES):
                 values[out, density_class] = np.rint(cell[_COUNT + density_class])
         else:
             total_weight = 0.0
-            for density_class in range(DENSITY_CLASSES):
+            for density_class in range(N_CLASSES):
                 total_weight += np.float64(cell[_WEIGHT + density_class])
             for bit in range(values.shape[1]):
                 values[out, bit] = cell[_FLAG_WEIGHT + bit] / total_weight

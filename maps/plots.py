@@ -13,7 +13,8 @@ from pathlib import Path
 import healpy
 import numpy as np
 
-from density_db.maps.aggregate import DENSITY_CLASSES, Statistic
+from density_db.labels import N_CLASSES
+from density_db.maps.aggregate import Statistic
 from density_db.maps.writers import MapProvenance, full_sky
 
 ZOOM_RADIUS_DEG = 30.0
@@ -114,20 +115,20 @@ def _colour_bar(figure, axes, image, statistic: Statistic) -> None:
     bar = figure.colorbar(image, ax=axes, orientation="horizontal", fraction=0.06, pad=0.04)
     bar.set_label(label, fontsize=9)
     if statistic.kind == "class":
-        bar.set_ticks(range(DENSITY_CLASSES))
+        bar.set_ticks(range(N_CLASSES))
 
 
 def _colour_map(statistic: Statistic):
     import matplotlib
 
     if statistic.kind == "class":
-        return matplotlib.colormaps["viridis"].resampled(DENSITY_CLASSES).with_extremes(bad="none")
+        return matplotlib.colormaps["viridis"].resampled(N_CLASSES).with_extremes(bad="none")
     return matplotlib.colormaps["viridis"].with_extremes(bad="none")
 
 
 def _value_range(statistic: Statistic, values: np.ndarray) -> tuple[float, float]:
     if statistic.kind == "class":
-        return -0.5, DENSITY_CLASSES - 0.5
+        return -0.5, N_CLASSES - 0.5
     if statistic.kind == "fraction":
         return 0.0, 1.0
     finite = values[np.isfinite(values)] if values.size else values

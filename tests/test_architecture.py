@@ -1,6 +1,6 @@
 """The package's layers import one way: core <- inference <- simulate <- maps, planning <- cli.
 
-DESIGN.md's contract: the core (``density_db/``'s own modules: configuration,
+The layering of docs/development.md: the core (``density_db/``'s own modules: configuration,
 errors, database, tables, views, FITS input, sky, labels, flags, results,
 runs, flag thresholds) imports no other layer; ``inference/`` never imports the
 simulator; the simulator may use ``inference``'s public names (it makes the
