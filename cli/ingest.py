@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from density_db.cli.context import AppContext
 from density_db.cli.progress import progress_bar
+
+if TYPE_CHECKING:
+    from density_db.database import Database
+    from density_db.inference.cluster import Cluster
+    from density_db.inference.driver import IngestOptions
+    from density_db.inference.model_registry import ModelPair
 
 EXIT_SOME_INPUTS_FAILED = 3
 
@@ -95,7 +102,26 @@ EXIT_SOME_INPUTS_FAILED = 3
     help="Frames registered per transaction.",
 )
 @click.pass_context
-def ingest(ctx: click.Context, paths: tuple[str, ...], from_file: Path | None, metadata_only: bool, **options) -> None:
+def ingest(
+    ctx: click.Context,
+    paths: tuple[str, ...],
+    from_file: Path | None,
+    metadata_only: bool,
+    classifier: str,
+    regressor: str,
+    classifier_architecture: str | None,
+    regressor_architecture: str | None,
+    scheduler: str | None,
+    workers: int | None,
+    device: str,
+    shard_size: int | None,
+    rules_path: Path | None,
+    max_in_flight: int | None,
+    rerun: bool,
+    profile: str | None,
+    run_name: str | None,
+    batch_size: int,
+) -> None:
     """Register FITS detector images from PATHS and store a density result for each.
 
     PATHS are files, directories (searched recursively) or glob patterns.
@@ -106,18 +132,43 @@ def ingest(ctx: click.Context, paths: tuple[str, ...], from_file: Path | None, m
     running it again.  Exit code 3 means some inputs failed (listed in the
     failure table) while the others were stored.
     """
+    from density_db.flag_rules import FlagRules
+    from density_db.inference.driver import IngestOptions
+    from density_db.planning.rules import load_rules
+
     app = ctx.find_object(AppContext)
     if not paths and from_file is None:
         raise click.UsageError("give input PATHS or --from-file LIST")
+    options = IngestOptions(
+        shard_size=shard_size,
+        max_in_flight=max_in_flight,
+        rerun=rerun,
+        register_batch=batch_size,
+        flag_rules=FlagRules.from_rules(load_rules(rules_path)) if rules_path else None,
+        profile=profile or app.settings.profile,
+        run_name=run_name,
+    )
     if metadata_only:
         counts_failed = _register_only(app, paths, from_file, options)
     else:
-        counts_failed = _ingest(app, paths, from_file, options)
+        from density_db.inference.cluster import Cluster
+        from density_db.inference.model_registry import ModelPair
+
+        database = app.open_database()
+        models = ModelPair.resolve(
+            database,
+            classifier,
+            regressor,
+            classifier_architecture=classifier_architecture,
+            regressor_architecture=regressor_architecture,
+        )
+        with Cluster(scheduler=scheduler, workers=workers, device=device) as cluster:
+            counts_failed = _ingest(app, database, paths, from_file, options, models, cluster)
     if counts_failed:
         ctx.exit(EXIT_SOME_INPUTS_FAILED)
 
 
-def _register_only(app: AppContext, paths, from_file, options) -> int:
+def _register_only(app: AppContext, paths, from_file, options: IngestOptions) -> int:
     """``--metadata-only``: frames from headers; returns the number of failed inputs."""
     from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -126,17 +177,17 @@ def _register_only(app: AppContext, paths, from_file, options) -> int:
     from density_db.registration import RegistrationCounts, register_paths
     from density_db.runs import begin_run, recording_outcome
 
-    instrument = load_profile(options["profile"] or app.settings.profile)
+    instrument = load_profile(options.profile)
     database = app.open_database()
     config = {
         "paths": list(paths),
         "from_file": str(from_file) if from_file else None,
         "metadata_only": True,
         "profile": instrument.name,
-        "batch_size": options["batch_size"],
+        "batch_size": options.register_batch,
     }
     with (
-        begin_run(database, kind="register", name=options["run_name"], config=config) as run,
+        begin_run(database, kind="register", name=options.run_name, config=config) as run,
         progress_bar(app, SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()) as bar,
     ):
         counts = RegistrationCounts()
@@ -147,7 +198,7 @@ def _register_only(app: AppContext, paths, from_file, options) -> int:
                 instrument,
                 counts=counts,
                 run_id=run.id,
-                batch_size=options["batch_size"],
+                batch_size=options.register_batch,
                 progress=_registration_reporter(bar),
             )
     click.echo(
@@ -177,41 +228,19 @@ def _warn_of_domain(database, run_id: int) -> None:
         )
 
 
-def _ingest(app: AppContext, paths, from_file, options) -> int:
+def _ingest(
+    app: AppContext, database: Database, paths, from_file, options: IngestOptions, models: ModelPair, cluster: Cluster
+) -> int:
     """Registration and inference; returns the number of failed inputs."""
     from density_db.fits_input import discover_inputs
-    from density_db.flag_rules import FlagRules
-    from density_db.inference.cluster import Cluster
-    from density_db.inference.driver import IngestOptions, ingest
-    from density_db.inference.model_registry import ModelPair
-    from density_db.planning.rules import load_rules
+    from density_db.inference.driver import ingest
 
-    database = app.open_database()
-    models = ModelPair.resolve(
-        database,
-        options["classifier"],
-        options["regressor"],
-        classifier_architecture=options["classifier_architecture"],
-        regressor_architecture=options["regressor_architecture"],
-    )
-    ingest_options = IngestOptions(
-        shard_size=options["shard_size"],
-        max_in_flight=options["max_in_flight"],
-        rerun=options["rerun"],
-        register_batch=options["batch_size"],
-        flag_rules=FlagRules.from_rules(load_rules(options["rules_path"])) if options["rules_path"] else None,
-        profile=options["profile"] or app.settings.profile,
-        run_name=options["run_name"],
-    )
-    with (
-        Cluster(scheduler=options["scheduler"], workers=options["workers"], device=options["device"]) as cluster,
-        _ingest_progress(app, cluster) as report,
-    ):
+    with _ingest_progress(app, cluster) as report:
         outcome = ingest(
             database,
             discover_inputs(paths, from_file=from_file),
             models=models,
-            options=ingest_options,
+            options=options,
             cluster=cluster,
             progress=report,
             run_config={"paths": list(paths), "from_file": str(from_file) if from_file else None},
