@@ -202,7 +202,7 @@ def ingest(
     with contextlib.ExitStack() as stack:
         if cluster is None:
             cluster = stack.enter_context(Cluster(scheduler=None, workers=None, device="auto"))
-        options = replace(options.for_cluster(cluster), flag_rules=flag_rules)
+        options = options.for_cluster(cluster)
         spec = models.worker_spec(device=cluster.device, torch_threads=cluster.torch_threads())
         config = {
             **(run_config or {}),
