@@ -42,14 +42,14 @@ class FlagRules:
     @classmethod
     def from_rules(cls, rules) -> FlagRules:
         """The thresholds of a checked rules file (:class:`density_db.planning.rules.Rules`)."""
+        return cls.of_file(rules.require_flags(), name=rules.name, source=rules.source, sha256=rules.sha256)
+
+    @classmethod
+    def of_file(cls, thresholds: FlagThresholds, *, name: str, source: str, sha256: str) -> FlagRules:
+        """Thresholds read from a rules file, with the provenance every run stores of them."""
         return cls(
-            thresholds=rules.require_flags(),
-            provenance={
-                "name": rules.name,
-                "source": rules.source,
-                "sha256": rules.sha256,
-                "flags": rules.require_flags().as_dict(),
-            },
+            thresholds=thresholds,
+            provenance={"name": name, "source": source, "sha256": sha256, "flags": thresholds.as_dict()},
         )
 
 
@@ -62,15 +62,11 @@ def default_flag_rules() -> FlagRules:
     """The thresholds of the shipped rules file, with the provenance a parsed rules file gives them."""
     data = default_rules_bytes()
     document = tomllib.loads(data.decode("utf-8"))
-    thresholds = parse_flag_thresholds(document["flags"], "default")
-    return FlagRules(
-        thresholds=thresholds,
-        provenance={
-            "name": document["name"],
-            "source": "default",
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "flags": thresholds.as_dict(),
-        },
+    return FlagRules.of_file(
+        parse_flag_thresholds(document["flags"], "default"),
+        name=document["name"],
+        source="default",
+        sha256=hashlib.sha256(data).hexdigest(),
     )
 
 
